@@ -1,0 +1,54 @@
+"""Elementwise activations with their derivatives.
+
+The layer-wise NTK and the fused gradient-descent step need sigma'(z) next to sigma(z), so every
+activation is registered as a pair. Names are the ones accepted everywhere (`activation="relu"`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise nonlinearity sigma and its derivative sigma'."""
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    deriv: Callable[[Tensor], Tensor]
+
+
+def _relu_deriv(z: Tensor) -> Tensor:
+    return (z > 0).to(z.dtype)
+
+
+def _erf_deriv(z: Tensor) -> Tensor:
+    return (2.0 / math.sqrt(math.pi)) * torch.exp(-z * z)
+
+
+def _tanh_deriv(z: Tensor) -> Tensor:
+    return 1.0 - torch.tanh(z) ** 2
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation("relu", torch.relu, _relu_deriv),
+    "erf": Activation("erf", torch.erf, _erf_deriv),
+    "tanh": Activation("tanh", torch.tanh, _tanh_deriv),
+    "identity": Activation("identity", lambda z: z, torch.ones_like),
+}
+
+
+def get_activation(name: str) -> Activation:
+    """Look up an activation by name; raise a one-line ValueError listing the allowed names."""
+    try:
+        return ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown activation {name!r}; allowed: {', '.join(sorted(ACTIVATIONS))}"
+        ) from None

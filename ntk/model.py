@@ -1,0 +1,195 @@
+"""The NTK-parameterised multilayer perceptron of Jacot et al. (2018), Section 2.
+
+    a(0) = x,   z(l+1) = W(l) a(l) / sqrt(n_l) + beta * b(l),   a(l) = sigma(z(l)),   f(x) = z(L)
+
+Every entry of W(l) and b(l) is drawn i.i.d. N(0, 1); the 1/sqrt(n_l) lives in the forward pass,
+not in the initialisation (no He/Glorot factor). `depth` = L counts weight layers.
+
+Besides the usual `forward`, this module exposes the two halves of backpropagation that the rest of
+the library shares: `forward_with_cache` keeps a(l) and sigma'(z(l)); `backward_factors` walks the
+layers from the top and yields, for every layer l, the pair (a(l), d(l+1)) with d(l+1) = df/dz(l+1)
+per sample. The layer-wise NTK (paper.md section 3) is built from these pairs, and the fused
+gradient-descent step uses the same pairs for an in-place rank-N weight update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ntk.activations import Activation, get_activation
+
+Tensor = torch.Tensor
+
+
+class NTKDense(nn.Module):
+    """One NTK-parameterised affine layer z = W a / sqrt(n_in) + beta * b.
+
+    Args:
+        in_features: n_l, the fan-in.
+        out_features: n_{l+1}.
+        beta: bias scale of the paper (0.1 in every experiment).
+        generator: source of the N(0, 1) draws; weight first, then bias.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        beta: float,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.beta = float(beta)
+        self.scale = 1.0 / math.sqrt(in_features)
+        kw = dict(generator=generator, device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.randn(out_features, in_features, **kw))  # (n_{l+1}, n_l)
+        self.bias = nn.Parameter(torch.randn(out_features, **kw))  # (n_{l+1},)
+
+    def forward(self, a: Tensor) -> Tensor:
+        return dense(a, self.weight, self.bias, self.scale, self.beta)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, beta={self.beta}"
+
+
+def dense(a: Tensor, weight: Tensor, bias: Tensor, scale: float, beta: float) -> Tensor:
+    """z = scale * a W^T + beta * b, as one fused GEMM for a batch of rows."""
+    if a.dim() == 2:
+        return torch.addmm(bias, a, weight.T, beta=beta, alpha=scale)
+    return (a @ weight.T) * scale + beta * bias
+
+
+class NTKMLP(nn.Module):
+    """Fully connected network in the NTK parameterisation.
+
+    Args:
+        in_dim: n_0, the input dimension.
+        width: hidden width n (all hidden layers) or a list of the L - 1 hidden widths.
+        depth: L, the number of weight layers (L = 4 means 3 hidden layers); at least 1.
+        out_dim: n_L.
+        beta: bias scale.
+        activation: one of `ntk.activations.ACTIVATIONS` (relu, erf, tanh, identity).
+        generator: explicit `torch.Generator` for the N(0, 1) initialisation, drawn layer by
+            layer (weight then bias). Same generator state, device and dtype: same network.
+        device, dtype: where and in which precision the parameters live.
+
+    Parameters are named `layers.{l}.weight` (n_{l+1}, n_l) and `layers.{l}.bias`, so the module
+    works with `torch.func.functional_call`.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        width: int | Sequence[int],
+        depth: int,
+        out_dim: int = 1,
+        beta: float = 0.1,
+        activation: str = "relu",
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be an integer >= 1 (number of weight layers), got {depth!r}")
+        hidden = [width] * (depth - 1) if isinstance(width, int) else list(width)
+        if len(hidden) != depth - 1:
+            raise ValueError(
+                f"width lists the hidden widths, so it needs depth - 1 = {depth - 1} entries, got {len(hidden)}"
+            )
+        for name, n in [("in_dim", in_dim), ("out_dim", out_dim)] + [("width", w) for w in hidden]:
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta!r}")
+        self.act: Activation = get_activation(activation)
+        self.activation = activation
+        self.beta = float(beta)
+        self.widths = [in_dim, *hidden, out_dim]  # n_0 ... n_L
+        self.layers = nn.ModuleList(
+            NTKDense(n_in, n_out, beta, generator=generator, device=device, dtype=dtype)
+            for n_in, n_out in zip(self.widths[:-1], self.widths[1:])
+        )
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    @property
+    def in_dim(self) -> int:
+        return self.widths[0]
+
+    @property
+    def out_dim(self) -> int:
+        return self.widths[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """f(x) for x of shape (..., n_0); returns (..., n_L)."""
+        a = x
+        for l, layer in enumerate(self.layers):
+            if l > 0:
+                a = self.act.fn(a)
+            a = layer(a)
+        return a
+
+
+def forward_with_cache(
+    model: NTKMLP, x: Tensor, dtype: torch.dtype | None = None
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Forward pass that keeps what backpropagation needs.
+
+    Args:
+        model: the network.
+        x: inputs, (N, n_0).
+        dtype: compute in this dtype (weights are cast layer by layer); default the parameters'.
+
+    Returns:
+        f: outputs, (N, n_L).
+        acts: [a(0), ..., a(L-1)], a(l) of shape (N, n_l).
+        derivs: [sigma'(z(1)), ..., sigma'(z(L-1))], each (N, n_l).
+    """
+    dtype = dtype or model.layers[0].weight.dtype
+    a = x.to(dtype)
+    acts, derivs = [], []
+    for l, layer in enumerate(model.layers):
+        if l > 0:
+            derivs.append(model.act.deriv(a))
+            a = model.act.fn(a)
+        acts.append(a)
+        a = dense(a, layer.weight.to(dtype), layer.bias.to(dtype), layer.scale, layer.beta)
+    return a, acts, derivs
+
+
+def backward_factors(
+    model: NTKMLP, acts: list[Tensor], derivs: list[Tensor], delta: Tensor
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Walk the layers from the top and yield (l, a(l), d(l+1)) for l = L-1, ..., 0.
+
+    d(l) = sigma'(z(l)) * (d(l+1) W(l)) / sqrt(n_l) is computed *before* (l, a(l), d(l+1)) is
+    yielded, so the consumer may update W(l) in place (the fused GD step relies on this).
+
+    Args:
+        model, acts, derivs: as returned by `forward_with_cache`.
+        delta: cotangent at the output, (N, n_L), or (N, O, n_L) to carry O output
+            directions at once (the per-output factors of a multi-output NTK).
+
+    Yields:
+        l, a(l) of shape (N, n_l), and d(l+1) of shape like `delta` with last dim n_{l+1}.
+    """
+    for l in reversed(range(model.depth)):
+        below = None
+        if l > 0:
+            layer = model.layers[l]
+            below = (delta @ layer.weight.to(delta.dtype)) * layer.scale  # (N, [O,] n_l)
+            deriv = derivs[l - 1] if delta.dim() == 2 else derivs[l - 1].unsqueeze(1)
+            below.mul_(deriv)
+        yield l, acts[l], delta
+        delta = below

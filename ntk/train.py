@@ -1,0 +1,186 @@
+"""Full-batch gradient descent in continuous time (Jacot et al. 2018, Sections 2 and 5).
+
+Cost C = 1/(2N) sum_i ||f(x_i) - f*(x_i)||^2 and plain gradient descent at learning rate lr;
+after k steps the network has been trained for time t = lr * k. Everything here is reported in t.
+
+For an `NTKMLP` the step is fused: one forward pass that keeps the layer inputs, one backward pass
+that propagates per-sample cotangents, and an in-place rank-N update of every weight matrix
+(``W -= lr / sqrt(n_l) * d(l+1)^T a(l)``). No gradient buffers and no optimizer state exist, so a
+step costs three matrix products per layer. Any other module falls back to autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ntk.empirical import empirical_ntk
+from ntk.model import NTKMLP, backward_factors, forward_with_cache
+
+Tensor = torch.Tensor
+
+TRAIN_METHODS = ("auto", "fused", "autograd")
+
+
+class DivergenceError(RuntimeError):
+    """Gradient descent produced a non-finite or exploding loss."""
+
+
+@dataclass
+class TrainState:
+    """What a callback sees: the model at time t = lr * step and its training loss there."""
+
+    t: float
+    step: int
+    loss: float
+    model: nn.Module
+
+
+@dataclass
+class TrainResult:
+    """Loss at every step, and the stability bound computed at initialisation."""
+
+    t: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    lr_max: float = math.nan
+
+
+def mse_cost(f: Tensor, y: Tensor) -> Tensor:
+    """C = 1/(2N) sum_i ||f_i - y_i||^2 for f, y of shape (N, O)."""
+    return 0.5 * (f - y).square().sum() / f.shape[0]
+
+
+def largest_stable_lr(model: nn.Module, x: Tensor, dtype: torch.dtype | None = None) -> float:
+    """2 / lambda_max(Theta(X, X) / N): gradient descent on the squared loss diverges above it."""
+    kernel = empirical_ntk(model, x, dtype=dtype or next(model.parameters()).dtype)
+    n = x.shape[0]
+    if kernel.dim() == 4:  # (N, N, O, O) -> (N O, N O)
+        kernel = kernel.permute(0, 2, 1, 3).reshape(n * kernel.shape[2], -1)
+    lam = torch.linalg.eigvalsh(kernel.double() / n)[-1].item()
+    return 2.0 / lam
+
+
+def record_steps(record_t: Sequence[float], lr: float, steps: int) -> dict[int, float]:
+    """Map requested times t to step numbers k = t / lr, refusing times not on the step grid."""
+    out = {}
+    for t in record_t:
+        k = round(t / lr)
+        if abs(k * lr - t) > 1e-9 * max(1.0, abs(t)) or not 0 <= k <= steps:
+            raise ValueError(
+                f"record time t={t} is not on the grid t = lr * k, k = 0..{steps} (lr={lr}); "
+                f"allowed: multiples of {lr} in [0, {lr * steps}]"
+            )
+        out[k] = k * lr
+    return out
+
+
+def gradient_descent(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    lr: float,
+    steps: int,
+    record_t: Sequence[float] = (),
+    callback: Callable[[TrainState], None] | None = None,
+    method: str = "auto",
+    divergence_factor: float = 1e4,
+    progress: bool = False,
+) -> TrainResult:
+    """Train `model` in place by full-batch gradient descent on `mse_cost` up to t = lr * steps.
+
+    Args:
+        model: the network; an NTKMLP uses the fused step, anything else autograd.
+        x: training inputs (N, d); y: targets (N, O), in the model's dtype and device.
+        lr: learning rate (> 0).
+        steps: number of steps (>= 0).
+        record_t: times at which `callback` is called, each a multiple of lr in [0, lr * steps].
+        callback: called with a `TrainState` at every time in `record_t`, before the step taken
+            there; it sees the parameters at that t and may compute kernels, outputs, ...
+        method: "auto", "fused" (NTKMLP only) or "autograd".
+        divergence_factor: stop when the loss exceeds this multiple of the initial loss.
+        progress: show a tqdm bar over steps.
+
+    Returns:
+        A `TrainResult` with the loss at every step (t = 0, lr, ..., lr * steps) and
+        lr_max = 2 / lambda_max(Theta(X, X) / N) at initialisation.
+
+    Raises:
+        DivergenceError: non-finite loss, or a loss above `divergence_factor` times its initial
+            value; the message gives lr_max.
+    """
+    if not lr > 0 or not math.isfinite(lr):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if method not in TRAIN_METHODS:
+        raise ValueError(f"unknown training method {method!r}; allowed: {', '.join(TRAIN_METHODS)}")
+    if y.dim() != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"targets must have shape (N, out_dim) with N = {x.shape[0]}, got {tuple(y.shape)}")
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError("training inputs or targets contain non-finite values")
+    fused = method == "fused" or (method == "auto" and isinstance(model, NTKMLP))
+    if fused and not isinstance(model, NTKMLP):
+        raise ValueError(f"method='fused' needs an NTKMLP, got {type(model).__name__}; use method='autograd'")
+    to_record = record_steps(record_t, lr, steps)
+    step_fn = _fused_step if fused else _autograd_step
+
+    result = TrainResult(lr_max=largest_stable_lr(model, x))
+    loss0 = None
+    bar = tqdm(range(steps + 1), desc="gradient descent", disable=not progress, leave=False)
+    for k in bar:
+        t = k * lr
+        loss, update = step_fn(model, x, y)
+        loss0 = loss if loss0 is None else loss0
+        result.t.append(t)
+        result.loss.append(loss)
+        if not math.isfinite(loss) or loss > divergence_factor * max(loss0, 1e-30):
+            what = "is not finite" if not math.isfinite(loss) else f"exceeds {divergence_factor:g} x the initial loss {loss0:.3g}"
+            raise DivergenceError(
+                f"gradient descent diverged: loss {loss:.3g} at t={t:g} (step {k}) {what}; "
+                f"lr={lr:g} but the largest stable learning rate at initialisation is "
+                f"2 / lambda_max(Theta(X,X)/N) = {result.lr_max:.4g}"
+            )
+        if k in to_record and callback is not None:
+            callback(TrainState(t=to_record[k], step=k, loss=loss, model=model))
+        if k < steps:
+            update(lr)
+        if progress and k % 10 == 0:
+            bar.set_postfix(t=f"{t:g}", loss=f"{loss:.3e}")
+    return result
+
+
+@torch.no_grad()
+def _fused_step(model: NTKMLP, x: Tensor, y: Tensor) -> tuple[float, Callable[[float], None]]:
+    """Loss at the current parameters, and a closure doing the in-place GD update."""
+    f, acts, derivs = forward_with_cache(model, x)
+    residual = f - y  # (N, O)
+    loss = 0.5 * residual.square().sum().item() / x.shape[0]
+
+    @torch.no_grad()
+    def update(lr: float) -> None:
+        delta = residual / x.shape[0]  # dC/df, (N, O)
+        for l, a, d in backward_factors(model, acts, derivs, delta):
+            layer = model.layers[l]
+            layer.weight.addmm_(d.T, a, alpha=-lr * layer.scale)  # rank-N update, (n_{l+1}, n_l)
+            layer.bias.add_(d.sum(0), alpha=-lr * layer.beta)
+
+    return loss, update
+
+
+def _autograd_step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, Callable[[float], None]]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        loss = mse_cost(model(x), y)
+        grads = torch.autograd.grad(loss, params)
+
+    @torch.no_grad()
+    def update(lr: float) -> None:
+        for p, g in zip(params, grads):
+            p.sub_(g, alpha=lr)
+
+    return loss.item(), update
