@@ -64,8 +64,9 @@ def empirical_ntk(
             raise ValueError(
                 f"method='layerwise' needs an NTKMLP, got {type(model).__name__}; use method='jacobian'"
             )
-        f1 = layerwise_factors(model, x1, dtype)
-        kernel = _contract_factors(f1, f1 if x2 is None else layerwise_factors(model, x2, dtype), model.beta)
+        with torch.no_grad():
+            f1 = layerwise_factors(model, x1, dtype)
+            kernel = _contract_factors(f1, f1 if x2 is None else layerwise_factors(model, x2, dtype), model.beta)
     else:
         kernel = _jacobian_kernel(model, x1, x2, dtype)
     if x2 is None:

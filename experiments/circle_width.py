@@ -1,0 +1,106 @@
+"""Figure 1: convergence of the NTK with width, before and after training (paper, Section 6.1).
+
+For every width and seed: draw an NTK MLP, train it by full-batch gradient descent on
+f*(x) = x1 x2 at `data.n_train` Gaussian inputs, and record Theta(x0, x(gamma)) on the unit circle
+at the times `kernel_t` (default t = 0 and t = lr * steps). One job per (width, seed); finished
+jobs are saved as they complete, and a rerun of the same config skips them.
+
+Outputs (in cfg.out_dir): table.csv (width, seed, t, gamma, ntk, loss), loss.csv (width, seed, t,
+loss at every step), config.yaml, provenance.json, circle_width.png/.pdf.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from experiments.common import Parts, check_int, check_positive, write_outputs
+from ntk.activations import get_activation
+from ntk.data import circle_grid, gaussian_inputs, product_target
+from ntk.empirical import empirical_ntk
+from ntk.model import NTKMLP
+from ntk.train import TRAIN_METHODS, TrainState, gradient_descent, record_steps
+from ntk.utils import resolve_device, resolve_dtype
+from scripts.plot_circle_width import render
+
+TABLES = ("table", "loss")
+
+
+def kernel_times(cfg: DictConfig) -> list[float]:
+    """The times t at which kernels are recorded (default: start and end of training)."""
+    end = cfg.train.lr * cfg.train.steps
+    times = [0.0, end] if cfg.kernel_t is None else [float(t) for t in cfg.kernel_t]
+    record_steps(times, cfg.train.lr, cfg.train.steps)  # validates
+    return sorted(set(times))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise a one-line ValueError for any value out of range, before anything runs."""
+    widths = cfg.model.widths
+    if not widths:
+        raise ValueError("model.widths must list at least one width")
+    for w in widths:
+        check_int("model.widths entries", w)
+    check_int("model.depth", cfg.model.depth)
+    get_activation(cfg.model.activation)
+    if not cfg.model.beta >= 0:
+        raise ValueError(f"model.beta must be >= 0, got {cfg.model.beta!r}")
+    check_positive("train.lr", cfg.train.lr)
+    check_int("train.steps", cfg.train.steps, low=0)
+    if cfg.train.method not in TRAIN_METHODS:
+        raise ValueError(f"unknown train.method {cfg.train.method!r}; allowed: {', '.join(TRAIN_METHODS)}")
+    check_int("data.n_train", cfg.data.n_train)
+    check_int("n_seeds", cfg.n_seeds)
+    check_int("seed", cfg.seed, low=0)
+    circle_grid(cfg.data.n_gamma)
+    kernel_times(cfg)
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    """Run Figure 1 as configured; return the kernel table (also written to cfg.out_dir)."""
+    check_config(cfg)
+    device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
+    started = time.time()
+
+    x_train = gaussian_inputs(cfg.data.n_train, 2, torch.Generator().manual_seed(cfg.data.seed))
+    y_train = product_target(x_train)
+    x_train, y_train = x_train.to(device, dtype), y_train.to(device, dtype)
+    gamma, grid = circle_grid(cfg.data.n_gamma)
+    x0 = torch.tensor([[1.0, 0.0]], dtype=kernel_dtype, device=device)
+    grid = grid.to(device, kernel_dtype)
+    times = kernel_times(cfg)
+
+    parts = Parts(cfg)
+    jobs = [(w, s) for w in cfg.model.widths for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
+    names = [f"w{w}_s{s}" for w, s in jobs]
+    for (width, seed), job in zip(tqdm(jobs, desc="networks (width, seed)", disable=not cfg.progress), names):
+        if parts.done(job, TABLES):
+            continue
+        model = NTKMLP(
+            2, width, cfg.model.depth, beta=cfg.model.beta, activation=cfg.model.activation,
+            generator=torch.Generator(device).manual_seed(seed), device=device, dtype=dtype,
+        )
+        rows = []
+
+        def record(state: TrainState) -> None:
+            theta = empirical_ntk(state.model, x0, grid, dtype=kernel_dtype)[0]  # (n_gamma,)
+            rows.append(pd.DataFrame(dict(width=width, seed=seed, t=state.t, gamma=gamma.numpy(),
+                                          ntk=theta.cpu().numpy(), loss=state.loss)))
+
+        result = gradient_descent(
+            model, x_train, y_train, lr=cfg.train.lr, steps=cfg.train.steps, record_t=times, callback=record,
+            method=cfg.train.method, divergence_factor=cfg.train.divergence_factor, progress=cfg.progress,
+        )
+        loss = pd.DataFrame(dict(width=width, seed=seed, t=result.t, loss=result.loss, lr_max=result.lr_max))
+        parts.save(job, {"table": pd.concat(rows, ignore_index=True), "loss": loss})
+        del model
+
+    tables = {name: parts.load(names, name) for name in TABLES}
+    out = write_outputs(cfg, tables, started, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype)
+    render(tables["table"], out / "circle_width")
+    parts.clear()
+    return tables["table"]

@@ -1,0 +1,92 @@
+"""What every experiment shares: config checks, resumable per-job parts, and the final write.
+
+A run of experiment <name> writes to `out_dir` (default results/<name>):
+  table.csv         the tidy table behind the figure
+  config.yaml       the resolved config
+  provenance.json   command, git revision, torch version, device, dtype, wall time
+  <name>.png/.pdf   the figure, rendered from table.csv by scripts/
+While it runs, every finished job (one network, say) is saved under out_dir/.parts/<config key>/,
+so that an interrupted run resumes where it stopped; the parts are removed once the table is final.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.provenance import atomic_write_json, atomic_write_text, provenance
+
+# Keys that change where or how verbosely a run writes, not what it computes.
+NOT_IN_KEY = ("out_dir", "progress", "resume")
+
+
+def check_int(name: str, value: object, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def check_positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def config_key(cfg: DictConfig) -> str:
+    """Short hash of the resolved config, without the keys that do not change results."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in NOT_IN_KEY:
+        data.pop(key, None)
+    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(data)).encode()).hexdigest()[:12]
+
+
+class Parts:
+    """Per-job CSV parts of one run, keyed by the resolved config, written atomically."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.dir = Path(cfg.out_dir) / ".parts" / config_key(cfg)
+        if not cfg.resume and self.dir.exists():
+            shutil.rmtree(self.dir)
+
+    def path(self, job: str, table: str) -> Path:
+        return self.dir / f"{job}.{table}.csv"
+
+    def done(self, job: str, tables: tuple[str, ...]) -> bool:
+        return all(self.path(job, t).exists() for t in tables)
+
+    def save(self, job: str, frames: dict[str, pd.DataFrame]) -> None:
+        for table, frame in frames.items():  # the first table is the job's completion mark: write it last
+            if table != next(iter(frames)):
+                atomic_write_text(self.path(job, table), frame.to_csv(index=False))
+        first = next(iter(frames))
+        atomic_write_text(self.path(job, first), frames[first].to_csv(index=False))
+
+    def load(self, jobs: list[str], table: str) -> pd.DataFrame:
+        return pd.concat([pd.read_csv(self.path(job, table)) for job in jobs], ignore_index=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        parent = self.dir.parent
+        if parent.exists() and not any(parent.iterdir()):
+            parent.rmdir()
+
+
+def write_outputs(cfg: DictConfig, tables: dict[str, pd.DataFrame], started: float, **extra: object) -> Path:
+    """Write the tables, resolved config and provenance of a finished run; return out_dir."""
+    out = Path(cfg.out_dir)
+    for name, frame in tables.items():
+        buf = io.StringIO()
+        frame.to_csv(buf, index=False, float_format="%.10g")
+        atomic_write_text(out / f"{name}.csv", buf.getvalue())
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_json(
+        out / "provenance.json",
+        provenance(wall_time_s=round(time.time() - started, 2), config_key=config_key(cfg), **extra),
+    )
+    return out

@@ -1,0 +1,99 @@
+"""Command-line entry point: `python -m experiments.run +exp=<name> [key=value ...]`.
+
+Hydra composes configs/ into one config; `main` resolves nothing itself but dispatches to the
+plain `run(cfg)` of the chosen experiment (tests call those directly with a composed config).
+Errors a user can make (a misspelled key, an unknown experiment, a value out of range) end in one
+line on stderr starting with "error:" and exit status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from experiments import circle_width
+from ntk.train import DivergenceError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+USER_ERRORS = (ValueError, DivergenceError, ConfigCompositionException, MissingConfigException, OmegaConfBaseException)
+
+EXPERIMENTS = {
+    "circle_width": circle_width.run,
+}
+
+
+def available_experiments() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "exp").glob("*.yaml"))
+
+
+def dispatch(cfg: DictConfig) -> object:
+    """Run the experiment named by `cfg.name`."""
+    if cfg.name not in EXPERIMENTS:
+        raise ValueError(
+            f"no experiment chosen (name={cfg.name}); add +exp=<name>, allowed: {', '.join(available_experiments())}"
+        )
+    return EXPERIMENTS[cfg.name](cfg)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        dispatch(cfg)
+    except USER_ERRORS as exc:  # exit here: Hydra would add its own line about the failed job
+        _fail(exc)
+
+
+def _allowed_keys(parent: str) -> str:
+    """Keys of the config node `parent` (dotted), composed with the experiment of the command line."""
+    from hydra import compose, initialize_config_dir
+
+    exp = [a for a in sys.argv[1:] if a.startswith("+exp=")]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=exp)
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "(none)"
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line description of a user error raised by Hydra, OmegaConf or an experiment."""
+    text = str(exc)
+    if isinstance(exc, MissingConfigException):
+        found = re.search(r"Could not find '([^']+)'", text)
+        what = found.group(1) if found else text.splitlines()[0]
+        group, _, name = what.rpartition("/")
+        if group == "exp":
+            return f"unknown experiment {name!r}; allowed: {', '.join(available_experiments())}"
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")) if group else []
+        return f"unknown config {what!r}" + (f"; allowed {group}: {', '.join(options)}" if options else "")
+    if isinstance(exc, ConfigCompositionException):
+        found = re.search(r"Could not override '([^']+)'", text)
+        if found and "not in struct" in str(exc.__cause__):
+            key = found.group(1)
+            parent = key.rpartition(".")[0]
+            return f"unknown config key {key!r}; allowed keys{' in ' + repr(parent) if parent else ''}: {_allowed_keys(parent)}"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _fail(exc: BaseException) -> None:
+    print(f"error: {one_line(exc)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main() -> None:
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's report
+    try:
+        _hydra_main()
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Shared helpers for scripts: key=value arguments and benchmark tables."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.provenance import atomic_write_json, atomic_write_text, provenance
+
+BENCH_DIR = Path("results/bench")
+
+
+def parse_kv(argv: list[str], defaults: dict) -> dict:
+    """Parse `key=value` arguments (Python literals) over `defaults`; unknown keys are an error."""
+    out = dict(defaults)
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in defaults:
+            sys.exit(f"error: bad argument {arg!r}; allowed: {', '.join(f'{k}=...' for k in defaults)}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def write_bench(table: pd.DataFrame, name: str, argv: list[str], out_dir: Path = BENCH_DIR) -> None:
+    """Print `table`, write it as CSV and markdown under results/bench with provenance beside it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = table.to_markdown(index=False, floatfmt=".4g")
+    print(md)
+    atomic_write_text(out_dir / f"{name}.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / f"{name}.md", md + "\n")
+    prov = provenance(command=["python", "-m", f"scripts.bench_{name}", *argv])
+    atomic_write_json(out_dir / f"{name}.provenance.json", prov)
+
