@@ -11,14 +11,12 @@ loss at every step), config.yaml, provenance.json, circle_width.png/.pdf.
 
 from __future__ import annotations
 
-import time
-
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from experiments.common import Parts, check_int, check_positive, write_outputs
+from experiments.common import Parts, check_int, check_positive, run_start, write_outputs
 from ntk.activations import get_activation
 from ntk.data import circle_grid, gaussian_inputs, product_target
 from ntk.empirical import empirical_ntk
@@ -64,7 +62,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     """Run Figure 1 as configured; return the kernel table (also written to cfg.out_dir)."""
     check_config(cfg)
     device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
-    started = time.time()
+    start = run_start()
 
     x_train = gaussian_inputs(cfg.data.n_train, 2, torch.Generator().manual_seed(cfg.data.seed))
     y_train = product_target(x_train)
@@ -77,8 +75,10 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     parts = Parts(cfg)
     jobs = [(w, s) for w in cfg.model.widths for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
     names = [f"w{w}_s{s}" for w, s in jobs]
+    resumed = 0
     for (width, seed), job in zip(tqdm(jobs, desc="networks (width, seed)", disable=not cfg.progress), names):
         if parts.done(job, TABLES):
+            resumed += 1
             continue
         model = NTKMLP(
             2, width, cfg.model.depth, beta=cfg.model.beta, activation=cfg.model.activation,
@@ -100,7 +100,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         del model
 
     tables = {name: parts.load(names, name) for name in TABLES}
-    out = write_outputs(cfg, tables, started, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype)
+    out = write_outputs(cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype,
+                        jobs=len(jobs), resumed_jobs=resumed)
     render(tables["table"], out / "circle_width")
     parts.clear()
     return tables["table"]

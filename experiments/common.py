@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.provenance import atomic_write_json, atomic_write_text, provenance
+from experiments.provenance import atomic_write_json, atomic_write_text, git_revision, provenance
 
 # Keys that change where or how verbosely a run writes, not what it computes.
 NOT_IN_KEY = ("out_dir", "progress", "resume")
@@ -77,8 +77,16 @@ class Parts:
             parent.rmdir()
 
 
-def write_outputs(cfg: DictConfig, tables: dict[str, pd.DataFrame], started: float, **extra: object) -> Path:
-    """Write the tables, resolved config and provenance of a finished run; return out_dir."""
+def run_start() -> dict:
+    """Note when a run started and from which revision (before anything can change the tree)."""
+    return dict(started=time.time(), git_revision=git_revision())
+
+
+def write_outputs(cfg: DictConfig, tables: dict[str, pd.DataFrame], start: dict, **extra: object) -> Path:
+    """Write the tables, resolved config and provenance of a finished run; return out_dir.
+
+    The wall time covers this invocation only; a resumed run says so with `resumed_jobs`.
+    """
     out = Path(cfg.out_dir)
     for name, frame in tables.items():
         buf = io.StringIO()
@@ -87,6 +95,7 @@ def write_outputs(cfg: DictConfig, tables: dict[str, pd.DataFrame], started: flo
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(
         out / "provenance.json",
-        provenance(wall_time_s=round(time.time() - started, 2), config_key=config_key(cfg), **extra),
+        provenance(git_revision=start["git_revision"], wall_time_s=round(time.time() - start["started"], 2),
+                   config_key=config_key(cfg), **extra),
     )
     return out

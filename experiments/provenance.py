@@ -29,7 +29,7 @@ def provenance(command: list[str] | None = None, **extra: object) -> dict:
     """Who made a result: command, git revision, versions, machine, time; plus `extra` fields."""
     return {
         "command": " ".join(command if command is not None else ["python", "-m", "experiments.run", *sys.argv[1:]]),
-        "git_revision": git_revision(),
+        "git_revision": extra.pop("git_revision", None) or git_revision(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

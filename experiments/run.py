@@ -51,15 +51,22 @@ def _hydra_main(cfg: DictConfig) -> None:
         _fail(exc)
 
 
-def _allowed_keys(parent: str) -> str:
-    """Keys of the config node `parent` (dotted), composed with the experiment of the command line."""
+def _unknown_key_message(key: str) -> str:
+    """Name the first unknown part of the dotted `key` and the keys allowed at that level."""
     from hydra import compose, initialize_config_dir
 
     exp = [a for a in sys.argv[1:] if a.startswith("+exp=")]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=exp)
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    return ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "(none)"
+    parts = key.split(".")
+    node, depth = cfg, 0
+    while depth < len(parts) and isinstance(node, DictConfig) and parts[depth] in node:
+        node, depth = node[parts[depth]], depth + 1
+    parent = ".".join(parts[:depth])
+    allowed = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "(none: not a group)"
+    where = f" in {parent!r}" if parent else ""
+    bad = ".".join(parts[: depth + 1])
+    return f"unknown config key {bad!r}" + (f" (in {key!r})" if bad != key else "") + f"; allowed keys{where}: {allowed}"
 
 
 def one_line(exc: BaseException) -> str:
@@ -76,9 +83,7 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, ConfigCompositionException):
         found = re.search(r"Could not override '([^']+)'", text)
         if found and "not in struct" in str(exc.__cause__):
-            key = found.group(1)
-            parent = key.rpartition(".")[0]
-            return f"unknown config key {key!r}; allowed keys{' in ' + repr(parent) if parent else ''}: {_allowed_keys(parent)}"
+            return _unknown_key_message(found.group(1))
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

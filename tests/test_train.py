@@ -1,0 +1,70 @@
+import copy
+
+import pytest
+import torch
+
+from ntk.empirical import empirical_ntk
+from ntk.model import NTKMLP
+from ntk.train import DivergenceError, gradient_descent, mse_cost
+
+
+def problem(width=32, depth=3, n=12, dtype=torch.float64, seed=0):
+    model = NTKMLP(2, width, depth, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    g = torch.Generator().manual_seed(100)
+    x = torch.randn(n, 2, generator=g, dtype=dtype)
+    return model, x, (x[:, :1] * x[:, 1:])
+
+
+def test_loss_decreases_and_time_is_lr_times_steps():
+    model, x, y = problem()
+    result = gradient_descent(model, x, y, lr=0.5, steps=40)
+    assert result.t == [0.5 * k for k in range(41)]
+    assert result.loss[-1] < 0.2 * result.loss[0]
+    assert all(b <= a + 1e-12 for a, b in zip(result.loss, result.loss[1:]))  # lr well below 2 / lambda_max
+    assert result.loss[-1] == pytest.approx(mse_cost(model(x), y).item(), rel=1e-12, abs=0)
+
+
+def test_fused_step_equals_autograd_gradient_descent():
+    model, x, y = problem(depth=4)
+    ref = copy.deepcopy(model)
+    fused = gradient_descent(model, x, y, lr=1.0, steps=25, method="fused")
+    plain = gradient_descent(ref, x, y, lr=1.0, steps=25, method="autograd")
+    assert fused.loss == pytest.approx(plain.loss, rel=1e-10, abs=1e-14)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_callbacks_see_the_network_at_the_requested_times():
+    model, x, y = problem()
+    seen = []
+    gradient_descent(model, x, y, lr=0.25, steps=8, record_t=[0.0, 1.0, 2.0],
+                     callback=lambda s: seen.append((s.t, s.step, s.loss, mse_cost(s.model(x), y).item())))
+    assert [(t, k) for t, k, _, _ in seen] == [(0.0, 0), (1.0, 4), (2.0, 8)]
+    for _, _, loss, recomputed in seen:
+        assert loss == pytest.approx(recomputed, rel=1e-12)
+
+
+def test_divergence_is_caught_with_the_stable_learning_rate():
+    model, x, y = problem()
+    theta = empirical_ntk(model, x, method="jacobian")
+    lr_max = 2.0 / torch.linalg.eigvalsh(theta / x.shape[0])[-1].item()
+    with pytest.raises(DivergenceError, match=f"2 / lambda_max\\(Theta\\(X,X\\)/N\\) = {lr_max:.4g}"):
+        gradient_descent(model, x, y, lr=3 * lr_max, steps=200)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(lr=0.0), "lr must be a positive finite number"),
+        (dict(lr=-1.0), "lr must be a positive finite number"),
+        (dict(steps=-1), "steps must be an integer >= 0"),
+        (dict(record_t=[0.3]), "record time t=0.3 is not on the grid"),
+        (dict(record_t=[100.0]), "record time t=100.0 is not on the grid"),
+        (dict(method="adam"), "unknown training method 'adam'"),
+    ],
+)
+def test_bad_training_arguments(kwargs, message):
+    model, x, y = problem()
+    args = dict(lr=0.5, steps=4) | kwargs
+    with pytest.raises(ValueError, match=message):
+        gradient_descent(model, x, y, **args)
