@@ -5,7 +5,8 @@ f*(x) = x1 x2 at `data.n_train` Gaussian inputs, and record Theta(x0, x(gamma)) 
 at the times `kernel_t` (default t = 0 and t = lr * steps). One job per (width, seed); finished
 jobs are saved as they complete, and a rerun of the same config skips them.
 
-Outputs (in cfg.out_dir): table.csv (width, seed, t, gamma, ntk, loss), loss.csv (width, seed, t,
+Outputs (in cfg.out_dir): table.csv (width, seed, t, gamma, ntk, loss, limit = the analytic
+infinite-width Theta(x0, x(gamma)) of `ntk.analytic`), loss.csv (width, seed, t,
 loss at every step), config.yaml, provenance.json, circle_width.png/.pdf.
 """
 
@@ -16,12 +17,11 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from experiments.common import Parts, check_int, check_positive, run_start, write_outputs
-from ntk.activations import get_activation
+from experiments.common import Parts, build_model, check_int, check_model_and_training, run_start, train, write_outputs
+from ntk.analytic import limiting_kernels
 from ntk.data import circle_grid, gaussian_inputs, product_target
 from ntk.empirical import empirical_ntk
-from ntk.model import NTKMLP
-from ntk.train import TRAIN_METHODS, TrainState, gradient_descent, record_steps
+from ntk.train import TrainState, record_steps
 from ntk.utils import resolve_device, resolve_dtype
 from scripts.plot_circle_width import render
 
@@ -38,22 +38,8 @@ def kernel_times(cfg: DictConfig) -> list[float]:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise a one-line ValueError for any value out of range, before anything runs."""
-    widths = cfg.model.widths
-    if not widths:
-        raise ValueError("model.widths must list at least one width")
-    for w in widths:
-        check_int("model.widths entries", w)
-    check_int("model.depth", cfg.model.depth)
-    get_activation(cfg.model.activation)
-    if not cfg.model.beta >= 0:
-        raise ValueError(f"model.beta must be >= 0, got {cfg.model.beta!r}")
-    check_positive("train.lr", cfg.train.lr)
-    check_int("train.steps", cfg.train.steps, low=0)
-    if cfg.train.method not in TRAIN_METHODS:
-        raise ValueError(f"unknown train.method {cfg.train.method!r}; allowed: {', '.join(TRAIN_METHODS)}")
+    check_model_and_training(cfg)
     check_int("data.n_train", cfg.data.n_train)
-    check_int("n_seeds", cfg.n_seeds)
-    check_int("seed", cfg.seed, low=0)
     circle_grid(cfg.data.n_gamma)
     kernel_times(cfg)
 
@@ -71,6 +57,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     x0 = torch.tensor([[1.0, 0.0]], dtype=kernel_dtype, device=device)
     grid = grid.to(device, kernel_dtype)
     times = kernel_times(cfg)
+    _, limit = limiting_kernels(x0.cpu(), grid.cpu(), cfg.model.depth, cfg.model.beta, cfg.model.activation)
+    limit = limit[0].numpy()  # Theta_inf(x0, x(gamma)), (n_gamma,)
 
     parts = Parts(cfg)
     jobs = [(w, s) for w in cfg.model.widths for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
@@ -80,21 +68,15 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         if parts.done(job, TABLES):
             resumed += 1
             continue
-        model = NTKMLP(
-            2, width, cfg.model.depth, beta=cfg.model.beta, activation=cfg.model.activation,
-            generator=torch.Generator(device).manual_seed(seed), device=device, dtype=dtype,
-        )
+        model = build_model(cfg, 2, width, seed, device, dtype)
         rows = []
 
         def record(state: TrainState) -> None:
             theta = empirical_ntk(state.model, x0, grid, dtype=kernel_dtype)[0]  # (n_gamma,)
             rows.append(pd.DataFrame(dict(width=width, seed=seed, t=state.t, gamma=gamma.numpy(),
-                                          ntk=theta.cpu().numpy(), loss=state.loss)))
+                                          ntk=theta.cpu().numpy(), loss=state.loss, limit=limit)))
 
-        result = gradient_descent(
-            model, x_train, y_train, lr=cfg.train.lr, steps=cfg.train.steps, record_t=times, callback=record,
-            method=cfg.train.method, divergence_factor=cfg.train.divergence_factor, progress=cfg.progress,
-        )
+        result = train(cfg, model, x_train, y_train, times, record)
         loss = pd.DataFrame(dict(width=width, seed=seed, t=result.t, loss=result.loss, lr_max=result.lr_max))
         parts.save(job, {"table": pd.concat(rows, ignore_index=True), "loss": loss})
         del model

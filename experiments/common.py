@@ -18,8 +18,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ntk.activations import get_activation
+from ntk.model import NTKMLP
+from ntk.train import TRAIN_METHODS, TrainResult, gradient_descent
+from ntk.utils import resolve_device, resolve_dtype
 from experiments.provenance import atomic_write_json, atomic_write_text, git_revision, provenance
 
 # Keys that change where or how verbosely a run writes, not what it computes.
@@ -36,6 +41,44 @@ def check_positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a number > 0, got {value!r}")
     return float(value)
+
+
+def check_model_and_training(cfg: DictConfig) -> None:
+    """The checks every training experiment shares (model.*, train.*, seeds)."""
+    widths = cfg.model.widths
+    if not widths:
+        raise ValueError("model.widths must list at least one width")
+    for w in widths:
+        check_int("model.widths entries", w)
+    check_int("model.depth", cfg.model.depth)
+    get_activation(cfg.model.activation)
+    if not cfg.model.beta >= 0:
+        raise ValueError(f"model.beta must be >= 0, got {cfg.model.beta!r}")
+    check_positive("train.lr", cfg.train.lr)
+    check_int("train.steps", cfg.train.steps, low=0)
+    if cfg.train.method not in TRAIN_METHODS:
+        raise ValueError(f"unknown train.method {cfg.train.method!r}; allowed: {', '.join(TRAIN_METHODS)}")
+    check_int("n_seeds", cfg.n_seeds)
+    check_int("seed", cfg.seed, low=0)
+    resolve_dtype(cfg.dtype)
+    resolve_dtype(cfg.kernel_dtype)
+    resolve_device(cfg.device)
+
+
+def build_model(cfg: DictConfig, in_dim: int, width: int, seed: int, device: torch.device, dtype: torch.dtype) -> NTKMLP:
+    """The network of one job: NTK MLP of cfg.model with the given width, initialised from `seed`."""
+    return NTKMLP(
+        in_dim, width, cfg.model.depth, beta=cfg.model.beta, activation=cfg.model.activation,
+        generator=torch.Generator(device).manual_seed(seed), device=device, dtype=dtype,
+    )
+
+
+def train(cfg: DictConfig, model: NTKMLP, x: torch.Tensor, y: torch.Tensor, record_t, callback) -> TrainResult:
+    """Full-batch gradient descent as configured in cfg.train."""
+    return gradient_descent(
+        model, x, y, lr=cfg.train.lr, steps=cfg.train.steps, record_t=record_t, callback=callback,
+        method=cfg.train.method, divergence_factor=cfg.train.divergence_factor, progress=cfg.progress,
+    )
 
 
 def config_key(cfg: DictConfig) -> str:
@@ -68,7 +111,7 @@ class Parts:
         atomic_write_text(self.path(job, first), frames[first].to_csv(index=False))
 
     def load(self, jobs: list[str], table: str) -> pd.DataFrame:
-        return pd.concat([pd.read_csv(self.path(job, table)) for job in jobs], ignore_index=True)
+        return pd.concat([pd.read_csv(self.path(job, table), float_precision="round_trip") for job in jobs], ignore_index=True)
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -18,7 +18,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments import circle_width
+from experiments import circle_regression, circle_width
 from ntk.train import DivergenceError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -27,6 +27,7 @@ USER_ERRORS = (ValueError, DivergenceError, ConfigCompositionException, MissingC
 
 EXPERIMENTS = {
     "circle_width": circle_width.run,
+    "circle_regression": circle_regression.run,
 }
 
 

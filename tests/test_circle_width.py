@@ -21,7 +21,7 @@ def test_tiny_run_writes_table_provenance_and_figure(compose_cfg, tmp_path):
     cfg = compose_cfg(TINY + [f"out_dir={tmp_path}"])
     table = circle_width.run(cfg)
     saved = pd.read_csv(tmp_path / "table.csv")
-    assert list(saved.columns) == ["width", "seed", "t", "gamma", "ntk", "loss"]
+    assert list(saved.columns) == ["width", "seed", "t", "gamma", "ntk", "loss", "limit"]
     assert len(saved) == 2 * 2 * 2 * 11  # widths x seeds x times x gamma
     assert sorted(saved.t.unique()) == [0.0, 1.5]
     assert sorted(saved.seed.unique()) == [3, 4]

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import ntk.empirical
-from ntk.empirical import empirical_ntk
+from ntk.empirical import empirical_ntk, memory_estimate, ntk_row, ntk_vector_product
+from ntk.memory import NTKMemoryError, parse_bytes
 from ntk.model import NTKMLP
 from tests.conftest import rel_fro
 
@@ -13,20 +14,25 @@ def make(depth, width, activation="relu", out_dim=1, dtype=torch.float64, in_dim
 
 
 @pytest.mark.parametrize("activation", ["relu", "erf", "tanh", "identity"])
-@pytest.mark.parametrize("depth,width", [(1, 4), (2, 16), (3, 9), (4, [12, 5, 20])])
+@pytest.mark.parametrize("depth,width", [(1, 4), (2, 16), (3, 9), (4, [12, 5, 20]), (5, 6)])
 @pytest.mark.parametrize("out_dim", [1, 3])
 @pytest.mark.parametrize("same", [True, False])
-def test_layerwise_equals_jacobian_contraction(activation, depth, width, out_dim, same):
+def test_all_methods_equal_jacobian_contraction(activation, depth, width, out_dim, same):
     model = make(depth, width, activation, out_dim)
     g = torch.Generator().manual_seed(5)
-    x1 = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    x1 = torch.randn(7, 3, generator=g, dtype=torch.float64)
     x2 = None if same else torch.randn(4, 3, generator=g, dtype=torch.float64)
-    fast = empirical_ntk(model, x1, x2, method="layerwise")
     ref = empirical_ntk(model, x1, x2, method="jacobian")
-    shape = (6, 6 if same else 4) + ((out_dim, out_dim) if out_dim > 1 else ())
-    assert fast.shape == ref.shape == shape
-    assert fast.dtype == torch.float64
-    assert rel_fro(fast, ref) < 1e-10
+    shape = (7, 7 if same else 4) + ((out_dim, out_dim) if out_dim > 1 else ())
+    assert ref.shape == shape
+    for method, block in [("layerwise", None), ("layerwise", 3), ("ntk_vp", None), ("ntk_vp", 2)]:
+        kernel = empirical_ntk(model, x1, x2, method=method, block_size=block)
+        assert kernel.shape == shape and kernel.dtype == torch.float64
+        assert rel_fro(kernel, ref) < 1e-10, (method, block)
+    if out_dim > 1:
+        traced = ref.diagonal(dim1=2, dim2=3).sum(-1)
+        for method in ("layerwise", "ntk_vp", "jacobian"):
+            assert rel_fro(empirical_ntk(model, x1, x2, method=method, trace=True), traced) < 1e-10
 
 
 def test_kernel_of_float32_model_is_computed_in_float64():
@@ -62,19 +68,71 @@ def test_grid_kernel_of_wide_network_builds_no_jacobian(monkeypatch):
     assert theta.shape == (1, 101) and torch.isfinite(theta).all()
 
 
-def test_generic_module_uses_jacobian_method():
-    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).double()
-    x = torch.randn(4, 3, dtype=torch.float64)
-    theta = empirical_ntk(model, x)
-    assert theta.shape == (4, 4)
+def test_generic_module_methods_agree_and_auto_follows_memory():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    ref = empirical_ntk(model, x, method="jacobian")
+    assert ref.shape == (6, 6, 2, 2)
+    assert rel_fro(empirical_ntk(model, x, method="ntk_vp"), ref) < 1e-12
+    assert rel_fro(empirical_ntk(model, x), ref) < 1e-12
+    # a budget that the Jacobians exceed but one ntk_vp column fits: auto falls back to ntk_vp
+    jac = memory_estimate(model, "jacobian", 6, 6, True, torch.float64, x_example=x[:1])
+    vp = memory_estimate(model, "ntk_vp", 6, 6, True, torch.float64, 1, x_example=x[:1])
+    assert vp < jac
+    limit = int((vp + jac) / 2)
+    assert rel_fro(empirical_ntk(model, x, memory_limit=limit), ref) < 1e-12
+    with pytest.raises(NTKMemoryError, match=r"method='jacobian' needs about .* use method='ntk_vp'"):
+        empirical_ntk(model, x, method="jacobian", memory_limit=limit)
     with pytest.raises(ValueError, match="method='layerwise' needs an NTKMLP"):
         empirical_ntk(model, x, method="layerwise")
+
+
+def test_memory_guard_refuses_and_names_the_method_that_fits(monkeypatch):
+    model = make(3, 50)
+    x = torch.randn(40, 3, dtype=torch.float64)
+    monkeypatch.setenv("NTK_MEMORY_LIMIT", "200K")
+    with pytest.raises(NTKMemoryError, match=r"method='jacobian' needs about .* more than the 205 kB available; use method='layerwise'"):
+        empirical_ntk(model, x, method="jacobian")
+    # layerwise fits by blocking, and the blocked result is the full kernel
+    monkeypatch.delenv("NTK_MEMORY_LIMIT")
+    full = empirical_ntk(model, x)
+    assert rel_fro(empirical_ntk(model, x, memory_limit=150_000), full) < 1e-14
+    with pytest.raises(NTKMemoryError, match="no method fits"):
+        empirical_ntk(model, x, memory_limit=1000)
+
+
+def test_memory_sizes_are_parsed():
+    assert parse_bytes("4G") == 4 * 1024**3 and parse_bytes("512M") == 512 * 1024**2 and parse_bytes(1000) == 1000
+    with pytest.raises(ValueError, match="cannot read a memory size"):
+        parse_bytes("lots")
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_matrix_free_products_and_rows(generic):
+    model = make(3, 20)
+    if generic:
+        model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).double()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    kernel = empirical_ntk(model, x, method="jacobian")
+    v = torch.randn(10, dtype=torch.float64)
+    assert rel_fro(ntk_vector_product(model, x, v), kernel @ v) < 1e-12
+    assert rel_fro(ntk_row(model, x[3], x), kernel[3]) < 1e-12
+
+
+def test_blocked_kernel_of_many_points_matches_unblocked():
+    model = make(3, 64, in_dim=5)
+    x = torch.randn(300, 5, dtype=torch.float64)
+    y = torch.randn(130, 5, dtype=torch.float64)
+    for x2 in (None, y):
+        whole = empirical_ntk(model, x, x2)
+        assert rel_fro(empirical_ntk(model, x, x2, block_size=64), whole) < 1e-13
 
 
 @pytest.mark.parametrize(
     "x1,x2,method,message",
     [
-        (torch.randn(3, 3), None, "fast", "unknown NTK method 'fast'; allowed: auto, layerwise, jacobian"),
+        (torch.randn(3, 3), None, "fast", "unknown NTK method 'fast'; allowed: auto, layerwise, ntk_vp, jacobian"),
+        (torch.randn(3, 3), torch.randn(3, 2), "jacobian", "x2 has input dimension 2, the model expects 3"),
         (torch.randn(3, 2), None, "auto", "x1 has input dimension 2, the model expects 3"),
         (torch.randn(3), None, "auto", r"x1 must have shape \(N, input_dim\)"),
         (torch.randn(3, 3), torch.full((2, 3), float("nan")), "auto", "x2 contains non-finite values"),

@@ -1,0 +1,56 @@
+"""Memory available to a kernel computation, and the guard that refuses what would not fit.
+
+The available memory is read from the system, not guessed: on CUDA `torch.cuda.mem_get_info`, on
+the CPU `MemAvailable` of /proc/meminfo (Linux), else 8 GiB. A fraction (`SAFETY`) of it is the
+budget. The environment variable NTK_MEMORY_LIMIT (bytes, or with a K/M/G suffix) or an explicit
+`memory_limit` argument replaces the measurement, for tests and shared machines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+SAFETY = 0.8
+GIB = 1024**3
+
+
+class NTKMemoryError(MemoryError):
+    """A computation's memory estimate exceeds the budget; the message names what would fit."""
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """'512M', '2G', '1.5e9' or a number -> bytes."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([KMGT]?)i?B?\s*", str(text))
+    if not m:
+        raise ValueError(f"cannot read a memory size from {text!r}; use bytes or a K/M/G/T suffix, e.g. 4G")
+    return int(float(m.group(1)) * 1024 ** "_KMGT".index(m.group(2) or "_"))
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes that a computation on `device` may use (see module docstring)."""
+    if os.environ.get("NTK_MEMORY_LIMIT"):
+        return parse_bytes(os.environ["NTK_MEMORY_LIMIT"])
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(SAFETY * free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(SAFETY * int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return int(SAFETY * 8 * GIB)
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n / 1e3:.3g} kB"

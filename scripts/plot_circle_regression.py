@@ -1,0 +1,76 @@
+"""Render Figure 2 from a saved table: trained networks against the limiting Gaussian.
+
+    python -m scripts.plot_circle_regression                 # results/circle_regression/table.csv
+    python -m scripts.plot_circle_regression table=... out=...
+
+One thin line per trained network (colour by width); the exact n = infinity percentiles P10, P50,
+P90 in black (P50 solid, P10/P90 dashed); the paper's approximation from one wide network in grey
+dotted; the training points as dots. Writes <out>.png and <out>.pdf. Reads only the table.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+COLUMNS = {"kind", "width", "seed", "gamma", "f"}
+COLOURS = ["tab:green", "tab:red", "tab:blue", "tab:orange"]
+
+
+def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
+    """Draw the figure from `table` (a DataFrame or CSV path); write `out`.png and `out`.pdf."""
+    df = pd.read_csv(table) if not isinstance(table, pd.DataFrame) else table
+    missing = COLUMNS - set(df.columns)
+    if missing:
+        raise ValueError(f"table lacks columns {sorted(missing)}; expected {sorted(COLUMNS)}")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    nets = df[df.kind == "network"]
+    for colour, (width, group) in zip(COLOURS, nets.groupby("width")):
+        for i, (_, curve) in enumerate(group.groupby("seed")):
+            ax.plot(curve.gamma, curve.f, color=colour, lw=0.7, alpha=0.7, label=f"n = {width:g}" if i == 0 else None)
+    for prefix, colour, label in (("limit", "black", r"$n = \infty$: $P_{10}, P_{50}, P_{90}$"),
+                                  ("approx", "grey", "kernels of one wide net")):
+        for p, style in (("p50", "-"), ("p10", "--"), ("p90", "--")):
+            sel = df[df.kind == f"{prefix}_{p}"].sort_values("gamma")
+            if len(sel):
+                width = sel.width.iloc[0]
+                extra = f" (n = {width:g})" if prefix == "approx" else ""
+                ax.plot(sel.gamma, sel.f, style if prefix == "limit" else ":", color=colour,
+                        lw=1.6 if prefix == "limit" else 1.2, label=label + extra if p == "p50" else None)
+    pts = df[df.kind == "train"]
+    ax.plot(pts.gamma, pts.f, "o", color="black", ms=5, label="training points")
+    ax.set_xlabel(r"$\gamma$")
+    ax.set_ylabel(r"$f(\cos\gamma, \sin\gamma)$")
+    ax.set_xlim(-np.pi, np.pi)
+    ax.set_xticks([-np.pi, -np.pi / 2, 0, np.pi / 2, np.pi], [r"$-\pi$", r"$-\pi/2$", "0", r"$\pi/2$", r"$\pi$"])
+    ax.legend(fontsize=7, frameon=False, loc="lower left")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str]) -> None:
+    from scripts.common import parse_kv
+
+    args = parse_kv(argv, dict(table="results/circle_regression/table.csv", out=None))
+    table = Path(args["table"])
+    if not table.exists():
+        sys.exit(f"error: table {table} not found; run `python -m experiments.run +exp=circle_regression` first")
+    for path in render(table, args["out"] or table.parent / "circle_regression"):
+        print(path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
