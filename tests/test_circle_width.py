@@ -49,7 +49,7 @@ def test_interrupted_run_resumes_without_redoing_finished_networks(compose_cfg, 
     reference = circle_width.run(compose_cfg(TINY + [f"out_dir={tmp_path / 'b'}"]))
 
     calls = []
-    real = circle_width.gradient_descent
+    real = circle_width.train
 
     def crash_on_third(*args, **kwargs):
         calls.append(1)
@@ -57,7 +57,7 @@ def test_interrupted_run_resumes_without_redoing_finished_networks(compose_cfg, 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(circle_width, "gradient_descent", crash_on_third)
+    monkeypatch.setattr(circle_width, "train", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         circle_width.run(cfg)
     assert not (tmp_path / "a" / "table.csv").exists()
@@ -77,7 +77,7 @@ def test_interrupted_run_resumes_without_redoing_finished_networks(compose_cfg, 
         ("model.depth=0", "error: model.depth must be an integer >= 1, got 0"),
         ("train.lr=0", "error: train.lr must be a number > 0, got 0"),
         ("model.widht=3", "error: unknown config key 'model.widht'; allowed keys in 'model': activation, beta, depth, widths"),
-        ("+exp=nope", "error: unknown experiment 'nope'; allowed: circle_width"),
+        ("+exp=nope", "error: unknown experiment 'nope'; allowed: circle_regression, circle_width"),
     ],
 )
 def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, override, message):
