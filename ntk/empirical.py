@@ -215,7 +215,8 @@ def _plan(model, x1, n1, n2, symmetric, method, block_size, dtype, budget) -> tu
         method = candidates[0]
     block, est = plans[method]
     if block is None:
-        others = [f"method={m!r} (about {fmt_bytes(plans[m][1])})" for m in candidates if m != method and plans[m][0] is not None]
+        least = {m: memory_estimate(model, m, n1, n2, symmetric, dtype, 1, x_example) for m in candidates}
+        others = [f"method={m!r} (from {fmt_bytes(least[m])})" for m in candidates if m != method and plans[m][0] is not None]
         advice = f"use {' or '.join(others)}" if others else "no method fits: use fewer inputs, or raise the limit (NTK_MEMORY_LIMIT)"
         raise NTKMemoryError(
             f"method={method!r} needs about {fmt_bytes(est)} for a {n1} x {n2} kernel, more than the "
