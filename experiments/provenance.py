@@ -15,11 +15,14 @@ import torch
 
 
 def git_revision() -> str:
-    """Current commit, with '+dirty' when tracked files differ from it; 'unknown' outside git."""
+    """Current commit, with '+dirty' when tracked code differs from it; 'unknown' outside git.
+
+    Files under results/ do not count: rerunning an experiment rewrites them.
+    """
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"], cwd=root, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")
