@@ -39,3 +39,28 @@ def test_table_without_kernel_column_is_refused(tmp_path):
     pd.DataFrame(dict(width=[1], seed=[0], t=[0.0], gamma=[0.0])).to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"table lacks columns \['ntk'\]"):
         render(path, tmp_path / "fig")
+
+
+def test_make_figures_rerenders_every_saved_table(table, tmp_path):
+    root = tmp_path / "results"
+    (root / "circle_width").mkdir(parents=True)
+    (root / "circle_width" / "table.csv").write_bytes(table.read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "scripts.make_figures", f"root={root}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "circle_width" / "circle_width.png").exists() and "skip circle_regression" in proc.stdout
+    empty = subprocess.run([sys.executable, "-m", "scripts.make_figures", f"root={tmp_path / 'none'}"], cwd=ROOT, capture_output=True, text=True)
+    assert empty.returncode != 0 and "no tables found" in empty.stderr
+
+
+def test_regression_figure_renders_from_a_small_table(tmp_path):
+    from scripts.plot_circle_regression import render as render_regression
+
+    gamma = np.linspace(-np.pi, np.pi, 9)
+    rows = [dict(kind="network", width=w, seed=s, gamma=g, f=np.sin(2 * g) / 2 + 0.01 * s) for w in (50, 1000) for s in range(2) for g in gamma]
+    rows += [dict(kind=f"{k}_p{p}", width=np.inf, seed=-1, gamma=g, f=np.sin(2 * g) / 2 + (p - 50) / 400)
+             for k in ("limit", "approx") for p in (10, 50, 90) for g in gamma]
+    rows += [dict(kind="train", width=np.nan, seed=-1, gamma=g, f=np.sin(2 * g) / 2) for g in (-2.4, -0.8, 0.8, 2.4)]
+    path = tmp_path / "t.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    paths = render_regression(path, tmp_path / "fig2")
+    assert all(p.stat().st_size > 1000 for p in paths)

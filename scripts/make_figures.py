@@ -1,0 +1,41 @@
+"""Re-render every figure of the project from the tables under results/, without training.
+
+    python -m scripts.make_figures                  # all experiments found under results/
+    python -m scripts.make_figures root=path/to/results
+
+Each experiment directory results/<name>/ holds table.csv; its figure is rendered by the matching
+scripts/plot_<name>.py into results/<name>/<name>.png and .pdf.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from scripts import plot_circle_regression, plot_circle_width
+from scripts.common import parse_kv
+
+RENDERERS = {
+    "circle_width": plot_circle_width.render,
+    "circle_regression": plot_circle_regression.render,
+}
+
+
+def main(argv: list[str]) -> None:
+    args = parse_kv(argv, dict(root="results"))
+    root = Path(args["root"])
+    done = 0
+    for name, render in RENDERERS.items():
+        table = root / name / "table.csv"
+        if not table.exists():
+            print(f"skip {name}: no {table}")
+            continue
+        for path in render(table, root / name / name):
+            print(path)
+        done += 1
+    if not done:
+        sys.exit(f"error: no tables found under {root}/; run an experiment first (python -m experiments.run +exp=<name>)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
