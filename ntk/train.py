@@ -33,12 +33,14 @@ class DivergenceError(RuntimeError):
 
 @dataclass
 class TrainState:
-    """What a callback sees: the model at time t = lr * step and its training loss there."""
+    """What a callback sees: the model at time t = lr * step, its outputs on the training inputs
+    f (N, O) and its training loss there."""
 
     t: float
     step: int
     loss: float
     model: nn.Module
+    f: Tensor
 
 
 @dataclass
@@ -134,7 +136,7 @@ def gradient_descent(
     bar = tqdm(range(steps + 1), desc="gradient descent", disable=not progress, leave=False)
     for k in bar:
         t = k * lr
-        loss, update = step_fn(model, x, y)
+        loss, f, update = step_fn(model, x, y)
         loss0 = loss if loss0 is None else loss0
         result.t.append(t)
         result.loss.append(loss)
@@ -146,7 +148,7 @@ def gradient_descent(
                 f"2 / lambda_max(Theta(X,X)/N) = {result.lr_max:.4g}"
             )
         if k in to_record and callback is not None:
-            callback(TrainState(t=to_record[k], step=k, loss=loss, model=model))
+            callback(TrainState(t=to_record[k], step=k, loss=loss, model=model, f=f))
         if k < steps:
             update(lr)
         if progress and k % 10 == 0:
@@ -155,8 +157,8 @@ def gradient_descent(
 
 
 @torch.no_grad()
-def _fused_step(model: NTKMLP, x: Tensor, y: Tensor) -> tuple[float, Callable[[float], None]]:
-    """Loss at the current parameters, and a closure doing the in-place GD update."""
+def _fused_step(model: NTKMLP, x: Tensor, y: Tensor) -> tuple[float, Tensor, Callable[[float], None]]:
+    """Loss and outputs at the current parameters, and a closure doing the in-place GD update."""
     f, acts, derivs = forward_with_cache(model, x)
     residual = f - y  # (N, O)
     loss = 0.5 * residual.square().sum().item() / x.shape[0]
@@ -169,13 +171,14 @@ def _fused_step(model: NTKMLP, x: Tensor, y: Tensor) -> tuple[float, Callable[[f
             layer.weight.addmm_(d.T, a, alpha=-lr * layer.scale)  # rank-N update, (n_{l+1}, n_l)
             layer.bias.add_(d.sum(0), alpha=-lr * layer.beta)
 
-    return loss, update
+    return loss, f, update
 
 
-def _autograd_step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, Callable[[float], None]]:
+def _autograd_step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, Tensor, Callable[[float], None]]:
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.enable_grad():
-        loss = mse_cost(model(x), y)
+        f = model(x)
+        loss = mse_cost(f, y)
         grads = torch.autograd.grad(loss, params)
 
     @torch.no_grad()
@@ -183,4 +186,4 @@ def _autograd_step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, Calla
         for p, g in zip(params, grads):
             p.sub_(g, alpha=lr)
 
-    return loss.item(), update
+    return loss.item(), f.detach(), update

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
             flops += 2 * n * w.numel()
 
         def fused() -> None:
-            _, update = _fused_step(model, x, y)
+            _, _, update = _fused_step(model, x, y)
             update(1.0)  # a real step (alpha = 0 may skip the GEMM, tiny alpha hits subnormals)
 
         t_fused = best_time(fused, device, args["repeats"])

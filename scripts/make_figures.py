@@ -3,8 +3,8 @@
     python -m scripts.make_figures                  # all experiments found under results/
     python -m scripts.make_figures root=path/to/results
 
-Each experiment directory results/<name>/ holds table.csv; its figure is rendered by the matching
-scripts/plot_<name>.py into results/<name>/<name>.png and .pdf.
+Each experiment directory results/<name>/ holds table.csv (and the other tables of that run); its
+figures are rendered by the matching scripts/plot_<name>.py into PNG and PDF beside them.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from scripts import plot_circle_regression, plot_circle_width
+from scripts import plot_circle_regression, plot_circle_width, plot_mnist_convergence, plot_mnist_pca
 from scripts.common import parse_kv
 
-RENDERERS = {
-    "circle_width": plot_circle_width.render,
-    "circle_regression": plot_circle_regression.render,
+RENDERERS = {  # experiment name -> render(run directory)
+    "circle_width": lambda d: plot_circle_width.render(d / "table.csv", d / "circle_width"),
+    "circle_regression": lambda d: plot_circle_regression.render(d / "table.csv", d / "circle_regression"),
+    "mnist_pca": lambda d: plot_mnist_pca.render(d / "components.csv", d / "table.csv", d / "mnist_pca"),
+    "mnist_convergence": plot_mnist_convergence.render,
 }
 
 
@@ -30,7 +32,7 @@ def main(argv: list[str]) -> None:
         if not table.exists():
             print(f"skip {name}: no {table}")
             continue
-        for path in render(table, root / name / name):
+        for path in render(root / name):
             print(path)
         done += 1
     if not done:

@@ -37,11 +37,16 @@ def test_fused_step_equals_autograd_gradient_descent():
 def test_callbacks_see_the_network_at_the_requested_times():
     model, x, y = problem()
     seen = []
-    gradient_descent(model, x, y, lr=0.25, steps=8, record_t=[0.0, 1.0, 2.0],
-                     callback=lambda s: seen.append((s.t, s.step, s.loss, mse_cost(s.model(x), y).item())))
-    assert [(t, k) for t, k, _, _ in seen] == [(0.0, 0), (1.0, 4), (2.0, 8)]
-    for _, _, loss, recomputed in seen:
+    def look(s):
+        with torch.no_grad():
+            f = s.model(x)
+        seen.append((s.t, s.step, s.loss, mse_cost(f, y).item(), (s.f - f).abs().max().item()))
+
+    gradient_descent(model, x, y, lr=0.25, steps=8, record_t=[0.0, 1.0, 2.0], callback=look)
+    assert [(t, k) for t, k, *_ in seen] == [(0.0, 0), (1.0, 4), (2.0, 8)]
+    for _, _, loss, recomputed, f_error in seen:
         assert loss == pytest.approx(recomputed, rel=1e-12)
+        assert f_error < 1e-12
 
 
 def test_divergence_is_caught_with_the_stable_learning_rate():

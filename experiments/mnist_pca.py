@@ -1,0 +1,85 @@
+"""Figure 3a: kernel principal components of the NTK on a batch of MNIST digits (Section 6.3).
+
+For every batch (seeded selection of data.batch_size digits): the top-k eigenvalues of
+Pi = Theta(X, X) / N for the exact infinite-width NTK (`ntk.analytic`) and for the empirical NTK
+of `n_seeds` networks of every width in model.widths (layer-wise, float64), with eigenfunctions
+normalised by (1/N) sum f^2 = 1 (`ntk.spectrum.kernel_pca`).
+
+Outputs (cfg.out_dir): table.csv (source, width, batch, seed, component, lambda), components.csv
+(source, width, batch, seed, index, label, f1 ... fk), config.yaml, provenance.json, and
+mnist_pca.png/.pdf (the batch in the (f(2), f(3)) plane coloured by digit).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from experiments.common import Parts, build_model, check_int, run_start, write_outputs
+from ntk.activations import get_activation
+from ntk.analytic import limiting_kernels
+from ntk.data import MNIST_SOURCES, mnist_batch
+from ntk.empirical import empirical_ntk
+from ntk.spectrum import kernel_pca
+from ntk.utils import resolve_device, resolve_dtype
+from scripts.plot_mnist_pca import render
+
+TABLES = ("table", "components")
+
+
+def check_config(cfg: DictConfig) -> None:
+    for w in cfg.model.widths:
+        check_int("model.widths entries", w)
+    check_int("model.depth", cfg.model.depth)
+    get_activation(cfg.model.activation)
+    check_int("n_batches", cfg.n_batches)
+    check_int("n_seeds", cfg.n_seeds)
+    check_int("k", cfg.k)
+    check_int("data.batch_size", cfg.data.batch_size, low=cfg.k)
+    if cfg.data.source not in MNIST_SOURCES:
+        raise ValueError(f"unknown data.source {cfg.data.source!r}; allowed: {', '.join(MNIST_SOURCES)}")
+    resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
+
+
+def spectrum_frames(kernel: torch.Tensor, k: int, labels: torch.Tensor, **key) -> dict[str, pd.DataFrame]:
+    lambdas, funcs = kernel_pca(kernel.cpu(), k)
+    table = pd.DataFrame(dict(key, component=np.arange(1, k + 1), **{"lambda": lambdas.numpy()}))
+    comps = pd.DataFrame(dict(key, index=np.arange(len(labels)), label=labels.numpy(),
+                              **{f"f{i + 1}": funcs[:, i].numpy() for i in range(k)}))
+    return {"table": table, "components": comps}
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    """Run Figure 3a as configured; return the eigenvalue table (also written to cfg.out_dir)."""
+    check_config(cfg)
+    device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
+    start = run_start()
+    batches = list(range(cfg.data.batch_seed, cfg.data.batch_seed + cfg.n_batches))
+    data = {b: mnist_batch(cfg.data.batch_size, b, cfg.data.source, cfg.data.root, cfg.data.download) for b in batches}
+    jobs = [("limit", 0, b, -1) for b in batches]
+    jobs += [("empirical", w, b, s) for w in cfg.model.widths for b in batches for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
+    names = [f"{src}_w{w}_b{b}_s{s}" for src, w, b, s in jobs]
+    parts = Parts(cfg)
+    resumed = 0
+    for (source, width, batch, seed), job in zip(tqdm(jobs, desc="kernels", disable=not cfg.progress), names):
+        if parts.done(job, TABLES):
+            resumed += 1
+            continue
+        x, labels = data[batch]
+        if source == "limit":
+            kernel = limiting_kernels(x, None, cfg.model.depth, cfg.model.beta, cfg.model.activation)[1]
+        else:
+            model = build_model(cfg, x.shape[1], width, seed, device, dtype)
+            kernel = empirical_ntk(model, x.to(device, dtype), dtype=kernel_dtype)
+            del model
+        key = dict(source=source, width=width if source == "empirical" else np.inf, batch=batch, seed=seed)
+        parts.save(job, spectrum_frames(kernel, cfg.k, labels, **key))
+    tables = {name: parts.load(names, name) for name in TABLES}
+    out = write_outputs(cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype,
+                        jobs=len(jobs), resumed_jobs=resumed, mnist_digits=len(data[batches[0]][0]))
+    render(tables["components"], tables["table"], out / "mnist_pca")
+    parts.clear()
+    return tables["table"]

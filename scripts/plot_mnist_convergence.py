@@ -1,0 +1,91 @@
+"""Render Figures 3b, 3c and the component decays from a saved mnist_convergence run.
+
+    python -m scripts.plot_mnist_convergence                 # results/mnist_convergence/
+    python -m scripts.plot_mnist_convergence dir=path/to/run
+
+mnist_convergence.png: (b) ||h_t|| and (c) ||g_t|| against t, one line per network, colour by
+width, with the n = infinity prediction A exp(-lambda_2 t) in (c). mnist_components.png: |c_i(t)|
+for the components with a non-zero start against the prediction |c_i(0)| exp(-lambda_i t).
+Reads only table.csv, components.csv and spectrum.csv.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+COLOURS = ["tab:green", "tab:orange", "tab:red", "tab:blue", "tab:purple"]
+
+
+def _save(fig, out: Path) -> list[Path]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def render(run_dir: str | Path) -> list[Path]:
+    run_dir = Path(run_dir)
+    table = pd.read_csv(run_dir / "table.csv")
+    comps = pd.read_csv(run_dir / "components.csv")
+    spectrum = pd.read_csv(run_dir / "spectrum.csv")
+    for name, df, cols in (("table", table, {"width", "seed", "t", "g_norm", "h_norm"}),
+                           ("components", comps, {"width", "seed", "t", "component", "amplitude", "predicted"})):
+        if cols - set(df.columns):
+            raise ValueError(f"{name}.csv lacks columns {sorted(cols - set(df.columns))}")
+    widths = sorted(table.width.unique())
+    fig, (ax_h, ax_g) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for colour, width in zip(COLOURS, widths):
+        for i, (_, run) in enumerate(table[table.width == width].groupby("seed")):
+            label = f"n = {width}" if i == 0 else None
+            ax_h.plot(run.t, run.h_norm, color=colour, lw=1, label=label)
+            ax_g.plot(run.t, run.g_norm, color=colour, lw=1, label=label)
+    c2 = comps[(comps.component == 2)].drop_duplicates("t").sort_values("t")
+    ax_g.plot(c2.t, c2.predicted.abs(), "k--", lw=1.2, label=r"$n = \infty$")
+    ax_h.set(xlabel="t", ylabel=r"$\|h_t\|$", title=r"(b) deviation from the straight line, $\|h_t\|$")
+    ax_g.set(xlabel="t", ylabel=r"$\|g_t\|$", title=r"(c) convergence along $f^{(2)}$, $\|g_t\|$")
+    ax_h.legend(fontsize=8, frameon=False)
+    ax_g.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    paths = _save(fig, run_dir / "mnist_convergence")
+
+    started = comps[(comps.t == 0) & (comps.predicted.abs() > 1e-12)].component.unique()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for colour, comp in zip(COLOURS * 4, sorted(started)):
+        sel = comps[comps.component == comp]
+        lam = spectrum.set_index("component").loc[comp, "lambda"]
+        for width, style in zip(widths, ["-", "-.", ":", (0, (1, 3))]):
+            run = sel[(sel.width == width) & (sel.seed == sel.seed.min())]
+            ax.plot(run.t, run.amplitude.abs(), style, color=colour, lw=1, label=f"$c_{comp}$, n = {width}")
+        pred = sel.drop_duplicates("t").sort_values("t")
+        ax.plot(pred.t, pred.predicted.abs(), "k--", lw=0.8)
+        ax.text(pred.t.iloc[len(pred) // 2], pred.predicted.abs().iloc[len(pred) // 2], f" $\\lambda_{comp}$={lam:.3g}", fontsize=7)
+    ax.set_yscale("log")
+    ax.set(xlabel="t", ylabel=r"$|c_i(t)|$", title=r"amplitude along kernel principal components (dashed: $|c_i(0)| e^{-\lambda_i t}$)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return paths + _save(fig, run_dir / "mnist_components")
+
+
+def main(argv: list[str]) -> None:
+    from scripts.common import parse_kv
+
+    args = parse_kv(argv, dict(dir="results/mnist_convergence"))
+    if not (Path(args["dir"]) / "table.csv").exists():
+        sys.exit(f"error: {args['dir']}/table.csv not found; run `python -m experiments.run +exp=mnist_convergence` first")
+    for path in render(args["dir"]):
+        print(path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,69 @@
+"""Render Figure 3a from saved tables: the MNIST batch in the (f(2), f(3)) plane, by digit.
+
+    python -m scripts.plot_mnist_pca                          # results/mnist_pca/
+    python -m scripts.plot_mnist_pca dir=path/to/run
+
+Uses the first batch and seed of the widest network (or the limit when no network was run),
+and writes the eigenvalues of every source (mean -/+ sd over batches and seeds) in the legend.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def render(components: pd.DataFrame | str | Path, eigen: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
+    comps = pd.read_csv(components) if not isinstance(components, pd.DataFrame) else components
+    eig = pd.read_csv(eigen) if not isinstance(eigen, pd.DataFrame) else eigen
+    for name, df, cols in (("components", comps, {"source", "width", "batch", "seed", "label", "f2", "f3"}),
+                           ("eigenvalues", eig, {"source", "width", "component", "lambda"})):
+        if cols - set(df.columns):
+            raise ValueError(f"{name} table lacks columns {sorted(cols - set(df.columns))}")
+    emp = comps[comps.source == "empirical"]
+    pick = emp[emp.width == emp.width.max()] if len(emp) else comps[comps.source == "limit"]
+    pick = pick[(pick.batch == pick.batch.min()) & (pick.seed == pick.seed.min())]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    sc = ax.scatter(pick.f2, pick.f3, c=pick.label, cmap="tab10", vmin=-0.5, vmax=9.5, s=10)
+    fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
+    src = pick.source.iloc[0]
+    title = "n = inf" if src == "limit" else f"n = {int(pick.width.iloc[0])}"
+    ax.set_title(f"MNIST, {len(pick)} digits: 2nd and 3rd NTK principal components ({title})", fontsize=9)
+    ax.set_xlabel(r"$f^{(2)}(x)$")
+    ax.set_ylabel(r"$f^{(3)}(x)$")
+    lines = []
+    for (source, width), group in eig.groupby(["source", "width"]):
+        stats = group.groupby("component")["lambda"].agg(["mean", "std"])
+        label = "n = inf" if source == "limit" else f"n = {int(width)}"
+        lines.append(label + ": " + ", ".join(f"{m:.3g}" for m in stats["mean"]))
+    ax.text(0.02, 0.02, "lambda_1..k (mean)\n" + "\n".join(lines), transform=ax.transAxes, fontsize=7, va="bottom")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str]) -> None:
+    from scripts.common import parse_kv
+
+    args = parse_kv(argv, dict(dir="results/mnist_pca"))
+    run_dir = Path(args["dir"])
+    if not (run_dir / "components.csv").exists():
+        sys.exit(f"error: {run_dir}/components.csv not found; run `python -m experiments.run +exp=mnist_pca` first")
+    for path in render(run_dir / "components.csv", run_dir / "table.csv", run_dir / "mnist_pca"):
+        print(path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
