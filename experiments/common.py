@@ -28,7 +28,7 @@ from ntk.utils import resolve_device, resolve_dtype
 from experiments.provenance import atomic_write_json, atomic_write_text, git_revision, provenance
 
 # Keys that change where or how verbosely a run writes, not what it computes.
-NOT_IN_KEY = ("out_dir", "progress", "resume")
+NOT_IN_KEY = ("out_dir", "progress", "resume", "overwrite", "threads")
 
 
 def check_int(name: str, value: object, low: int = 1) -> int:

@@ -33,7 +33,7 @@ def provenance(command: list[str] | None = None, **extra: object) -> dict:
     return {
         "command": " ".join(command if command is not None else ["python", "-m", "experiments.run", *sys.argv[1:]]),
         "git_revision": extra.pop("git_revision", None) or git_revision(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from scripts import plot_circle_regression, plot_circle_width, plot_mnist_convergence, plot_mnist_pca
+from scripts import aggregate_drift, plot_circle_regression, plot_circle_width, plot_mnist_convergence, plot_mnist_pca
 from scripts.common import parse_kv
 
 RENDERERS = {  # experiment name -> render(run directory)
@@ -20,6 +20,7 @@ RENDERERS = {  # experiment name -> render(run directory)
     "circle_regression": lambda d: plot_circle_regression.render(d / "table.csv", d / "circle_regression"),
     "mnist_pca": lambda d: plot_mnist_pca.render(d / "components.csv", d / "table.csv", d / "mnist_pca"),
     "mnist_convergence": plot_mnist_convergence.render,
+    "drift_sweep": aggregate_drift.render_dir,
 }
 
 
@@ -32,8 +33,9 @@ def main(argv: list[str]) -> None:
         if not table.exists():
             print(f"skip {name}: no {table}")
             continue
-        for path in render(root / name):
+        for path in render(root / name) or []:
             print(path)
+        print(f"rendered {name}")
         done += 1
     if not done:
         sys.exit(f"error: no tables found under {root}/; run an experiment first (python -m experiments.run +exp=<name>)")

@@ -1,0 +1,102 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import experiments.drift as drift
+from ntk.drift import DriftLogger, kernel_drift, weight_drift
+from ntk.empirical import empirical_ntk
+from ntk.model import NTKMLP
+from ntk.train import gradient_descent
+from scripts.aggregate_drift import aggregate, fit_exponent
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP = ["-m", "+exp=drift_sweep", "width=16,32", "model.depth=2,3", "seed=0", "train.steps=6", "drift_points=3",
+         "n_probe=9", "data.n_train=8", "progress=false"]
+
+
+def sweep(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HYDRA_FULL_ERROR="1")
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", *SWEEP, f"out_dir={out}",
+                           f"hydra.sweep.dir={out.parent / 'multirun'}", *extra],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_drift_logger_against_direct_computation():
+    model = NTKMLP(2, 40, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    probe = torch.randn(5, 2, dtype=torch.float64)
+    k0, p0 = empirical_ntk(model, x), empirical_ntk(model, probe)
+    theta0 = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    logger = DriftLogger(model, x, probe)
+    rows = []
+    gradient_descent(model, x, x[:, :1] * x[:, 1:], lr=1.0, steps=5, record_t=[0.0, 5.0], callback=lambda s: rows.append(logger(s)))
+    assert rows[0]["ntk_drift_train"] == 0.0 and rows[0]["weight_drift"] == 0.0
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert rows[1]["weight_drift"] == pytest.approx(((theta - theta0).norm() / theta0.norm()).item(), rel=1e-12)
+    assert rows[1]["ntk_drift_train"] == pytest.approx(((empirical_ntk(model, x) - k0).norm() / k0.norm()).item(), rel=1e-12)
+    assert rows[1]["ntk_drift_probe"] == pytest.approx(kernel_drift(empirical_ntk(model, probe), p0), rel=1e-12)
+    assert rows[1]["loss"] < rows[0]["loss"]
+    assert weight_drift([torch.ones(3)], [torch.ones(3)]) == 0.0
+
+
+def test_exponent_fit_recovers_a_known_exponent():
+    rng = np.random.default_rng(0)
+    widths = np.repeat([64, 128, 256, 512, 1024, 2048], 3)
+    fits = [fit_exponent(widths, 3.0 * widths**-0.5 * np.exp(rng.normal(0, 0.05, widths.size))) for _ in range(400)]
+    exponents = np.array([f["exponent"] for f in fits])
+    covered = np.mean([f["ci_low"] < -0.5 < f["ci_high"] for f in fits])
+    assert abs(exponents.mean() + 0.5) < 0.002
+    assert 0.92 < covered < 0.98  # the 95% interval covers the true exponent about 95% of the time
+    assert np.isnan(fit_exponent([64, 64], [1.0, 2.0])["exponent"])  # not enough to fit
+
+
+def test_multirun_sweep_aggregates_and_resumes_without_duplicates(tmp_path):
+    out = tmp_path / "sweep"
+    sweep(out)
+    jobs = sorted(p for p in (out / "jobs").glob("*.csv") if not p.name.endswith(".theta0.csv"))
+    assert len(jobs) == 4
+    table = pd.read_csv(out / "table.csv")
+    assert len(table) == 4 * 3 and not table.duplicated(["width", "depth", "seed", "t"]).any()
+    assert set(table.columns) >= {"width", "depth", "seed", "t", "loss", "ntk_drift_train", "ntk_drift_probe", "weight_drift"}
+    fits = pd.read_csv(out / "fits.csv")
+    assert set(fits.quantity) >= {"ntk_drift_train", "weight_drift"}
+    for fig in ("drift_vs_width.png", "drift_vs_depth.png"):
+        assert (out / fig).stat().st_size > 0
+
+    # "Kill" the sweep: one job never finished (its table is missing), another left a temporary file.
+    victim = jobs[1]
+    before = {p.name: p.stat().st_mtime_ns for p in jobs}
+    victim.unlink()
+    (out / "jobs" / f".{jobs[2].name}.123.tmp").write_text("partial")
+    aggregate(out)  # a partial sweep aggregates too
+    assert len(pd.read_csv(out / "table.csv")) == 3 * 3
+
+    proc = sweep(out)
+    assert proc.stdout.count("skip:") == 3
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "jobs").glob("*.csv") if not p.name.endswith(".theta0.csv")}
+    assert set(after) == set(before)
+    assert all(after[name] == before[name] for name in before if name != victim.name)
+    resumed = pd.read_csv(out / "table.csv")
+    assert len(resumed) == 4 * 3 and not resumed.duplicated(["width", "depth", "seed", "t"]).any()
+    pd.testing.assert_frame_equal(resumed.drop(columns="job"), table.drop(columns="job"), check_exact=False, rtol=1e-12)
+
+
+def test_submitit_local_launcher_runs_the_sweep(tmp_path):
+    out = tmp_path / "sweep"
+    sweep(out, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "threads=1")
+    assert len(pd.read_csv(out / "table.csv")) == 4 * 3
+
+
+def test_job_refuses_several_widths(compose_cfg, tmp_path):
+    cfg = compose_cfg(["+exp=drift_sweep", "model.widths=[16,32]", f"out_dir={tmp_path}"])
+    with pytest.raises(ValueError, match="a drift job trains one network"):
+        drift.run(cfg)
+    assert not any(tmp_path.iterdir())
