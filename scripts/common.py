@@ -34,6 +34,7 @@ def write_bench(table: pd.DataFrame, name: str, argv: list[str], out_dir: Path =
     print(md)
     atomic_write_text(out_dir / f"{name}.csv", table.to_csv(index=False))
     atomic_write_text(out_dir / f"{name}.md", md + "\n")
-    prov = provenance(command=["python", "-m", f"scripts.bench_{name}", *argv])
+    module = sys.modules["__main__"].__spec__.name if getattr(sys.modules["__main__"], "__spec__", None) else f"scripts.bench_{name}"
+    prov = provenance(command=["python", "-m", module, *argv])
     atomic_write_json(out_dir / f"{name}.provenance.json", prov)
 
