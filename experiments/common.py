@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ntk.activations import get_activation
+from ntk.data import MNIST_SOURCES
 from ntk.model import NTKMLP
 from ntk.train import TRAIN_METHODS, TrainResult, gradient_descent
 from ntk.utils import resolve_device, resolve_dtype
@@ -63,6 +64,13 @@ def check_model_and_training(cfg: DictConfig) -> None:
     resolve_dtype(cfg.dtype)
     resolve_dtype(cfg.kernel_dtype)
     resolve_device(cfg.device)
+
+
+def check_mnist(cfg: DictConfig, min_batch: int = 1) -> None:
+    """The data.* checks of the MNIST experiments."""
+    check_int("data.batch_size", cfg.data.batch_size, low=min_batch)
+    if cfg.data.source not in MNIST_SOURCES:
+        raise ValueError(f"unknown data.source {cfg.data.source!r}; allowed: {', '.join(MNIST_SOURCES)}")
 
 
 def build_model(cfg: DictConfig, in_dim: int, width: int, seed: int, device: torch.device, dtype: torch.dtype) -> NTKMLP:

@@ -22,9 +22,10 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from experiments.common import Parts, build_model, check_int, check_model_and_training, check_positive, run_start, train, write_outputs
+from experiments.common import (Parts, build_model, check_int, check_mnist, check_model_and_training, check_positive, run_start,
+                                train, write_outputs)
 from ntk.analytic import limiting_kernels
-from ntk.data import MNIST_SOURCES, mnist_batch
+from ntk.data import mnist_batch
 from ntk.spectrum import kernel_pca
 from ntk.train import TrainState
 from ntk.utils import resolve_device, resolve_dtype
@@ -37,12 +38,10 @@ def check_config(cfg: DictConfig) -> None:
     check_model_and_training(cfg)
     check_int("record_every", cfg.record_every)
     check_int("k", cfg.k, low=2)
-    check_int("data.batch_size", cfg.data.batch_size, low=cfg.k)
+    check_mnist(cfg, min_batch=cfg.k)
     check_positive("target_amplitude", cfg.target_amplitude)
     if not cfg.target_components or any(not 1 <= i <= cfg.k for i in cfg.target_components):
         raise ValueError(f"target_components must list components in [1, k={cfg.k}], got {list(cfg.target_components)}")
-    if cfg.data.source not in MNIST_SOURCES:
-        raise ValueError(f"unknown data.source {cfg.data.source!r}; allowed: {', '.join(MNIST_SOURCES)}")
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:

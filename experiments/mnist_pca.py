@@ -18,10 +18,10 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from experiments.common import Parts, build_model, check_int, run_start, write_outputs
+from experiments.common import Parts, build_model, check_int, check_mnist, run_start, write_outputs
 from ntk.activations import get_activation
 from ntk.analytic import limiting_kernels
-from ntk.data import MNIST_SOURCES, mnist_batch
+from ntk.data import mnist_batch
 from ntk.empirical import empirical_ntk
 from ntk.spectrum import kernel_pca
 from ntk.utils import resolve_device, resolve_dtype
@@ -38,9 +38,7 @@ def check_config(cfg: DictConfig) -> None:
     check_int("n_batches", cfg.n_batches)
     check_int("n_seeds", cfg.n_seeds)
     check_int("k", cfg.k)
-    check_int("data.batch_size", cfg.data.batch_size, low=cfg.k)
-    if cfg.data.source not in MNIST_SOURCES:
-        raise ValueError(f"unknown data.source {cfg.data.source!r}; allowed: {', '.join(MNIST_SOURCES)}")
+    check_mnist(cfg, min_batch=cfg.k)
     resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
 
 

