@@ -2,11 +2,14 @@
 
 Not part of requirements.txt: run it from a separate environment that has JAX and neural-tangents,
 
-    python3 -m venv /tmp/nt && /tmp/nt/bin/pip install jax==0.4.38 jaxlib==0.4.38 neural-tangents==0.6.5
-    /tmp/nt/bin/python -m scripts.bench_neural_tangents
+    python3 -m venv /tmp/nt && /tmp/nt/bin/pip install neural-tangents==0.6.5 jax==0.4.23 jaxlib==0.4.23 \
+        tf2jax==0.3.6 "numpy<2" "scipy<1.14"
+    /tmp/nt/bin/python -m scripts.bench_neural_tangents 3 0 1 2     # repeats, then case indices
+
+(newer JAX releases break neural-tangents 0.6.5's structured derivatives).
 
 It builds the same NTK-parameterised MLPs with `stax.Dense(parameterization="ntk")`, takes the
-empirical NTK with the structured-derivatives implementation under `jax.jit` (compile time
+empirical NTK (N, N) with the structured-derivatives implementation under `jax.jit` (compile time
 excluded: best of `repeats` after a warm-up call), and measures a float32 GEMM in the same process.
 Writes results/bench/neural_tangents.csv and .md. It only imports jax, neural_tangents, numpy and
 the standard library.
@@ -52,7 +55,7 @@ def main(argv: list[str]) -> None:
         key = jax.random.PRNGKey(0)
         _, params = init_fn(key, (-1, 784))
         x = jax.random.uniform(jax.random.PRNGKey(1), (n, 784), dtype=jnp.float32)
-        kernel_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0,
+        kernel_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
                                                 implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES))
         t = best(lambda: kernel_fn(x, None, params).block_until_ready(), repeats)
         a = jax.random.normal(key, (n, width), dtype=jnp.float32)
