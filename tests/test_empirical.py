@@ -141,3 +141,11 @@ def test_blocked_kernel_of_many_points_matches_unblocked():
 def test_bad_inputs(x1, x2, method, message):
     with pytest.raises(ValueError, match=message):
         empirical_ntk(make(2, 4), x1, x2, method=method)
+
+
+def test_ntk_vector_product_refuses_beyond_the_memory_limit(monkeypatch):
+    model = make(3, 50)
+    x = torch.randn(20, 3, dtype=torch.float64)
+    monkeypatch.setenv("NTK_MEMORY_LIMIT", "10K")
+    with pytest.raises(NTKMemoryError, match="ntk_vector_product needs about .* more than the 10.2 kB available"):
+        ntk_vector_product(model, x, torch.ones(20, dtype=torch.float64))
