@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from experiments import circle_regression, circle_width, drift, mnist_convergence, mnist_pca
 from ntk.train import DivergenceError
@@ -99,7 +99,7 @@ def one_line(exc: BaseException) -> str:
         return f"invalid value for {invalid.full_key}: {first}"
     if isinstance(exc, ConfigCompositionException):
         found = re.search(r"Could not override '([^']+)'", text)
-        if found and "not in struct" in str(exc.__cause__):
+        if found and isinstance(exc.__cause__, (ConfigKeyError, ConfigAttributeError)):  # key not in struct / schema
             return _unknown_key_message(found.group(1))
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
