@@ -1,0 +1,1 @@
+import experiments.schema  # noqa: F401  (registers the config schemas)

@@ -32,8 +32,10 @@ def kernel_times(cfg: DictConfig) -> list[float]:
     """The times t at which kernels are recorded (default: start and end of training)."""
     end = cfg.train.lr * cfg.train.steps
     times = [0.0, end] if cfg.kernel_t is None else [float(t) for t in cfg.kernel_t]
+    if not times or any(b <= a for a, b in zip(times, times[1:])):
+        raise ValueError(f"kernel_t must be a strictly increasing list of times, got {times}")
     record_steps(times, cfg.train.lr, cfg.train.steps)  # validates
-    return sorted(set(times))
+    return times
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -15,6 +15,7 @@ multirun ends.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -42,6 +43,23 @@ def check_config(cfg: DictConfig) -> None:
         check_int("threads", cfg.threads)
 
 
+def threads_per_job() -> int | None:
+    """CPU threads for one job when a launcher runs n_jobs > 1 jobs at once on this machine.
+
+    With `hydra/launcher=joblib hydra.launcher.n_jobs=k`, each of the k jobs gets cores // k
+    threads, so they do not oversubscribe the cores; None (torch's default) otherwise.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
+    if not isinstance(jobs, int) or jobs == 1:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // (jobs if jobs > 0 else cores))
+
+
 def job_paths(cfg: DictConfig) -> dict[str, Path]:
     stem = Path(cfg.out_dir) / "jobs" / config_key(cfg)
     return {"table": stem.with_suffix(".csv"), "theta0": stem.with_suffix(".theta0.csv"), "config": stem.with_suffix(".yaml")}
@@ -54,8 +72,9 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
     if paths["table"].exists() and not cfg.overwrite:
         print(f"skip: {paths['table']} exists (overwrite=true to redo)")
         return None
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads if cfg.threads is not None else threads_per_job()
+    if threads is not None:
+        torch.set_num_threads(threads)
     device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
     start = run_start()
     width, depth = cfg.model.widths[0], cfg.model.depth
@@ -86,7 +105,7 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
 class AggregateOnEnd(Callback):
     """Hydra callback: merge the jobs and draw the figures when a multirun ends."""
 
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:  # noqa: D102
         from scripts.aggregate_drift import aggregate
 
         aggregate(Path(config.out_dir))

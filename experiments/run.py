@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from experiments import circle_regression, circle_width, drift, mnist_convergence, mnist_pca
 from ntk.train import DivergenceError
@@ -73,6 +73,15 @@ def _unknown_key_message(key: str) -> str:
     return f"unknown config key {bad!r}" + (f" (in {key!r})" if bad != key else "") + f"; allowed keys{where}: {allowed}"
 
 
+def _validation_error(exc: BaseException | None) -> ValidationError | None:
+    """The OmegaConf type error behind `exc`, if any (Hydra wraps it)."""
+    while exc is not None:
+        if isinstance(exc, ValidationError) and getattr(exc, "full_key", None):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
 def one_line(exc: BaseException) -> str:
     """A one-line description of a user error raised by Hydra, OmegaConf or an experiment."""
     text = str(exc)
@@ -84,9 +93,13 @@ def one_line(exc: BaseException) -> str:
             return f"unknown experiment {name!r}; allowed: {', '.join(available_experiments())}"
         options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")) if group else []
         return f"unknown config {what!r}" + (f"; allowed {group}: {', '.join(options)}" if options else "")
+    invalid = _validation_error(exc)
+    if invalid is not None:
+        first = str(invalid.msg).splitlines()[0] if getattr(invalid, "msg", None) else str(invalid).splitlines()[0]
+        return f"invalid value for {invalid.full_key}: {first}"
     if isinstance(exc, ConfigCompositionException):
         found = re.search(r"Could not override '([^']+)'", text)
-        if found and "not in struct" in str(exc.__cause__):
+        if found and isinstance(exc.__cause__, (ConfigKeyError, ConfigAttributeError)):  # key not in struct / schema
             return _unknown_key_message(found.group(1))
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 

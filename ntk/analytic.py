@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ntk.activations import Activation, get_activation
+from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 
 Tensor = torch.Tensor
 CLOSED_FORMS = ("relu", "erf")
@@ -35,6 +36,7 @@ def limiting_kernels(
     activation: str | Activation | tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] = "relu",
     quadrature_order: int = 24,
     force_quadrature: bool = False,
+    memory_limit: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """NNGP kernel Sigma(L) and NTK Theta(L) of the infinite-width network.
 
@@ -48,6 +50,9 @@ def limiting_kernels(
         quadrature_order: Gauss nodes per dimension (radius, and each of the four angular arcs)
             for activations without a closed form.
         force_quadrature: use the quadrature even for relu and erf (to test it).
+        memory_limit: bytes the computation may use (default `ntk.memory.available_memory`); the
+            rows of x1 are processed in blocks that fit, and a result that cannot fit is refused
+            with `NTKMemoryError`.
 
     Returns:
         (nngp, ntk), each (N1, N2) in float64.
@@ -62,6 +67,32 @@ def limiting_kernels(
     x1, x2 = _check(x1, x2)
     closed = act.name in CLOSED_FORMS and not force_quadrature
     expect = _CLOSED[act.name] if closed else _quadrature(act, quadrature_order)
+    rows = _rows_per_block(x1.shape[0], x2.shape[0], 0 if closed else quadrature_order, memory_limit)
+    if rows < x1.shape[0]:  # pairs are independent: do the rows of x1 in blocks that fit
+        parts = [_recursion(x1[i : i + rows], x2, depth, beta, expect) for i in range(0, x1.shape[0], rows)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return _recursion(x1, x2, depth, beta, expect)
+
+
+def _rows_per_block(n1: int, n2: int, order: int, memory_limit: int | None) -> int:
+    """Rows of x1 per block so that the recursion's temporaries fit the memory budget.
+
+    About 16 float64 arrays of the block's size for the closed forms, plus 6 arrays of
+    4 x order angles per pair for the quadrature; the two (N1, N2) results must fit as well.
+    """
+    budget = memory_limit if memory_limit is not None else available_memory("cpu")
+    result = 2 * n1 * n2 * 8
+    per_row = n2 * 8 * (16 + 6 * 4 * order)
+    if result + per_row > budget:
+        raise NTKMemoryError(
+            f"the analytic kernels of {n1} x {n2} pairs need at least {fmt_bytes(result + per_row)}, more than the "
+            f"{fmt_bytes(budget)} available; use fewer inputs or raise the limit (NTK_MEMORY_LIMIT)"
+        )
+    return max(1, min(n1, (budget - result) // per_row))
+
+
+def _recursion(x1: Tensor, x2: Tensor, depth: int, beta: float, expect) -> tuple[Tensor, Tensor]:
+    """Sigma(L), Theta(L) of all pairs of rows of x1, x2 (float64)."""
     n0 = x1.shape[1]
     b2 = beta**2
     sigma = x1 @ x2.T / n0 + b2  # Sigma(1)(x1, x2), (N1, N2)

@@ -132,6 +132,11 @@ def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor, dtype: torch.dtyp
         v: (N,) for a scalar output or (N, O); returned in the same shape.
     """
     _check_inputs(model, x, None)
+    need = memory_estimate(model, "ntk_vp", x.shape[0], 1, False, dtype, 1, x[:1])
+    budget = available_memory(x.device)
+    if need > budget:
+        raise NTKMemoryError(f"ntk_vector_product needs about {fmt_bytes(need)} for {x.shape[0]} inputs, more than the "
+                             f"{fmt_bytes(budget)} available; split the inputs or raise the limit (NTK_MEMORY_LIMIT)")
     params = _params(model, dtype)
     x = x.to(dtype)
 

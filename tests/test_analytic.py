@@ -7,6 +7,7 @@ import torch
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_points
 from ntk.empirical import empirical_ntk
+from ntk.memory import NTKMemoryError
 from ntk.model import NTKMLP
 from tests.conftest import rel_fro
 
@@ -83,6 +84,18 @@ def test_limit_is_positive_definite_on_distinct_circle_points(depth):
     nngp, ntk = limiting_kernels(x, None, depth)
     assert torch.linalg.eigvalsh(ntk)[0].item() > 0
     assert torch.linalg.eigvalsh(nngp)[0].item() > 0
+
+
+def test_blocks_over_rows_within_a_memory_limit_and_refuses_what_cannot_fit():
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.randn(40, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for activation, limit in (("relu", 60_000), ("tanh", 400_000)):
+        whole = limiting_kernels(x, y, 3, activation=activation)
+        blocked = limiting_kernels(x, y, 3, activation=activation, memory_limit=limit)
+        for a, b in zip(whole, blocked):
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+    with pytest.raises(NTKMemoryError, match="the analytic kernels of 50 x 40 pairs need at least"):
+        limiting_kernels(x, y, 3, memory_limit=10_000)
 
 
 @pytest.mark.parametrize(

