@@ -8,8 +8,9 @@ never a partial file) and writes, atomically:
   table.csv    every job's drift at every logged t (one row per job key and t: no duplicates)
   fits.csv     per depth and quantity, the exponent b of drift ~ width^b at the last t, fitted by
                least squares on log-log axes over all seeds, with its 95% confidence interval
-  spread.csv   per width and depth, the relative spread of Theta_0(x0, probe) across seeds
-               (RMS over the probe of sd / |mean|), and its fitted exponent in fits.csv
+  spread.csv   per width and depth, the relative spread of Theta_0(x0, probe) across seeds:
+               the RMS over the probe of the sd across seeds, over the RMS of the seed mean
+               (its fitted exponent is in fits.csv)
   drift_vs_width.png/.pdf, spread_vs_width.png/.pdf, drift_vs_depth.png/.pdf
 """
 
@@ -71,12 +72,13 @@ def aggregate(run_dir: Path) -> dict[str, pd.DataFrame]:
     fits = [dict(quantity=q, depth=d) | fit_exponent(g.width, g[q]) for q in QUANTITIES for d, g in last.groupby("depth")]
     spread = pd.DataFrame()
     if len(theta0):
-        per = theta0.groupby(["depth", "width", "gamma"]).theta0.agg(["mean", "std", "count"]).reset_index()
+        per = theta0.groupby(["depth", "width", "gamma"]).theta0.agg(["mean", "var", "count"]).reset_index()
         per = per[per["count"] >= 2]
         if len(per):
-            per["rel"] = per["std"] / per["mean"].abs()
-            spread = per.groupby(["depth", "width"]).agg(spread=("rel", lambda r: float(np.sqrt((r**2).mean()))),
-                                                         seeds=("count", "min")).reset_index()
+            per["mean2"] = per["mean"] ** 2
+            spread = per.groupby(["depth", "width"]).agg(var=("var", "mean"), mean2=("mean2", "mean"), seeds=("count", "min")).reset_index()
+            spread["spread"] = np.sqrt(spread["var"] / spread["mean2"])  # RMS sd over the probe / RMS mean kernel
+            spread = spread[["depth", "width", "spread", "seeds"]]
             fits += [dict(quantity="theta0_spread", depth=d) | fit_exponent(g.width, g.spread) for d, g in spread.groupby("depth")]
     fits = pd.DataFrame(fits)
     out = {"table": table, "fits": fits, "spread": spread}
