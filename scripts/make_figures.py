@@ -3,14 +3,17 @@
     python -m scripts.make_figures                  # all experiments found under results/
     python -m scripts.make_figures root=path/to/results
 
-Each experiment directory results/<name>/ holds table.csv (and the other tables of that run); its
-figures are rendered by the matching scripts/plot_<name>.py into PNG and PDF beside them.
+Every run directory under results/ (config.yaml names its experiment; a drift sweep has fits.csv)
+holds table.csv and the other tables of that run; its figures are rendered by the matching
+scripts/plot_<name>.py (or scripts/aggregate_drift.py) into PNG and PDF beside them.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from scripts import aggregate_drift, plot_circle_regression, plot_circle_width, plot_mnist_convergence, plot_mnist_pca
 from scripts.common import parse_kv
@@ -24,18 +27,25 @@ RENDERERS = {  # experiment name -> render(run directory)
 }
 
 
+def experiment_of(run_dir: Path) -> str | None:
+    """The experiment that wrote `run_dir`: `name` in its config.yaml (a drift sweep has fits.csv)."""
+    if (run_dir / "config.yaml").exists():
+        return OmegaConf.load(run_dir / "config.yaml").get("name")
+    return "drift_sweep" if (run_dir / "fits.csv").exists() else None
+
+
 def main(argv: list[str]) -> None:
     args = parse_kv(argv, dict(root="results"))
     root = Path(args["root"])
     done = 0
-    for name, render in RENDERERS.items():
-        table = root / name / "table.csv"
-        if not table.exists():
-            print(f"skip {name}: no {table}")
+    for run_dir in sorted(p for p in root.glob("*") if p.is_dir()):
+        name = experiment_of(run_dir)
+        if name not in RENDERERS or not (run_dir / "table.csv").exists():
+            print(f"skip {run_dir}: no experiment table")
             continue
-        for path in render(root / name) or []:
+        for path in RENDERERS[name](run_dir) or []:
             print(path)
-        print(f"rendered {name}")
+        print(f"rendered {run_dir} ({name})")
         done += 1
     if not done:
         sys.exit(f"error: no tables found under {root}/; run an experiment first (python -m experiments.run +exp=<name>)")

@@ -43,11 +43,14 @@ def test_table_without_kernel_column_is_refused(tmp_path):
 
 def test_make_figures_rerenders_every_saved_table(table, tmp_path):
     root = tmp_path / "results"
-    (root / "circle_width").mkdir(parents=True)
-    (root / "circle_width" / "table.csv").write_bytes(table.read_bytes())
+    (root / "my_fig1_run").mkdir(parents=True)
+    (root / "my_fig1_run" / "table.csv").write_bytes(table.read_bytes())
+    (root / "my_fig1_run" / "config.yaml").write_text("name: circle_width\n")
+    (root / "bench").mkdir()
     proc = subprocess.run([sys.executable, "-m", "scripts.make_figures", f"root={root}"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert (root / "circle_width" / "circle_width.png").exists() and "skip circle_regression" in proc.stdout
+    assert (root / "my_fig1_run" / "circle_width.png").exists()
+    assert "rendered" in proc.stdout and "skip" in proc.stdout and "bench" in proc.stdout
     empty = subprocess.run([sys.executable, "-m", "scripts.make_figures", f"root={tmp_path / 'none'}"], cwd=ROOT, capture_output=True, text=True)
     assert empty.returncode != 0 and "no tables found" in empty.stderr
 
