@@ -6,7 +6,7 @@ relative kernel drift ||Theta_t - Theta_0||_F / ||Theta_0||_F on the training in
 `n_probe` points of the unit circle, and the relative weight change (`ntk.drift.DriftLogger`).
 It also keeps Theta_0(x0, probe) with x0 = (1, 0), for the spread of the initial kernel across seeds.
 
-Every job writes results/<name>/jobs/<key>.csv (+ .theta0.csv, .yaml) where <key> hashes its
+Every job writes results/<name>/jobs/<key>.csv (+ .theta0.csv, .config.yaml) where <key> hashes its
 resolved config: a job whose files exist is skipped unless overwrite=true, so an interrupted sweep
 resumes by running the same command. `scripts.aggregate_drift` merges the jobs (also a partial set)
 into table.csv without duplicates and draws the figures; `AggregateOnEnd` runs it when a Hydra
@@ -62,7 +62,7 @@ def threads_per_job() -> int | None:
 
 def job_paths(cfg: DictConfig) -> dict[str, Path]:
     stem = Path(cfg.out_dir) / "jobs" / config_key(cfg)
-    return {"table": stem.with_suffix(".csv"), "theta0": stem.with_suffix(".theta0.csv"), "config": stem.with_suffix(".yaml")}
+    return {"table": stem.with_suffix(".csv"), "theta0": stem.with_suffix(".theta0.csv"), "config": stem.with_suffix(".config.yaml")}
 
 
 def run(cfg: DictConfig) -> pd.DataFrame | None:
