@@ -67,10 +67,11 @@ def render(run_dir: str | Path) -> list[Path]:
             run = sel[(sel.width == width) & (sel.seed == sel.seed.min())]
             ax.plot(run.t, run.amplitude.abs(), style, color=colour, lw=1, label=f"$c_{comp}$, n = {width}")
         pred = sel.drop_duplicates("t").sort_values("t")
-        ax.plot(pred.t, pred.predicted.abs(), "k--", lw=0.8)
-        ax.text(pred.t.iloc[len(pred) // 2], pred.predicted.abs().iloc[len(pred) // 2], f" $\\lambda_{comp}$={lam:.3g}", fontsize=7)
+        ax.plot(pred.t, pred.predicted.abs(), "--", color=colour, lw=0.8, label=rf"$|c_{comp}(0)| e^{{-\lambda_{comp} t}}$, $\lambda_{comp}$ = {lam:.3g}")
     ax.set_yscale("log")
-    ax.set(xlabel="t", ylabel=r"$|c_i(t)|$", title=r"amplitude along kernel principal components (dashed: $|c_i(0)| e^{-\lambda_i t}$)")
+    observed = comps.amplitude.abs()
+    ax.set_ylim(max(observed[observed > 0].min(), 1e-5) / 2, 2 * observed.max())  # a fast predicted decay would squash the rest
+    ax.set(xlabel="t", ylabel=r"$|c_i(t)|$", title=r"residual along kernel principal components (dashed: $n = \infty$)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
