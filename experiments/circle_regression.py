@@ -19,14 +19,15 @@ provenance.json; circle_regression.png/.pdf.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from experiments.common import Parts, build_model, check_int, check_model_and_training, run_start, train, write_outputs
+from experiments.common import (Parts, build_model, check_int, check_model_and_training, loss_table, network_jobs, run_start, train,
+                                write_outputs)
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_grid, circle_points, product_target
 from ntk.empirical import empirical_nngp, empirical_ntk
@@ -112,15 +113,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         fixed.append(percentiles("approx", gamma.numpy(), mean_a.cpu(), cov_a.cpu(), cfg.approx_width))
         del wide
 
-    parts = Parts(cfg)
-    jobs = [(w, s) for w in cfg.model.widths for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
-    names = [f"w{w}_s{s}" for w, s in jobs]
-    resumed = 0
     x_dev, y_dev, grid_dev = x_train.to(device, dtype), y_train.to(device, dtype), grid.to(device, dtype)
-    for (width, seed), job in zip(tqdm(jobs, desc="networks (width, seed)", disable=not cfg.progress), names):
-        if parts.done(job, TABLES):
-            resumed += 1
-            continue
+
+    def job(width: int, seed: int) -> dict[str, pd.DataFrame]:
         model = build_model(cfg, 2, width, seed, device, dtype)
         curves = []
 
@@ -130,13 +125,15 @@ def run(cfg: DictConfig) -> pd.DataFrame:
             curves.append(pd.DataFrame(dict(kind="network", width=width, seed=seed, gamma=gamma.numpy(), f=f)))
 
         result = train(cfg, model, x_dev, y_dev, [t_end], record)
-        loss = pd.DataFrame(dict(width=width, seed=seed, t=result.t, loss=result.loss, lr_max=result.lr_max))
-        parts.save(job, {"table": curves[0], "loss": loss})
+        return {"table": curves[0], "loss": loss_table(result, width=width, seed=seed)}
 
-    table = pd.concat(fixed + [parts.load(names, "table")], ignore_index=True)
-    tables = {"table": table, "loss": parts.load(names, "loss"), "summary": summarise(table)}
+    parts = Parts(cfg)
+    jobs = {name: partial(job, w, s) for name, w, s in network_jobs(cfg)}
+    nets = parts.run(jobs, TABLES, "networks (width, seed)", cfg.progress)
+    table = pd.concat(fixed + [nets["table"]], ignore_index=True)
+    tables = {"table": table, "loss": nets["loss"], "summary": summarise(table)}
     out = write_outputs(cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype,
-                        jobs=len(jobs), resumed_jobs=resumed, t_network=t_end, t_limit=str(limit_t))
+                        jobs=len(jobs), resumed_jobs=parts.resumed, t_network=t_end, t_limit=str(limit_t))
     render(table, out / "circle_regression")
     parts.clear()
     return table

@@ -12,12 +12,14 @@ loss at every step), config.yaml, provenance.json, circle_width.png/.pdf.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from experiments.common import Parts, build_model, check_int, check_model_and_training, run_start, train, write_outputs
+from experiments.common import (Parts, build_model, check_int, check_model_and_training, loss_table, network_jobs, run_start, train,
+                                write_outputs)
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_grid, gaussian_inputs, product_target
 from ntk.empirical import empirical_ntk
@@ -62,14 +64,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     _, limit = limiting_kernels(x0.cpu(), grid.cpu(), cfg.model.depth, cfg.model.beta, cfg.model.activation)
     limit = limit[0].numpy()  # Theta_inf(x0, x(gamma)), (n_gamma,)
 
-    parts = Parts(cfg)
-    jobs = [(w, s) for w in cfg.model.widths for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
-    names = [f"w{w}_s{s}" for w, s in jobs]
-    resumed = 0
-    for (width, seed), job in zip(tqdm(jobs, desc="networks (width, seed)", disable=not cfg.progress), names):
-        if parts.done(job, TABLES):
-            resumed += 1
-            continue
+    def job(width: int, seed: int) -> dict[str, pd.DataFrame]:
         model = build_model(cfg, 2, width, seed, device, dtype)
         rows = []
 
@@ -79,13 +74,13 @@ def run(cfg: DictConfig) -> pd.DataFrame:
                                           ntk=theta.cpu().numpy(), loss=state.loss, limit=limit)))
 
         result = train(cfg, model, x_train, y_train, times, record)
-        loss = pd.DataFrame(dict(width=width, seed=seed, t=result.t, loss=result.loss, lr_max=result.lr_max))
-        parts.save(job, {"table": pd.concat(rows, ignore_index=True), "loss": loss})
-        del model
+        return {"table": pd.concat(rows, ignore_index=True), "loss": loss_table(result, width=width, seed=seed)}
 
-    tables = {name: parts.load(names, name) for name in TABLES}
+    parts = Parts(cfg)
+    jobs = {name: partial(job, w, s) for name, w, s in network_jobs(cfg)}
+    tables = parts.run(jobs, TABLES, "networks (width, seed)", cfg.progress)
     out = write_outputs(cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype,
-                        jobs=len(jobs), resumed_jobs=resumed)
+                        jobs=len(jobs), resumed_jobs=parts.resumed)
     render(tables["table"], out / "circle_width")
     parts.clear()
     return tables["table"]

@@ -15,11 +15,13 @@ import hashlib
 import io
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from ntk.activations import get_activation
 from ntk.data import MNIST_SOURCES
@@ -42,6 +44,16 @@ def check_positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a number > 0, got {value!r}")
     return float(value)
+
+
+def network_jobs(cfg: DictConfig) -> list[tuple[str, int, int]]:
+    """(job name, width, seed) for every width of cfg.model.widths and every seed."""
+    return [(f"w{w}_s{s}", w, s) for w in cfg.model.widths for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
+
+
+def loss_table(result: TrainResult, **key: object) -> pd.DataFrame:
+    """The loss at every step of one training run, with its stability bound lr_max."""
+    return pd.DataFrame(dict(key, t=result.t, loss=result.loss, lr_max=result.lr_max))
 
 
 def check_model_and_training(cfg: DictConfig) -> None:
@@ -117,6 +129,21 @@ class Parts:
                 atomic_write_text(self.path(job, table), frame.to_csv(index=False))
         first = next(iter(frames))
         atomic_write_text(self.path(job, first), frames[first].to_csv(index=False))
+
+    def run(self, jobs: dict[str, Callable[[], dict[str, pd.DataFrame]]], tables: tuple[str, ...], desc: str,
+            progress: bool) -> dict[str, pd.DataFrame]:
+        """Run every job whose parts are missing (in order), save its tables, and return all tables.
+
+        Each job returns {table name: DataFrame} for the names in `tables`; afterwards `resumed`
+        says how many jobs were found done and skipped.
+        """
+        self.resumed = 0
+        for name, job in tqdm(jobs.items(), desc=desc, disable=not progress):
+            if self.done(name, tables):
+                self.resumed += 1
+                continue
+            self.save(name, job())
+        return {table: self.load(list(jobs), table) for table in tables}
 
     def load(self, jobs: list[str], table: str) -> pd.DataFrame:
         return pd.concat([pd.read_csv(self.path(job, table), float_precision="round_trip") for job in jobs], ignore_index=True)

@@ -16,14 +16,15 @@ provenance.json, mnist_convergence.png/.pdf (3b, 3c) and mnist_components.png/.p
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from experiments.common import (Parts, build_model, check_int, check_mnist, check_model_and_training, check_positive, run_start,
-                                train, write_outputs)
+from experiments.common import (Parts, build_model, check_int, check_mnist, check_model_and_training, check_positive, loss_table,
+                                network_jobs, run_start, train, write_outputs)
 from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
 from ntk.spectrum import kernel_pca
@@ -61,14 +62,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     funcs_dev = funcs.to(device)
     x_dev = x.to(device, dtype)
 
-    parts = Parts(cfg)
-    jobs = [(w, s) for w in cfg.model.widths for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
-    names = [f"w{w}_s{s}" for w, s in jobs]
-    resumed = 0
-    for (width, seed), job in zip(tqdm(jobs, desc="networks (width, seed)", disable=not cfg.progress), names):
-        if parts.done(job, TABLES):
-            resumed += 1
-            continue
+    def job(width: int, seed: int) -> dict[str, pd.DataFrame]:
         model = build_model(cfg, x.shape[1], width, seed, device, dtype)
         with torch.no_grad():
             target = model(x_dev).double() + shift.to(device)  # f* = f0 + A sum f(i), (N, 1)
@@ -84,14 +78,15 @@ def run(cfg: DictConfig) -> pd.DataFrame:
                                            amplitude=amp.cpu().numpy(), predicted=c0 * np.exp(-lambdas.numpy() * state.t))))
 
         result = train(cfg, model, x_dev, target.to(dtype), times, record)
-        loss = pd.DataFrame(dict(width=width, seed=seed, t=result.t, loss=result.loss, lr_max=result.lr_max))
-        parts.save(job, {"table": pd.DataFrame(rows), "components": pd.concat(comps, ignore_index=True), "loss": loss})
-        del model
+        return {"table": pd.DataFrame(rows), "components": pd.concat(comps, ignore_index=True),
+                "loss": loss_table(result, width=width, seed=seed)}
 
-    tables = {name: parts.load(names, name) for name in TABLES}
+    parts = Parts(cfg)
+    jobs = {name: partial(job, w, s) for name, w, s in network_jobs(cfg)}
+    tables = parts.run(jobs, TABLES, "networks (width, seed)", cfg.progress)
     tables["spectrum"] = pd.DataFrame(dict(component=np.arange(1, cfg.k + 1), **{"lambda": lambdas.numpy()}))
     out = write_outputs(cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype="float64",
-                        jobs=len(jobs), resumed_jobs=resumed, mnist_digits=n)
+                        jobs=len(jobs), resumed_jobs=parts.resumed, mnist_digits=n)
     render(out)
     parts.clear()
     return tables["table"]

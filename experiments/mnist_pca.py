@@ -12,11 +12,12 @@ mnist_pca.png/.pdf (the batch in the (f(2), f(3)) plane coloured by digit).
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from experiments.common import Parts, build_model, check_int, check_mnist, run_start, write_outputs
 from ntk.activations import get_activation
@@ -57,27 +58,23 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     start = run_start()
     batches = list(range(cfg.data.batch_seed, cfg.data.batch_seed + cfg.n_batches))
     data = {b: mnist_batch(cfg.data.batch_size, b, cfg.data.source, cfg.data.root, cfg.data.download) for b in batches}
-    jobs = [("limit", 0, b, -1) for b in batches]
-    jobs += [("empirical", w, b, s) for w in cfg.model.widths for b in batches for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
-    names = [f"{src}_w{w}_b{b}_s{s}" for src, w, b, s in jobs]
-    parts = Parts(cfg)
-    resumed = 0
-    for (source, width, batch, seed), job in zip(tqdm(jobs, desc="kernels", disable=not cfg.progress), names):
-        if parts.done(job, TABLES):
-            resumed += 1
-            continue
+    def job(source: str, width: int, batch: int, seed: int) -> dict[str, pd.DataFrame]:
         x, labels = data[batch]
         if source == "limit":
             kernel = limiting_kernels(x, None, cfg.model.depth, cfg.model.beta, cfg.model.activation)[1]
         else:
             model = build_model(cfg, x.shape[1], width, seed, device, dtype)
             kernel = empirical_ntk(model, x.to(device, dtype), dtype=kernel_dtype)
-            del model
         key = dict(source=source, width=width if source == "empirical" else np.inf, batch=batch, seed=seed)
-        parts.save(job, spectrum_frames(kernel, cfg.k, labels, **key))
-    tables = {name: parts.load(names, name) for name in TABLES}
+        return spectrum_frames(kernel, cfg.k, labels, **key)
+
+    specs = [("limit", 0, b, -1) for b in batches]
+    specs += [("empirical", w, b, s) for w in cfg.model.widths for b in batches for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
+    jobs = {f"{src}_w{w}_b{b}_s{s}": partial(job, src, w, b, s) for src, w, b, s in specs}
+    parts = Parts(cfg)
+    tables = parts.run(jobs, TABLES, "kernels", cfg.progress)
     out = write_outputs(cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype,
-                        jobs=len(jobs), resumed_jobs=resumed, mnist_digits=len(data[batches[0]][0]))
+                        jobs=len(jobs), resumed_jobs=parts.resumed, mnist_digits=len(data[batches[0]][0]))
     render(tables["components"], tables["table"], out / "mnist_pca")
     parts.clear()
     return tables["table"]
