@@ -19,13 +19,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
+from scripts.figures import save_figure
 
 QUANTITIES = ("ntk_drift_train", "ntk_drift_probe", "weight_drift")
 
@@ -95,13 +94,6 @@ def _reference(ax, x: np.ndarray, y0: float) -> None:
         ax.plot(x, y0 * (x / x[0]) ** slope, style, color="grey", lw=1, label=f"slope {slope:g}")
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    for suffix in (".png", ".pdf"):
-        fig.savefig(path.with_suffix(suffix), dpi=150)
-    plt.close(fig)
-
-
 def render(run_dir: Path, table: pd.DataFrame, fits: pd.DataFrame, spread: pd.DataFrame) -> None:
     """drift_vs_width, spread_vs_width and drift_vs_depth figures from the aggregated tables."""
     last = table[table.t == table.groupby("job").t.transform("max")]
@@ -122,7 +114,7 @@ def render(run_dir: Path, table: pd.DataFrame, fits: pd.DataFrame, spread: pd.Da
            ylabel=r"$\|\Theta_t - \Theta_0\|_F / \|\Theta_0\|_F$ (training inputs)")
     ax.set_title(f"kernel drift at t = {last.t.max():g}: fitted exponent [95% CI]", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
-    _save(fig, run_dir / "drift_vs_width")
+    save_figure(fig, run_dir / "drift_vs_width")
 
     if len(spread):
         fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -135,7 +127,7 @@ def render(run_dir: Path, table: pd.DataFrame, fits: pd.DataFrame, spread: pd.Da
         ax.set(xscale="log", yscale="log", xlabel="width n", ylabel=r"spread of $\Theta_0(x_0, x)$ across seeds (sd / mean)")
         ax.set_title("fluctuations of the initial kernel: fitted exponent [95% CI]", fontsize=9)
         ax.legend(fontsize=7, frameon=False)
-        _save(fig, run_dir / "spread_vs_width")
+        save_figure(fig, run_dir / "spread_vs_width")
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     wcolours = plt.cm.plasma(np.linspace(0, 0.85, len(widths)))
@@ -145,7 +137,7 @@ def render(run_dir: Path, table: pd.DataFrame, fits: pd.DataFrame, spread: pd.Da
     ax.set(yscale="log", xlabel="depth L (weight layers)", ylabel="relative kernel drift (training inputs)")
     ax.set_title(f"kernel drift at t = {last.t.max():g} against depth", fontsize=9)
     ax.legend(fontsize=7, frameon=False, ncol=2)
-    _save(fig, run_dir / "drift_vs_depth")
+    save_figure(fig, run_dir / "drift_vs_depth")
 
 
 def render_dir(run_dir: Path) -> None:

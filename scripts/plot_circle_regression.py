@@ -13,12 +13,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from scripts.figures import gamma_axis, save_figure
 
 COLUMNS = {"kind", "width", "seed", "gamma", "f"}
 COLOURS = ["tab:green", "tab:red", "tab:blue", "tab:orange"]
@@ -46,19 +45,10 @@ def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
                         lw=1.6 if prefix == "limit" else 1.2, label=label + extra if p == "p50" else None)
     pts = df[df.kind == "train"]
     ax.plot(pts.gamma, pts.f, "o", color="black", ms=5, label="training points")
-    ax.set_xlabel(r"$\gamma$")
     ax.set_ylabel(r"$f(\cos\gamma, \sin\gamma)$")
-    ax.set_xlim(-np.pi, np.pi)
-    ax.set_xticks([-np.pi, -np.pi / 2, 0, np.pi / 2, np.pi], [r"$-\pi$", r"$-\pi/2$", "0", r"$\pi/2$", r"$\pi$"])
+    gamma_axis(ax)
     ax.legend(fontsize=7, frameon=False, loc="lower left")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out)
 
 
 def main(argv: list[str]) -> None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from scripts.figures import gamma_axis, save_figure
 
 COLUMNS = {"width", "seed", "t", "gamma", "ntk"}
 STYLES = ["-", "--", ":", "-."]
@@ -42,20 +41,11 @@ def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
     if "limit" in df.columns:
         lim = df.drop_duplicates("gamma").sort_values("gamma")
         ax.plot(lim.gamma, lim.limit, color="black", lw=1.5, label=r"$n \to \infty$")
-    ax.set_xlabel(r"$\gamma$")
     ax.set_ylabel(r"$\Theta^{(4)}(x_0, x)$")
-    ax.set_xlim(-np.pi, np.pi)
-    ax.set_xticks([-np.pi, -np.pi / 2, 0, np.pi / 2, np.pi], [r"$-\pi$", r"$-\pi/2$", "0", r"$\pi/2$", r"$\pi$"])
+    gamma_axis(ax)
     ax.set_title(r"NTK on the unit circle, $x_0 = (1, 0)$, $x = (\cos\gamma, \sin\gamma)$", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out)
 
 
 def main(argv: list[str]) -> None:

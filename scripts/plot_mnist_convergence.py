@@ -14,23 +14,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from scripts.figures import save_figure
 
 COLOURS = ["tab:green", "tab:orange", "tab:red", "tab:blue", "tab:purple"]
-
-
-def _save(fig, out: Path) -> list[Path]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return paths
 
 
 def render(run_dir: str | Path) -> list[Path]:
@@ -55,8 +45,7 @@ def render(run_dir: str | Path) -> list[Path]:
     ax_g.set(xlabel="t", ylabel=r"$\|g_t\|$", title=r"(c) convergence along $f^{(2)}$, $\|g_t\|$")
     ax_h.legend(fontsize=8, frameon=False)
     ax_g.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    paths = _save(fig, run_dir / "mnist_convergence")
+    paths = save_figure(fig, run_dir / "mnist_convergence")
 
     started = comps[(comps.t == 0) & (comps.predicted.abs() > 1e-12)].component.unique()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -74,8 +63,7 @@ def render(run_dir: str | Path) -> list[Path]:
     ax.set(xlabel="t", ylabel=r"$|c_i(t)|$", title=r"residual along kernel principal components (dashed: $n = \infty$)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    return paths + _save(fig, run_dir / "mnist_components")
+    return paths + save_figure(fig, run_dir / "mnist_components")
 
 
 def main(argv: list[str]) -> None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from scripts.figures import save_figure
 
 
 def render(components: pd.DataFrame | str | Path, eigen: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
@@ -44,14 +43,7 @@ def render(components: pd.DataFrame | str | Path, eigen: pd.DataFrame | str | Pa
         label = "n = inf" if source == "limit" else f"n = {int(width)}"
         lines.append(label + ": " + ", ".join(f"{m:.3g}" for m in stats["mean"]))
     ax.text(0.02, 0.02, "lambda_1..k (mean)\n" + "\n".join(lines), transform=ax.transAxes, fontsize=7, va="bottom")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out)
 
 
 def main(argv: list[str]) -> None:

@@ -1,0 +1,30 @@
+"""Matplotlib helpers shared by the plotting scripts (headless backend, same output everywhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, out: str | Path) -> list[Path]:
+    """Write `out`.png and `out`.pdf (PDF without a creation date, so reruns give the same bytes)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1], metadata={"CreationDate": None})
+    plt.close(fig)
+    return paths
+
+
+def gamma_axis(ax: plt.Axes) -> None:
+    """x axis of the circle figures: gamma in [-pi, pi] with ticks at multiples of pi/2."""
+    ax.set_xlabel(r"$\gamma$")
+    ax.set_xlim(-np.pi, np.pi)
+    ax.set_xticks([-np.pi, -np.pi / 2, 0, np.pi / 2, np.pi], [r"$-\pi$", r"$-\pi/2$", "0", r"$\pi/2$", r"$\pi$"])
