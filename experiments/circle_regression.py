@@ -124,8 +124,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
                 f = state.model(grid_dev)[:, 0].to(torch.float64).cpu().numpy()
             curves.append(pd.DataFrame(dict(kind="network", width=width, seed=seed, gamma=gamma.numpy(), f=f)))
 
-        result = train(cfg, model, x_dev, y_dev, [t_end], record)
-        return {"table": curves[0], "loss": loss_table(result, width=width, seed=seed)}
+        result, drift = train(cfg, model, x_dev, y_dev, [t_end], record)
+        return {"table": curves[0], "loss": loss_table(result, drift, width=width, seed=seed)}
 
     parts = Parts(cfg)
     jobs = {name: partial(job, w, s) for name, w, s in network_jobs(cfg)}

@@ -73,8 +73,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
             rows.append(pd.DataFrame(dict(width=width, seed=seed, t=state.t, gamma=gamma.numpy(),
                                           ntk=theta.cpu().numpy(), loss=state.loss, limit=limit)))
 
-        result = train(cfg, model, x_train, y_train, times, record)
-        return {"table": pd.concat(rows, ignore_index=True), "loss": loss_table(result, width=width, seed=seed)}
+        result, drift = train(cfg, model, x_train, y_train, times, record)
+        return {"table": pd.concat(rows, ignore_index=True), "loss": loss_table(result, drift, width=width, seed=seed)}
 
     parts = Parts(cfg)
     jobs = {name: partial(job, w, s) for name, w, s in network_jobs(cfg)}

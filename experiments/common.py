@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -26,7 +27,8 @@ from tqdm.auto import tqdm
 from ntk.activations import get_activation
 from ntk.data import MNIST_SOURCES
 from ntk.model import NTKMLP
-from ntk.train import TRAIN_METHODS, TrainResult, gradient_descent
+from ntk.drift import DriftLogger
+from ntk.train import TRAIN_METHODS, TrainResult, TrainState, gradient_descent, record_steps
 from ntk.utils import resolve_device, resolve_dtype
 from experiments.provenance import atomic_write_json, atomic_write_text, git_revision, provenance
 
@@ -51,9 +53,13 @@ def network_jobs(cfg: DictConfig) -> list[tuple[str, int, int]]:
     return [(f"w{w}_s{s}", w, s) for w in cfg.model.widths for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
 
 
-def loss_table(result: TrainResult, **key: object) -> pd.DataFrame:
-    """The loss at every step of one training run, with its stability bound lr_max."""
-    return pd.DataFrame(dict(key, t=result.t, loss=result.loss, lr_max=result.lr_max))
+def loss_table(result: TrainResult, drift: list[dict], **key: object) -> pd.DataFrame:
+    """The loss at every step of one training run, its stability bound lr_max, and the drift columns
+    (ntk_drift_train, weight_drift, ...) at the steps where drift was logged (empty elsewhere)."""
+    table = pd.DataFrame(dict(key, t=result.t, loss=result.loss, lr_max=result.lr_max))
+    if drift:
+        table = table.merge(pd.DataFrame(drift).drop(columns="loss"), on="t", how="left")
+    return table
 
 
 def check_model_and_training(cfg: DictConfig) -> None:
@@ -73,6 +79,7 @@ def check_model_and_training(cfg: DictConfig) -> None:
         raise ValueError(f"unknown train.method {cfg.train.method!r}; allowed: {', '.join(TRAIN_METHODS)}")
     check_int("n_seeds", cfg.n_seeds)
     check_int("seed", cfg.seed, low=0)
+    check_int("drift_points", cfg.drift_points, low=0)
     resolve_dtype(cfg.dtype)
     resolve_dtype(cfg.kernel_dtype)
     resolve_device(cfg.device)
@@ -93,20 +100,47 @@ def build_model(cfg: DictConfig, in_dim: int, width: int, seed: int, device: tor
     )
 
 
-def train(cfg: DictConfig, model: NTKMLP, x: torch.Tensor, y: torch.Tensor, record_t, callback) -> TrainResult:
-    """Full-batch gradient descent as configured in cfg.train."""
-    return gradient_descent(
-        model, x, y, lr=cfg.train.lr, steps=cfg.train.steps, record_t=record_t, callback=callback,
+def drift_steps(cfg: DictConfig) -> list[int]:
+    """Steps at which drift is logged: `drift_points` evenly spaced steps from 0 to train.steps (0: none)."""
+    n = cfg.drift_points
+    if n == 0:
+        return []
+    return sorted({round(i * cfg.train.steps / (n - 1)) for i in range(n)}) if n > 1 else [0]
+
+
+def train(cfg: DictConfig, model: NTKMLP, x: torch.Tensor, y: torch.Tensor, record_t, callback,
+          probe: torch.Tensor | None = None) -> tuple[TrainResult, list[dict]]:
+    """Full-batch gradient descent as configured in cfg.train, with optional drift logging.
+
+    `callback` is called at the times `record_t`. When cfg.drift_points > 0, the kernel drift on
+    the training inputs (and on `probe`), the weight drift and the loss are also logged at
+    `drift_steps(cfg)` (`ntk.drift.DriftLogger`); they are returned as rows (t, loss, ...).
+    """
+    lr = cfg.train.lr
+    wanted = set(record_steps(record_t, lr, cfg.train.steps))
+    steps = set(drift_steps(cfg))
+    logger = DriftLogger(model, x, probe, resolve_dtype(cfg.kernel_dtype)) if steps else None
+    drift = []
+
+    def on_record(state: TrainState) -> None:
+        if state.step in wanted and callback is not None:
+            callback(state)
+        if state.step in steps:
+            drift.append(logger(state))
+
+    result = gradient_descent(
+        model, x, y, lr=lr, steps=cfg.train.steps, record_t=[lr * k for k in sorted(wanted | steps)], callback=on_record,
         method=cfg.train.method, divergence_factor=cfg.train.divergence_factor, progress=cfg.progress,
     )
+    return result, drift
 
 
 def config_key(cfg: DictConfig) -> str:
-    """Short hash of the resolved config, without the keys that do not change results."""
+    """Short hash of the resolved config (keys sorted), without the keys that do not change results."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in NOT_IN_KEY:
         data.pop(key, None)
-    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(data)).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class Parts:

@@ -3,7 +3,8 @@
 A job trains one NTK MLP (width, depth, seed) by full-batch gradient descent on the Figure 1 task
 (f*(x) = x1 x2 at data.n_train Gaussian inputs) and logs, at `drift_points` times t, the loss, the
 relative kernel drift ||Theta_t - Theta_0||_F / ||Theta_0||_F on the training inputs and on
-`n_probe` points of the unit circle, and the relative weight change (`ntk.drift.DriftLogger`).
+`n_probe` points of the unit circle, and the relative weight change (`experiments.common.train`
+with `ntk.drift.DriftLogger`; any other experiment logs the same with drift_points > 0).
 It also keeps Theta_0(x0, probe) with x0 = (1, 0), for the spread of the initial kernel across seeds.
 
 Every job writes results/<name>/jobs/<key>.csv (+ .theta0.csv, .config.yaml) where <key> hashes its
@@ -27,7 +28,6 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.common import build_model, check_int, check_model_and_training, config_key, run_start, train
 from experiments.provenance import atomic_write_text, provenance
 from ntk.data import circle_grid, gaussian_inputs, product_target
-from ntk.drift import DriftLogger
 from ntk.empirical import empirical_ntk
 from ntk.utils import resolve_device, resolve_dtype
 
@@ -86,10 +86,7 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
     probe = probe.to(device, kernel_dtype)
     model = build_model(cfg, 2, width, cfg.seed, device, dtype)
     theta0 = empirical_ntk(model, probe[cfg.n_probe // 2 : cfg.n_probe // 2 + 1], probe, dtype=kernel_dtype)[0]  # x0 = (1, 0)
-    logger = DriftLogger(model, x, probe, kernel_dtype)
-    steps = sorted({round(i * cfg.train.steps / (cfg.drift_points - 1)) for i in range(cfg.drift_points)})
-    rows = []
-    result = train(cfg, model, x, y, [cfg.train.lr * s for s in steps], lambda state: rows.append(logger(state)))
+    result, rows = train(cfg, model, x, y, [], None, probe=probe)
     key = dict(width=width, depth=depth, seed=cfg.seed)
     table = pd.DataFrame([key | row | dict(lr_max=result.lr_max) for row in rows])
 

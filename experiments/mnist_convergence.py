@@ -77,9 +77,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
             comps.append(pd.DataFrame(dict(width=width, seed=seed, t=state.t, component=np.arange(1, cfg.k + 1),
                                            amplitude=amp.cpu().numpy(), predicted=c0 * np.exp(-lambdas.numpy() * state.t))))
 
-        result = train(cfg, model, x_dev, target.to(dtype), times, record)
+        result, drift = train(cfg, model, x_dev, target.to(dtype), times, record)
         return {"table": pd.DataFrame(rows), "components": pd.concat(comps, ignore_index=True),
-                "loss": loss_table(result, width=width, seed=seed)}
+                "loss": loss_table(result, drift, width=width, seed=seed)}
 
     parts = Parts(cfg)
     jobs = {name: partial(job, w, s) for name, w, s in network_jobs(cfg)}

@@ -86,3 +86,13 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, override, mess
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith(message) and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_drift_is_logged_into_the_loss_table_when_asked(compose_cfg, tmp_path):
+    cfg = compose_cfg(TINY + [f"out_dir={tmp_path}", "drift_points=3", "n_seeds=1", "model.widths=[20]"])
+    circle_width.run(cfg)
+    loss = pd.read_csv(tmp_path / "loss.csv")
+    assert len(loss) == 4 and {"ntk_drift_train", "weight_drift"} <= set(loss.columns)
+    logged = loss.dropna(subset=["ntk_drift_train"])
+    assert list(logged.t) == [0.0, 1.0, 1.5]  # steps 0, 2, 3 of 3 at lr 0.5
+    assert logged.ntk_drift_train.iloc[0] == 0.0 and (logged.weight_drift.iloc[1:] > 0).all()
