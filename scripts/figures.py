@@ -9,6 +9,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def read_table(table: pd.DataFrame | str | Path, columns: set[str], name: str = "table") -> pd.DataFrame:
+    """A saved table (CSV path) or DataFrame, refused with a one-line error if it lacks `columns`."""
+    df = table if isinstance(table, pd.DataFrame) else pd.read_csv(table)
+    missing = columns - set(df.columns)
+    if missing:
+        raise ValueError(f"{name} lacks columns {sorted(missing)}; expected {sorted(columns)}")
+    return df
 
 
 def save_figure(fig: plt.Figure, out: str | Path) -> list[Path]:

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from scripts.figures import gamma_axis, save_figure
+from scripts.figures import gamma_axis, read_table, save_figure
 
 COLUMNS = {"kind", "width", "seed", "gamma", "f"}
 COLOURS = ["tab:green", "tab:red", "tab:blue", "tab:orange"]
@@ -25,10 +25,7 @@ COLOURS = ["tab:green", "tab:red", "tab:blue", "tab:orange"]
 
 def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
     """Draw the figure from `table` (a DataFrame or CSV path); write `out`.png and `out`.pdf."""
-    df = pd.read_csv(table) if not isinstance(table, pd.DataFrame) else table
-    missing = COLUMNS - set(df.columns)
-    if missing:
-        raise ValueError(f"table lacks columns {sorted(missing)}; expected {sorted(COLUMNS)}")
+    df = read_table(table, COLUMNS)
     fig, ax = plt.subplots(figsize=(6, 4))
     nets = df[df.kind == "network"]
     for colour, (width, group) in zip(COLOURS, nets.groupby("width")):

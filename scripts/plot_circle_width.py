@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from scripts.figures import gamma_axis, save_figure
+from scripts.figures import gamma_axis, read_table, save_figure
 
 COLUMNS = {"width", "seed", "t", "gamma", "ntk"}
 STYLES = ["-", "--", ":", "-."]
@@ -24,10 +24,7 @@ STYLES = ["-", "--", ":", "-."]
 
 def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
     """Draw the figure from `table` (a DataFrame or CSV path); write `out`.png and `out`.pdf."""
-    df = pd.read_csv(table) if not isinstance(table, pd.DataFrame) else table
-    missing = COLUMNS - set(df.columns)
-    if missing:
-        raise ValueError(f"table lacks columns {sorted(missing)}; expected {sorted(COLUMNS)}")
+    df = read_table(table, COLUMNS)
     widths, times = sorted(df.width.unique()), sorted(df.t.unique())
     colours = plt.cm.viridis(np.linspace(0.1, 0.8, len(widths))) if len(widths) > 2 else ["tab:green", "tab:red"][: len(widths)]
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -16,22 +16,17 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
-from scripts.figures import save_figure
+from scripts.figures import read_table, save_figure
 
 COLOURS = ["tab:green", "tab:orange", "tab:red", "tab:blue", "tab:purple"]
 
 
 def render(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
-    table = pd.read_csv(run_dir / "table.csv")
-    comps = pd.read_csv(run_dir / "components.csv")
-    spectrum = pd.read_csv(run_dir / "spectrum.csv")
-    for name, df, cols in (("table", table, {"width", "seed", "t", "g_norm", "h_norm"}),
-                           ("components", comps, {"width", "seed", "t", "component", "amplitude", "predicted"})):
-        if cols - set(df.columns):
-            raise ValueError(f"{name}.csv lacks columns {sorted(cols - set(df.columns))}")
+    table = read_table(run_dir / "table.csv", {"width", "seed", "t", "g_norm", "h_norm"}, "table.csv")
+    comps = read_table(run_dir / "components.csv", {"width", "seed", "t", "component", "amplitude", "predicted"}, "components.csv")
+    spectrum = read_table(run_dir / "spectrum.csv", {"component", "lambda"}, "spectrum.csv")
     widths = sorted(table.width.unique())
     fig, (ax_h, ax_g) = plt.subplots(1, 2, figsize=(10, 3.8))
     for colour, width in zip(COLOURS, widths):

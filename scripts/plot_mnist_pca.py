@@ -16,16 +16,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from scripts.figures import save_figure
+from scripts.figures import read_table, save_figure
 
 
 def render(components: pd.DataFrame | str | Path, eigen: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
-    comps = pd.read_csv(components) if not isinstance(components, pd.DataFrame) else components
-    eig = pd.read_csv(eigen) if not isinstance(eigen, pd.DataFrame) else eigen
-    for name, df, cols in (("components", comps, {"source", "width", "batch", "seed", "label", "f2", "f3"}),
-                           ("eigenvalues", eig, {"source", "width", "component", "lambda"})):
-        if cols - set(df.columns):
-            raise ValueError(f"{name} table lacks columns {sorted(cols - set(df.columns))}")
+    comps = read_table(components, {"source", "width", "batch", "seed", "label", "f2", "f3"}, "components table")
+    eig = read_table(eigen, {"source", "width", "component", "lambda"}, "eigenvalues table")
     emp = comps[comps.source == "empirical"]
     pick = emp[emp.width == emp.width.max()] if len(emp) else comps[comps.source == "limit"]
     pick = pick[(pick.batch == pick.batch.min()) & (pick.seed == pick.seed.min())]
