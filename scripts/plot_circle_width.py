@@ -38,7 +38,7 @@ def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
     if "limit" in df.columns:
         lim = df.drop_duplicates("gamma").sort_values("gamma")
         ax.plot(lim.gamma, lim.limit, color="black", lw=1.5, label=r"$n \to \infty$")
-    ax.set_ylabel(r"$\Theta^{(4)}(x_0, x)$")
+    ax.set_ylabel(r"$\Theta(x_0, x)$")
     gamma_axis(ax)
     ax.set_title(r"NTK on the unit circle, $x_0 = (1, 0)$, $x = (\cos\gamma, \sin\gamma)$", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
