@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,29 +110,83 @@ def drift_steps(cfg: DictConfig) -> list[int]:
     return sorted({round(i * cfg.train.steps / (n - 1)) for i in range(n)}) if n > 1 else [0]
 
 
+class Checkpoint:
+    """The state of one network in training, saved every `every` steps so that an interrupted run
+    continues that network where it stopped (one file, replaced atomically; removed once the
+    network's tables are saved)."""
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every = Path(path), every
+
+    def steps(self, total: int) -> set[int]:
+        """Steps at which the state is saved: every `every` steps, not 0 and not the last."""
+        return set(range(self.every, total, self.every))
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self) -> dict | None:
+        return torch.load(self.path, map_location="cpu", weights_only=False) if self.path.exists() else None
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def train(cfg: DictConfig, model: NTKMLP, x: torch.Tensor, y: torch.Tensor, record_t, callback,
-          probe: torch.Tensor | None = None) -> tuple[TrainResult, list[dict]]:
+          probe: torch.Tensor | None = None, checkpoint: Checkpoint | None = None,
+          job_state: dict[str, list] | None = None) -> tuple[TrainResult, list[dict]]:
     """Full-batch gradient descent as configured in cfg.train, with optional drift logging.
 
     `callback` is called at the times `record_t`. When cfg.drift_points > 0, the kernel drift on
     the training inputs (and on `probe`), the weight drift and the loss are also logged at
     `drift_steps(cfg)` (`ntk.drift.DriftLogger`); they are returned as rows (t, loss, ...).
+
+    With a `checkpoint`, the parameters, the losses so far, the drift rows and the lists of
+    `job_state` (where the callback collects its rows) are saved every `checkpoint.every` steps;
+    if the checkpoint exists when training starts, `model` (freshly initialised: anything computed
+    from the initial network before this call stays valid) and those lists are restored from it
+    and training continues from its step, giving what an uninterrupted run gives.
     """
     lr = cfg.train.lr
-    wanted = set(record_steps(record_t, lr, cfg.train.steps))
-    steps = set(drift_steps(cfg))
-    logger = DriftLogger(model, x, probe, resolve_dtype(cfg.kernel_dtype)) if steps else None
-    drift = []
+    steps = cfg.train.steps
+    wanted = set(record_steps(record_t, lr, steps))
+    logged = set(drift_steps(cfg))
+    logger = DriftLogger(model, x, probe, resolve_dtype(cfg.kernel_dtype)) if logged else None
+    drift: list[dict] = []
+    job_state = job_state or {}
+    start, history = 0, None
+    saved_at = checkpoint.steps(steps) if checkpoint is not None else set()
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        start, history = saved["step"], TrainResult(**saved["history"])
+        drift.extend(saved["drift"])
+        for key, rows in job_state.items():
+            rows[:] = saved["job_state"][key]
 
     def on_record(state: TrainState) -> None:
+        if state.step in saved_at and state.step != start:  # before this step's rows: a resumed run records them again
+            history_now = state.result.until(state.step)
+            checkpoint.save(dict(step=state.step, model=state.model.state_dict(), drift=list(drift),
+                                 history=dict(t=history_now.t, loss=history_now.loss, lr_max=history_now.lr_max),
+                                 job_state={key: list(rows) for key, rows in job_state.items()}))
         if state.step in wanted and callback is not None:
             callback(state)
-        if state.step in steps:
+        if state.step in logged:
             drift.append(logger(state))
 
     result = gradient_descent(
-        model, x, y, lr=lr, steps=cfg.train.steps, record_t=[lr * k for k in sorted(wanted | steps)], callback=on_record,
-        method=cfg.train.method, divergence_factor=cfg.train.divergence_factor, progress=cfg.progress,
+        model, x, y, lr=lr, steps=steps, record_t=[lr * k for k in sorted(wanted | logged | saved_at)],
+        callback=on_record, method=cfg.train.method, divergence_factor=cfg.train.divergence_factor,
+        progress=cfg.progress, start_step=start, history=history,
     )
     return result, drift
 
@@ -153,6 +209,10 @@ class Parts:
 
     def path(self, job: str, table: str) -> Path:
         return self.dir / f"{job}.{table}.csv"
+
+    def checkpoint(self, job: str, every: int) -> Checkpoint:
+        """Where job `job` keeps its state during training (`Checkpoint`)."""
+        return Checkpoint(self.dir / f"{job}.checkpoint.pt", every)
 
     def done(self, job: str, tables: tuple[str, ...]) -> bool:
         return all(self.path(job, t).exists() for t in tables)
@@ -177,6 +237,7 @@ class Parts:
                 self.resumed += 1
                 continue
             self.save(name, job())
+            self.checkpoint(name, 1).remove()
         return {table: self.load(list(jobs), table) for table in tables}
 
     def load(self, jobs: list[str], table: str) -> pd.DataFrame:

@@ -4,18 +4,32 @@ The eigenfunctions f(i) of the exact infinite-width NTK on the batch (`ntk.spect
 (1/N) sum f(i)^2 = 1) define the target of every network: f* = f0 + A sum_{i in S} f(i), with f0
 the network's own output at initialisation, A = target_amplitude and S = target_components (the
 paper: A = 0.5, S = {2}). The residual f_t - f* on the batch is split into
-    g_t = <f_t - f*, f(2)> f(2)  (along the second component)  and  h_t = f_t - f* - g_t,
-with RMS norms over the batch. The n = infinity theory predicts ||g_t|| = A exp(-lambda_2 t) and
+    g_t = <f_t - f*, f(j)> f(j)  (along the tracked component j, the paper's j = 2)  and  h_t = f_t - f* - g_t,
+with RMS norms over the batch. The n = infinity theory predicts ||g_t|| = A exp(-lambda_j t) and
 h_t = 0; more generally the amplitude c_i(t) = <f_t - f*, f(i)> / N of every component decays as
 c_i(0) exp(-lambda_i t), lambda_i the eigenvalues of Theta_inf(X, X) / N.
 
+Why finite networks leave that curve is measured, not assumed: every `kernel_dt` of time the
+network's own NTK Theta_t on the batch is computed (layer-wise, exact) and logged through
+  rayleigh_i(t) = f(i)^T Theta_t f(i) / N^2   (= lambda_i for the limiting kernel),
+the rate at which the current kernel learns direction i, its relative drift
+||Theta_t - Theta_0||_F / ||Theta_0||_F, and the stability bound 2 / lambda_max(Theta_t / N).
+Integrating the measured rate gives the kernel's own prediction A exp(-int_0^t rayleigh_j(s) ds).
+
 Outputs (cfg.out_dir): table.csv (width, seed, t, loss, g_norm, h_norm), components.csv (width,
-seed, t, component, amplitude, predicted), spectrum.csv (component, lambda), config.yaml,
-provenance.json, mnist_convergence.png/.pdf (3b, 3c) and mnist_components.png/.pdf.
+seed, t, component, amplitude, predicted), kernel.csv (width, seed, t, component, rayleigh,
+lambda_inf, rate_ratio, kernel_drift, lr_max_t), loss.csv, spectrum.csv (component, lambda),
+deviation.csv (per network: max_t | ||g_t|| - A exp(-lambda_j t) |, max_t ||h_t||, the kernel-rate
+prediction's error, the largest rate ratio), fits.csv (exponent of each deviation against width,
+95% interval), config.yaml, provenance.json and the figures (`scripts.plot_mnist_convergence`).
+Networks are checkpointed every `checkpoint_every` steps, so an interrupted run resumes mid-network.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -23,70 +37,159 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import (Parts, build_model, check_int, check_mnist, check_model_and_training, check_positive, loss_table,
-                                network_jobs, run_start, train, write_outputs)
+from experiments.common import (Checkpoint, Parts, build_model, check_int, check_mnist, check_model_and_training, check_positive,
+                                loss_table, network_jobs, run_start, train, write_outputs)
+from experiments.fits import fit_exponent
+from experiments.provenance import gemm_gflops
 from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
-from ntk.spectrum import kernel_pca
+from ntk.drift import kernel_drift
+from ntk.empirical import empirical_ntk
+from ntk.spectrum import kernel_pca, rayleigh_quotients
 from ntk.train import TrainState
 from ntk.utils import resolve_device, resolve_dtype
-from scripts.plot_mnist_convergence import render
 
-TABLES = ("table", "components", "loss")
+TABLES = ("table", "components", "kernel", "loss")
+DEVIATIONS = ("g_deviation", "h_max")  # quantities whose width exponent is fitted
 
 
 def check_config(cfg: DictConfig) -> None:
     check_model_and_training(cfg)
-    check_int("record_every", cfg.record_every)
     check_int("k", cfg.k, low=2)
     check_mnist(cfg, min_batch=cfg.k)
     check_positive("target_amplitude", cfg.target_amplitude)
     if not cfg.target_components or any(not 1 <= i <= cfg.k for i in cfg.target_components):
         raise ValueError(f"target_components must list components in [1, k={cfg.k}], got {list(cfg.target_components)}")
+    if not 1 <= cfg.tracked_component <= cfg.k:
+        raise ValueError(f"tracked_component must be in [1, k={cfg.k}], got {cfg.tracked_component}")
+    check_int("checkpoint_every", cfg.checkpoint_every)
+    time_grid("record_dt", cfg.record_dt, cfg.train.lr, cfg.train.steps)
+    if cfg.kernel_dt != 0:
+        time_grid("kernel_dt", cfg.kernel_dt, cfg.train.lr, cfg.train.steps)
+
+
+def time_grid(name: str, dt: float, lr: float, steps: int) -> list[float]:
+    """t = 0, dt, 2 dt, ... up to lr * steps, and lr * steps itself; dt must be a multiple of lr."""
+    check_positive(name, dt)
+    per = dt / lr
+    if abs(per - round(per)) > 1e-9 * max(1.0, per) or round(per) < 1:
+        raise ValueError(f"{name}={dt:g} must be a positive multiple of train.lr={lr:g}, so that it falls on gradient-descent steps")
+    every = round(per)
+    return [lr * k for k in sorted(set(range(0, steps + 1, every)) | {steps})]
+
+
+@dataclass
+class Batch:
+    """What every network of a run shares: the digits and the limiting kernel's components."""
+
+    x: torch.Tensor  # (N, 784), float64, CPU
+    lambdas: torch.Tensor  # (k,) eigenvalues of Theta_inf / N
+    funcs: torch.Tensor  # (N, k) eigenfunctions, (1/N) sum f^2 = 1
+    shift: torch.Tensor  # (N, 1) f* - f0 = A sum_{i in S} f(i)
+    c0: np.ndarray  # (k,) amplitudes of f0 - f* = -shift
+
+
+def prepare(cfg: DictConfig) -> Batch:
+    """Load the batch, compute the exact limiting NTK and its top-k components, and the target shift."""
+    x, _ = mnist_batch(cfg.data.batch_size, cfg.data.batch_seed, cfg.data.source, cfg.data.root, cfg.data.download)
+    _, kernel = limiting_kernels(x, None, cfg.model.depth, cfg.model.beta, cfg.model.activation)
+    lambdas, funcs = kernel_pca(kernel, cfg.k)  # (k,), (N, k)
+    shift = cfg.target_amplitude * funcs[:, [i - 1 for i in cfg.target_components]].sum(1, keepdim=True)  # (N, 1)
+    c0 = (-shift[:, 0] @ funcs / x.shape[0]).numpy()
+    return Batch(x, lambdas, funcs, shift, c0)
+
+
+def network_job(cfg: DictConfig, batch: Batch, width: int, seed: int, checkpoint: Checkpoint | None = None) -> dict[str, pd.DataFrame]:
+    """Train one network as configured (cfg.train.lr, cfg.train.steps) and return its tables."""
+    device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
+    n, j = batch.x.shape[0], cfg.tracked_component - 1
+    x = batch.x.to(device, dtype)
+    funcs = batch.funcs.to(device)
+    model = build_model(cfg, x.shape[1], width, seed, device, dtype)
+    with torch.no_grad():
+        target = model(x).double() + batch.shift.to(device)  # f* = f0 + A sum f(i), (N, 1)
+    record_t = time_grid("record_dt", cfg.record_dt, cfg.train.lr, cfg.train.steps)
+    kernel_t = set(time_grid("kernel_dt", cfg.kernel_dt, cfg.train.lr, cfg.train.steps)) if cfg.kernel_dt else set()
+    kernel0 = empirical_ntk(model, x, dtype=kernel_dtype) if kernel_t else None  # Theta_0 of the initial network
+    lambdas = batch.lambdas.numpy()
+    rows: dict[str, list] = {"table": [], "components": [], "kernel": []}
+
+    def record(state: TrainState) -> None:
+        r = state.f.double()[:, 0] - target[:, 0]  # f_t - f*, (N,)
+        amp = funcs.T @ r / n  # (k,)
+        h = r - amp[j] * funcs[:, j]
+        rows["table"].append(dict(width=width, seed=seed, t=state.t, loss=state.loss, g_norm=abs(amp[j].item()),
+                                  h_norm=h.square().mean().sqrt().item()))
+        rows["components"].append(pd.DataFrame(dict(width=width, seed=seed, t=state.t, component=np.arange(1, cfg.k + 1),
+                                                    amplitude=amp.cpu().numpy(), predicted=batch.c0 * np.exp(-lambdas * state.t))))
+        if state.t in kernel_t:
+            kernel = kernel0 if state.step == 0 else empirical_ntk(state.model, x, dtype=kernel_dtype)  # (N, N)
+            quotients = rayleigh_quotients(kernel, funcs).cpu().numpy()
+            lam_max = torch.linalg.eigvalsh(kernel / n)[-1].item()
+            rows["kernel"].append(pd.DataFrame(dict(width=width, seed=seed, t=state.t, component=np.arange(1, cfg.k + 1),
+                                                    rayleigh=quotients, lambda_inf=lambdas, rate_ratio=quotients / lambdas,
+                                                    kernel_drift=kernel_drift(kernel, kernel0), lr_max_t=2.0 / lam_max)))
+
+    result, drift = train(cfg, model, x, target.to(dtype), record_t, record, checkpoint=checkpoint, job_state=rows)
+    kernel_rows = pd.concat(rows["kernel"], ignore_index=True) if rows["kernel"] else pd.DataFrame(
+        columns=["width", "seed", "t", "component", "rayleigh", "lambda_inf", "rate_ratio", "kernel_drift", "lr_max_t"])
+    return {"table": pd.DataFrame(rows["table"]), "components": pd.concat(rows["components"], ignore_index=True),
+            "kernel": kernel_rows, "loss": loss_table(result, drift, width=width, seed=seed)}
+
+
+def deviations(table: pd.DataFrame, kernel: pd.DataFrame, amplitude: float, lam: float, component: int) -> pd.DataFrame:
+    """Per network: how far it strays from the n = inf prediction, and how much of it the kernel explains.
+
+    g_deviation  max_t | ||g_t|| - A exp(-lambda t) |      h_max  max_t ||h_t||
+    kernel_prediction_error  max over the kernel times of | ||g_t|| - A exp(-int_0^t rayleigh(s) ds) |
+        (the integral by the trapezoidal rule on the kernel times)
+    rate_ratio_max  max_t rayleigh(t) / lambda along the tracked component
+    """
+    out = []
+    for (width, seed), run in table.groupby(["width", "seed"]):
+        row = dict(width=width, seed=seed, g_deviation=(run.g_norm - amplitude * np.exp(-lam * run.t)).abs().max(),
+                   h_max=run.h_norm.max(), kernel_prediction_error=math.nan, rate_ratio_max=math.nan)
+        rates = kernel[(kernel.width == width) & (kernel.seed == seed) & (kernel.component == component)].sort_values("t")
+        if len(rates) >= 2:
+            integral = np.concatenate([[0.0], np.cumsum(np.diff(rates.t) * 0.5 * (rates.rayleigh.values[1:] + rates.rayleigh.values[:-1]))])
+            g = run.set_index("t").g_norm.reindex(rates.t.values).values
+            row.update(kernel_prediction_error=np.nanmax(np.abs(g - amplitude * np.exp(-integral))),
+                       rate_ratio_max=rates.rate_ratio.max())
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def width_fits(deviation: pd.DataFrame) -> pd.DataFrame:
+    """Exponent b of quantity ~ width^b, over every network (seeds pooled), with its 95% interval."""
+    return pd.DataFrame([dict(quantity=q) | fit_exponent(deviation.width, deviation[q]) for q in DEVIATIONS])
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
     """Run Figures 3b/3c as configured; return the (width, seed, t) table."""
     check_config(cfg)
-    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
+    from scripts.plot_mnist_convergence import render
+
     start = run_start()
-    x, _ = mnist_batch(cfg.data.batch_size, cfg.data.batch_seed, cfg.data.source, cfg.data.root, cfg.data.download)
-    n = x.shape[0]
-    _, kernel = limiting_kernels(x, None, cfg.model.depth, cfg.model.beta, cfg.model.activation)
-    lambdas, funcs = kernel_pca(kernel, cfg.k)  # (k,), (N, k)
-    shift = cfg.target_amplitude * funcs[:, [i - 1 for i in cfg.target_components]].sum(1, keepdim=True)  # (N, 1)
-    c0 = (-shift[:, 0] @ funcs / n).numpy()  # amplitudes of f0 - f* = -shift, (k,)
-    times = [cfg.train.lr * s for s in range(0, cfg.train.steps + 1, cfg.record_every)]
-    if times[-1] != cfg.train.lr * cfg.train.steps:
-        times.append(cfg.train.lr * cfg.train.steps)
-    funcs_dev = funcs.to(device)
-    x_dev = x.to(device, dtype)
-
-    def job(width: int, seed: int) -> dict[str, pd.DataFrame]:
-        model = build_model(cfg, x.shape[1], width, seed, device, dtype)
-        with torch.no_grad():
-            target = model(x_dev).double() + shift.to(device)  # f* = f0 + A sum f(i), (N, 1)
-        rows, comps = [], []
-
-        def record(state: TrainState) -> None:
-            r = state.f.double()[:, 0] - target[:, 0]  # f_t - f*, (N,)
-            amp = funcs_dev.T @ r / n  # (k,)
-            h = r - amp[1] * funcs_dev[:, 1]
-            rows.append(dict(width=width, seed=seed, t=state.t, loss=state.loss, g_norm=abs(amp[1].item()),
-                             h_norm=h.square().mean().sqrt().item()))
-            comps.append(pd.DataFrame(dict(width=width, seed=seed, t=state.t, component=np.arange(1, cfg.k + 1),
-                                           amplitude=amp.cpu().numpy(), predicted=c0 * np.exp(-lambdas.numpy() * state.t))))
-
-        result, drift = train(cfg, model, x_dev, target.to(dtype), times, record)
-        return {"table": pd.DataFrame(rows), "components": pd.concat(comps, ignore_index=True),
-                "loss": loss_table(result, drift, width=width, seed=seed)}
-
+    gemm_start = gemm_gflops()
+    batch = prepare(cfg)
     parts = Parts(cfg)
-    jobs = {name: partial(job, w, s) for name, w, s in network_jobs(cfg)}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, width: int, seed: int) -> dict[str, pd.DataFrame]:
+        begin = time.time()
+        out = network_job(cfg, batch, width, seed, parts.checkpoint(name, cfg.checkpoint_every))
+        timings[name] = round(time.time() - begin, 1)
+        return out
+
+    jobs = {name: partial(timed, name, w, s) for name, w, s in network_jobs(cfg)}
     tables = parts.run(jobs, TABLES, "networks (width, seed)", cfg.progress)
-    tables["spectrum"] = pd.DataFrame(dict(component=np.arange(1, cfg.k + 1), **{"lambda": lambdas.numpy()}))
-    out = write_outputs(cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype="float64",
-                        jobs=len(jobs), resumed_jobs=parts.resumed, mnist_digits=n)
+    tables["spectrum"] = pd.DataFrame(dict(component=np.arange(1, cfg.k + 1), **{"lambda": batch.lambdas.numpy()}))
+    j = cfg.tracked_component
+    tables["deviation"] = deviations(tables["table"], tables["kernel"], abs(batch.c0[j - 1]), batch.lambdas[j - 1].item(), j)
+    tables["fits"] = width_fits(tables["deviation"])
+    out = write_outputs(cfg, tables, start, device=str(resolve_device(cfg.device)), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype,
+                        jobs=len(jobs), resumed_jobs=parts.resumed, job_wall_time_s=timings, mnist_digits=batch.x.shape[0],
+                        gemm_gflops_float32=dict(start=gemm_start, end=gemm_gflops()))
     render(out)
     parts.clear()
     return tables["table"]

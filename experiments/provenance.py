@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +42,25 @@ def provenance(command: list[str] | None = None, **extra: object) -> dict:
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
+
+
+def gemm_gflops(size: int = 2048, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", rounds: int = 5) -> float:
+    """This machine's matrix-product rate now: the median GFLOP/s of `rounds` (size x size) products.
+
+    Long runs record it at their start and end, so that their wall times can be compared across
+    machines and across runs of one machine (whose speed varies).
+    """
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    a @ b  # warm-up
+    times = []
+    for _ in range(rounds):
+        begin = time.perf_counter()
+        a @ b
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - begin)
+    return round(2 * size**3 / sorted(times)[rounds // 2] / 1e9, 1)
 
 
 _UMASK = os.umask(0)

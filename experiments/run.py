@@ -18,7 +18,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from experiments import circle_regression, circle_width, drift, mnist_convergence, mnist_pca
+from experiments import circle_regression, circle_width, drift, mnist_convergence, mnist_lr_equivalence, mnist_pca
 from ntk.train import DivergenceError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -30,6 +30,7 @@ EXPERIMENTS = {
     "circle_regression": circle_regression.run,
     "mnist_pca": mnist_pca.run,
     "mnist_convergence": mnist_convergence.run,
+    "mnist_lr_equivalence": mnist_lr_equivalence.run,
     "drift_sweep": drift.run,
 }
 

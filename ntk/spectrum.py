@@ -53,6 +53,27 @@ def kernel_pca(kernel: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return _normalise(values[-k:], vectors[:, -k:], n)
 
 
+def rayleigh_quotients(kernel: Tensor, funcs: Tensor) -> Tensor:
+    """f(i)^T K f(i) / N^2 for every column f(i) of `funcs`: the rate at which kernel gradient descent
+    with K learns the direction f(i) (paper, Section 5).
+
+    For eigenfunctions of Pi = K / N normalised by (1/N) sum_j f(i)(x_j)^2 = 1 (`kernel_pca`), the
+    quotient is the eigenvalue lambda_i; for another kernel (a finite network's NTK at time t) it
+    measures how fast that kernel learns the same direction.
+
+    Args:
+        kernel: K, (N, N).  funcs: f, (N, k).
+
+    Returns:
+        (k,) quotients, in the dtype of `kernel`.
+    """
+    n = kernel.shape[0]
+    if kernel.dim() != 2 or kernel.shape[1] != n or funcs.dim() != 2 or funcs.shape[0] != n:
+        raise ValueError(f"need a kernel (N, N) and functions (N, k) on the same N, got {tuple(kernel.shape)} and {tuple(funcs.shape)}")
+    funcs = funcs.to(kernel.dtype)
+    return (funcs * (kernel @ funcs)).sum(0) / n**2
+
+
 def kernel_pca_matrix_free(matvec: Callable[[Tensor], Tensor], n: int, k: int, dtype: torch.dtype = torch.float64,
                            tol: float = 1e-10) -> tuple[Tensor, Tensor]:
     """Top-k eigenpairs of Pi = K / N from products v -> K v only (Lanczos, scipy eigsh).

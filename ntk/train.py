@@ -32,6 +32,19 @@ class DivergenceError(RuntimeError):
 
 
 @dataclass
+class TrainResult:
+    """Loss at every step, and the stability bound computed at initialisation."""
+
+    t: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    lr_max: float = math.nan
+
+    def until(self, step: int) -> TrainResult:
+        """A copy holding steps 0 ... step - 1 only: the history a run continued at `step` needs."""
+        return TrainResult(t=self.t[:step], loss=self.loss[:step], lr_max=self.lr_max)
+
+
+@dataclass
 class TrainState:
     """What a callback sees: the model at time t = lr * step, its outputs on the training inputs
     f (N, O) and its training loss there."""
@@ -41,15 +54,7 @@ class TrainState:
     loss: float
     model: nn.Module
     f: Tensor
-
-
-@dataclass
-class TrainResult:
-    """Loss at every step, and the stability bound computed at initialisation."""
-
-    t: list[float] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    lr_max: float = math.nan
+    result: TrainResult | None = None  # the losses so far (steps 0 ... step), e.g. for a checkpoint
 
 
 def mse_cost(f: Tensor, y: Tensor) -> Tensor:
@@ -92,6 +97,8 @@ def gradient_descent(
     method: str = "auto",
     divergence_factor: float = 1e4,
     progress: bool = False,
+    start_step: int = 0,
+    history: TrainResult | None = None,
 ) -> TrainResult:
     """Train `model` in place by full-batch gradient descent on `mse_cost` up to t = lr * steps.
 
@@ -106,6 +113,11 @@ def gradient_descent(
         method: "auto", "fused" (NTKMLP only) or "autograd".
         divergence_factor: stop when the loss exceeds this multiple of the initial loss.
         progress: show a tqdm bar over steps.
+        start_step: continue an interrupted run: `model` holds the parameters after `start_step`
+            steps, and the first step taken is step start_step (t = lr * start_step).
+        history: with start_step > 0, the `TrainResult` of steps 0 ... start_step - 1 of that run
+            (`TrainResult.until`); its lr_max and initial loss are kept, so the continued run
+            returns what an uninterrupted one would.
 
     Returns:
         A `TrainResult` with the loss at every step (t = 0, lr, ..., lr * steps) and
@@ -128,12 +140,21 @@ def gradient_descent(
     fused = method == "fused" or (method == "auto" and isinstance(model, NTKMLP))
     if fused and not isinstance(model, NTKMLP):
         raise ValueError(f"method='fused' needs an NTKMLP, got {type(model).__name__}; use method='autograd'")
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step <= steps:
+        raise ValueError(f"start_step must be an integer in [0, steps={steps}], got {start_step!r}")
+    if start_step > 0 and (history is None or len(history.loss) != start_step):
+        raise ValueError(f"continuing at start_step={start_step} needs the history of steps 0 ... {start_step - 1}")
     to_record = record_steps(record_t, lr, steps)
     step_fn = _fused_step if fused else _autograd_step
 
-    result = TrainResult(lr_max=largest_stable_lr(model, x))
-    loss0 = None
-    bar = tqdm(range(steps + 1), desc="gradient descent", disable=not progress, leave=False)
+    if start_step > 0:
+        result = TrainResult(t=list(history.t), loss=list(history.loss), lr_max=history.lr_max)
+        loss0 = history.loss[0]
+    else:
+        result = TrainResult(lr_max=largest_stable_lr(model, x))
+        loss0 = None
+    bar = tqdm(range(start_step, steps + 1), desc="gradient descent", disable=not progress, leave=False,
+               initial=start_step, total=steps + 1)
     for k in bar:
         t = k * lr
         loss, f, update = step_fn(model, x, y)
@@ -148,7 +169,7 @@ def gradient_descent(
                 f"2 / lambda_max(Theta(X,X)/N) = {result.lr_max:.4g}"
             )
         if k in to_record and callback is not None:
-            callback(TrainState(t=to_record[k], step=k, loss=loss, model=model, f=f))
+            callback(TrainState(t=to_record[k], step=k, loss=loss, model=model, f=f, result=result))
         if k < steps:
             update(lr)
         if progress and k % 10 == 0:

@@ -22,23 +22,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from experiments.fits import fit_exponent
 from scripts.figures import save_figure
 
 QUANTITIES = ("ntk_drift_train", "ntk_drift_probe", "weight_drift")
-
-
-def fit_exponent(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str, float]:
-    """Least-squares fit of log y = a + b log x: the exponent b, its standard error and CI."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    keep = (x > 0) & (y > 0)
-    if keep.sum() < 3 or np.unique(x[keep]).size < 2:
-        return dict(exponent=np.nan, stderr=np.nan, ci_low=np.nan, ci_high=np.nan, points=int(keep.sum()))
-    fit = stats.linregress(np.log(x[keep]), np.log(y[keep]))
-    half = stats.t.ppf(0.5 + level / 2, keep.sum() - 2) * fit.stderr
-    return dict(exponent=fit.slope, stderr=fit.stderr, ci_low=fit.slope - half, ci_high=fit.slope + half,
-                intercept=fit.intercept, points=int(keep.sum()))
 
 
 def load_jobs(jobs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

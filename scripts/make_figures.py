@@ -15,7 +15,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from scripts import aggregate_drift, plot_circle_regression, plot_circle_width, plot_mnist_convergence, plot_mnist_pca
+from scripts import (aggregate_drift, plot_circle_regression, plot_circle_width, plot_mnist_convergence, plot_mnist_lr_equivalence,
+                     plot_mnist_pca)
 from scripts.common import parse_kv
 
 RENDERERS = {  # experiment name -> render(run directory)
@@ -23,6 +24,7 @@ RENDERERS = {  # experiment name -> render(run directory)
     "circle_regression": lambda d: plot_circle_regression.render(d / "table.csv", d / "circle_regression"),
     "mnist_pca": lambda d: plot_mnist_pca.render(d / "components.csv", d / "table.csv", d / "mnist_pca"),
     "mnist_convergence": plot_mnist_convergence.render,
+    "mnist_lr_equivalence": plot_mnist_lr_equivalence.render,
     "drift_sweep": aggregate_drift.render_dir,
 }
 

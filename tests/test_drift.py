@@ -13,7 +13,8 @@ from ntk.drift import DriftLogger, kernel_drift, weight_drift
 from ntk.empirical import empirical_ntk
 from ntk.model import NTKMLP
 from ntk.train import gradient_descent
-from scripts.aggregate_drift import aggregate, fit_exponent
+from experiments.fits import fit_exponent
+from scripts.aggregate_drift import aggregate
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ["-m", "+exp=drift_sweep", "width=16,32", "model.depth=2,3", "seed=0", "train.steps=6", "drift_points=3",

@@ -1,0 +1,98 @@
+"""Continuous time, checked: the Figure 3 networks at several learning rates, compared at equal t.
+
+Gradient descent at learning rate lr for t / lr steps approximates the gradient flow up to time t
+(paper, Sections 2 and 5); the error of a step grows with lr * lambda for each kernel eigenvalue
+lambda. For every width, seed and lr of the config this trains the network of
+`experiments.mnist_convergence` (same initialisation, same target) to t_max and records ||g_t||,
+||h_t|| and every component amplitude c_i(t) at the common times t = 0, record_dt, ... .
+
+Outputs (cfg.out_dir): table.csv (width, seed, lr, t, loss, g_norm, h_norm), components.csv,
+loss.csv, and summary.csv: per width and lr, the largest absolute difference from the reference
+lr (the first of `lrs`) over seeds and times of ||g_t|| (g_diff), ||h_t|| (h_diff) and the
+amplitudes (amplitude_diff), the smallest stability bound 2 / lambda_max(Theta_0 / N) of its
+networks (lr_max), and whether all three differences are within `tolerance` below that bound.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from functools import partial
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from experiments.common import Parts, check_positive, network_jobs, run_start, write_outputs
+from experiments.mnist_convergence import check_config as check_convergence_config
+from experiments.mnist_convergence import network_job, prepare, time_grid
+from experiments.provenance import gemm_gflops
+from ntk.utils import resolve_device
+
+TABLES = ("table", "components", "loss")
+
+
+def lr_config(cfg: DictConfig, lr: float) -> DictConfig:
+    """The config of one learning rate: train.lr = lr, train.steps = t_max / lr."""
+    sub = copy.deepcopy(cfg)
+    sub.train.lr = float(lr)
+    sub.train.steps = round(cfg.t_max / lr)
+    return sub
+
+
+def check_config(cfg: DictConfig) -> None:
+    if not cfg.lrs or len(set(cfg.lrs)) != len(cfg.lrs):
+        raise ValueError(f"lrs must list distinct learning rates, got {list(cfg.lrs)}")
+    for lr in cfg.lrs:
+        check_positive("lrs entries", lr)
+    check_positive("t_max", cfg.t_max)
+    check_positive("tolerance", cfg.tolerance)
+    for lr in cfg.lrs:
+        time_grid("t_max", cfg.t_max, lr, 1)  # t_max a multiple of lr
+        check_convergence_config(lr_config(cfg, lr))
+
+
+def summarise(table: pd.DataFrame, components: pd.DataFrame, loss: pd.DataFrame, reference: float, tolerance: float) -> pd.DataFrame:
+    """Per (width, lr): largest |difference| from the reference lr at equal (seed, t), and the verdict."""
+    keys = ["width", "seed", "t"]
+    ref = table[table.lr == reference].drop(columns="lr")
+    ref_c = components[components.lr == reference].drop(columns=["lr", "predicted"])
+    lr_max = loss[loss.t == 0].groupby(["width", "lr"]).lr_max.min()
+    rows = []
+    for (width, lr), run in table.groupby(["width", "lr"]):
+        both = run.merge(ref, on=keys, suffixes=("", "_ref"))
+        comp = components[(components.width == width) & (components.lr == lr)].merge(ref_c, on=keys + ["component"], suffixes=("", "_ref"))
+        row = dict(width=width, lr=lr, times=both.t.nunique(), seeds=both.seed.nunique(),
+                   g_diff=(both.g_norm - both.g_norm_ref).abs().max(), h_diff=(both.h_norm - both.h_norm_ref).abs().max(),
+                   amplitude_diff=(comp.amplitude - comp.amplitude_ref).abs().max(), lr_max=lr_max.loc[(width, lr)])
+        row["agrees"] = bool(max(row["g_diff"], row["h_diff"], row["amplitude_diff"]) <= tolerance and lr < row["lr_max"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    """Train every (width, seed, lr) network to t_max; return the summary table."""
+    check_config(cfg)
+    from scripts.plot_mnist_lr_equivalence import render
+
+    start = run_start()
+    gemm_start = gemm_gflops()
+    batch = prepare(cfg)
+    parts = Parts(cfg)
+    timings: dict[str, float] = {}
+
+    def job(name: str, width: int, seed: int, lr: float) -> dict[str, pd.DataFrame]:
+        begin = time.time()
+        tables = network_job(lr_config(cfg, lr), batch, width, seed, parts.checkpoint(name, cfg.checkpoint_every))
+        timings[name] = round(time.time() - begin, 1)
+        return {name_: frame.assign(lr=float(lr)) for name_, frame in tables.items() if name_ in TABLES}
+
+    jobs = {f"{name}_lr{lr:g}": partial(job, f"{name}_lr{lr:g}", w, s, lr)
+            for name, w, s in network_jobs(cfg) for lr in cfg.lrs}
+    tables = parts.run(jobs, TABLES, "networks (width, seed, lr)", cfg.progress)
+    tables["summary"] = summarise(tables["table"], tables["components"], tables["loss"], float(cfg.lrs[0]), cfg.tolerance)
+    out = write_outputs(cfg, tables, start, device=str(resolve_device(cfg.device)), dtype=cfg.dtype, jobs=len(jobs),
+                        resumed_jobs=parts.resumed, job_wall_time_s=timings, mnist_digits=batch.x.shape[0],
+                        gemm_gflops_float32=dict(start=gemm_start, end=gemm_gflops()))
+    render(out)
+    parts.clear()
+    return tables["summary"]
