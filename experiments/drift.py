@@ -1,4 +1,4 @@
-"""Kernel drift of one network (one job of the drift sweep; paper.md section 7).
+"""Kernel drift of one network (one job of the drift sweep; beyond the paper, Theorem 2 measured).
 
 A job trains one NTK MLP (width, depth, seed) by full-batch gradient descent on the Figure 1 task
 (f*(x) = x1 x2 at data.n_train Gaussian inputs) and logs, at `drift_points` times t, the loss, the

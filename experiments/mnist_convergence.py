@@ -16,7 +16,11 @@ the rate at which the current kernel learns direction i, its relative drift
 ||Theta_t - Theta_0||_F / ||Theta_0||_F, and the stability bound 2 / lambda_max(Theta_t / N).
 Integrating the measured rate gives the kernel's own prediction A exp(-int_0^t rayleigh_j(s) ds).
 
-Outputs (cfg.out_dir): table.csv (width, seed, t, loss, g_norm, h_norm), components.csv (width,
+Gradient descent runs at train.lr to t = train.lr x train.steps; networks narrower than
+`narrow_width` run at `narrow_lr` to the same t (narrow networks need smaller steps to follow the
+gradient flow: `experiments.mnist_lr_equivalence` measures which lr agrees at which width).
+
+Outputs (cfg.out_dir): table.csv (width, seed, lr, t, loss, g_norm, h_norm), components.csv (width,
 seed, t, component, amplitude, predicted), kernel.csv (width, seed, t, component, rayleigh,
 lambda_inf, rate_ratio, kernel_drift, lr_max_t), loss.csv, spectrum.csv (component, lambda),
 deviation.csv (per network: max_t | ||g_t|| - A exp(-lambda_j t) |, max_t ||h_t||, the kernel-rate
@@ -27,6 +31,7 @@ Networks are checkpointed every `checkpoint_every` steps, so an interrupted run 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -63,9 +68,32 @@ def check_config(cfg: DictConfig) -> None:
     if not 1 <= cfg.tracked_component <= cfg.k:
         raise ValueError(f"tracked_component must be in [1, k={cfg.k}], got {cfg.tracked_component}")
     check_int("checkpoint_every", cfg.checkpoint_every)
-    time_grid("record_dt", cfg.record_dt, cfg.train.lr, cfg.train.steps)
-    if cfg.kernel_dt != 0:
-        time_grid("kernel_dt", cfg.kernel_dt, cfg.train.lr, cfg.train.steps)
+    if "narrow_width" in cfg:  # (the lr check trains every width at each of its lrs instead)
+        check_int("narrow_width", cfg.narrow_width, low=0)
+        check_positive("narrow_lr", cfg.narrow_lr)
+        t_end = cfg.train.lr * cfg.train.steps
+        if abs(t_end / cfg.narrow_lr - round(t_end / cfg.narrow_lr)) > 1e-9 * t_end / cfg.narrow_lr:
+            raise ValueError(f"narrow_lr={cfg.narrow_lr:g} must divide the training time t = train.lr x train.steps = {t_end:g}")
+    for width in cfg.model.widths:
+        sub = config_for_width(cfg, width)
+        time_grid("record_dt", cfg.record_dt, sub.train.lr, sub.train.steps)
+        if cfg.kernel_dt != 0:
+            time_grid("kernel_dt", cfg.kernel_dt, sub.train.lr, sub.train.steps)
+
+
+def with_lr(cfg: DictConfig, lr: float, t_end: float) -> DictConfig:
+    """A copy of cfg training at learning rate lr to the same time: train.lr = lr, train.steps = t_end / lr."""
+    sub = copy.deepcopy(cfg)
+    sub.train.lr = float(lr)
+    sub.train.steps = round(t_end / lr)
+    return sub
+
+
+def config_for_width(cfg: DictConfig, width: int) -> DictConfig:
+    """The config one network of this width trains with: below `narrow_width`, narrow_lr to the same t."""
+    if width >= cfg.get("narrow_width", 0):
+        return cfg
+    return with_lr(cfg, cfg.narrow_lr, cfg.train.lr * cfg.train.steps)
 
 
 def time_grid(name: str, dt: float, lr: float, steps: int) -> list[float]:
@@ -118,7 +146,7 @@ def network_job(cfg: DictConfig, batch: Batch, width: int, seed: int, checkpoint
         r = state.f.double()[:, 0] - target[:, 0]  # f_t - f*, (N,)
         amp = funcs.T @ r / n  # (k,)
         h = r - amp[j] * funcs[:, j]
-        rows["table"].append(dict(width=width, seed=seed, t=state.t, loss=state.loss, g_norm=abs(amp[j].item()),
+        rows["table"].append(dict(width=width, seed=seed, lr=cfg.train.lr, t=state.t, loss=state.loss, g_norm=abs(amp[j].item()),
                                   h_norm=h.square().mean().sqrt().item()))
         rows["components"].append(pd.DataFrame(dict(width=width, seed=seed, t=state.t, component=np.arange(1, cfg.k + 1),
                                                     amplitude=amp.cpu().numpy(), predicted=batch.c0 * np.exp(-lambdas * state.t))))
@@ -177,7 +205,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 
     def timed(name: str, width: int, seed: int) -> dict[str, pd.DataFrame]:
         begin = time.time()
-        out = network_job(cfg, batch, width, seed, parts.checkpoint(name, cfg.checkpoint_every))
+        out = network_job(config_for_width(cfg, width), batch, width, seed, parts.checkpoint(name, cfg.checkpoint_every))
         timings[name] = round(time.time() - begin, 1)
         return out
 

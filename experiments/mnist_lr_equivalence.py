@@ -15,7 +15,6 @@ networks (lr_max), and whether all three differences are within `tolerance` belo
 
 from __future__ import annotations
 
-import copy
 import time
 from functools import partial
 
@@ -24,7 +23,7 @@ from omegaconf import DictConfig
 
 from experiments.common import Parts, check_positive, network_jobs, run_start, write_outputs
 from experiments.mnist_convergence import check_config as check_convergence_config
-from experiments.mnist_convergence import network_job, prepare, time_grid
+from experiments.mnist_convergence import network_job, prepare, with_lr
 from experiments.provenance import gemm_gflops
 from ntk.utils import resolve_device
 
@@ -33,10 +32,7 @@ TABLES = ("table", "components", "loss")
 
 def lr_config(cfg: DictConfig, lr: float) -> DictConfig:
     """The config of one learning rate: train.lr = lr, train.steps = t_max / lr."""
-    sub = copy.deepcopy(cfg)
-    sub.train.lr = float(lr)
-    sub.train.steps = round(cfg.t_max / lr)
-    return sub
+    return with_lr(cfg, lr, cfg.t_max)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -47,7 +43,9 @@ def check_config(cfg: DictConfig) -> None:
     check_positive("t_max", cfg.t_max)
     check_positive("tolerance", cfg.tolerance)
     for lr in cfg.lrs:
-        time_grid("t_max", cfg.t_max, lr, 1)  # t_max a multiple of lr
+        for value in (cfg.t_max, cfg.record_dt):
+            if abs(value / lr - round(value / lr)) > 1e-9 * value / lr:
+                raise ValueError(f"t_max={cfg.t_max:g} and record_dt={cfg.record_dt:g} must be multiples of every entry of lrs, got {lr:g}")
         check_convergence_config(lr_config(cfg, lr))
 
 
@@ -84,7 +82,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         begin = time.time()
         tables = network_job(lr_config(cfg, lr), batch, width, seed, parts.checkpoint(name, cfg.checkpoint_every))
         timings[name] = round(time.time() - begin, 1)
-        return {name_: frame.assign(lr=float(lr)) for name_, frame in tables.items() if name_ in TABLES}
+        return {name_: frame.assign(lr=float(lr)) if "lr" not in frame else frame for name_, frame in tables.items() if name_ in TABLES}
 
     jobs = {f"{name}_lr{lr:g}": partial(job, f"{name}_lr{lr:g}", w, s, lr)
             for name, w, s in network_jobs(cfg) for lr in cfg.lrs}

@@ -68,7 +68,7 @@ def _unknown_key_message(key: str) -> str:
     while depth < len(parts) and isinstance(node, DictConfig) and parts[depth] in node:
         node, depth = node[parts[depth]], depth + 1
     parent = ".".join(parts[:depth])
-    allowed = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "(none: not a group)"
+    allowed = ", ".join(sorted(map(str, node.keys()))) if isinstance(node, DictConfig) else "(none: not a group)"
     where = f" in {parent!r}" if parent else ""
     bad = ".".join(parts[: depth + 1])
     return f"unknown config key {bad!r}" + (f" (in {key!r})" if bad != key else "") + f"; allowed keys{where}: {allowed}"

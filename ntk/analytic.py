@@ -6,7 +6,8 @@
     Theta(1) = Sigma(1),   Theta(l+1) = Theta(l) SigmaDot(l+1) + Sigma(l+1)
 
 The network output's NNGP kernel is Sigma(L) and its NTK is Theta(L), L = depth (weight layers).
-The Gaussian expectations are closed forms for ReLU and erf (paper.md section 3) and a
+The Gaussian expectations are closed forms for ReLU (the arc-cosine kernels of Cho & Saul, 2009)
+and erf (Williams, 1997, Computing with infinite networks) and a
 two-dimensional Gauss quadrature of configurable order for any other activation (polar form, split
 at the kinks of piecewise activations; see `_quadrature`).
 Everything is computed in float64 and batched over all pairs of inputs.

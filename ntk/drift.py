@@ -1,4 +1,5 @@
-"""Kernel and weight drift during training (paper.md section 7).
+"""Kernel and weight drift during training (beyond the paper: how fast "the kernel stays constant
+during training" (Theorem 2) sets in with width; Lee et al. 2019, Dyer & Gur-Ari 2020).
 
     kernel drift   ||Theta_t - Theta_0||_F / ||Theta_0||_F
     weight drift   ||theta_t - theta_0||_2 / ||theta_0||_2      (all parameters as one vector)

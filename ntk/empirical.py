@@ -3,7 +3,7 @@
     Theta(x, x') = sum_p  df(x)/dtheta_p  df(x')/dtheta_p^T                     (paper, Section 4)
 
 - ``"layerwise"`` (NTK MLP only; the fast path). The sum over parameters factorises layer by layer
-  (paper.md section 3):
+  (the parameters of layer l are W(l) and b(l) of Section 2):
 
       Theta(x, x') = sum_{l=0}^{L-1} [a(l)(x).a(l)(x') / n_l + beta^2] [d(l+1)(x).d(l+1)(x')]
 

@@ -8,7 +8,8 @@ not in the initialisation (no He/Glorot factor). `depth` = L counts weight layer
 Besides the usual `forward`, this module exposes the two halves of backpropagation that the rest of
 the library shares: `forward_with_cache` keeps a(l) and sigma'(z(l)); `backward_factors` walks the
 layers from the top and yields, for every layer l, the pair (a(l), d(l+1)) with d(l+1) = df/dz(l+1)
-per sample. The layer-wise NTK (paper.md section 3) is built from these pairs, and the fused
+per sample. The layer-wise NTK (the paper's Section 4 definition, summed layer by layer) is built
+from these pairs, and the fused
 gradient-descent step uses the same pairs for an in-place rank-N weight update.
 """
 

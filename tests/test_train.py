@@ -73,3 +73,28 @@ def test_bad_training_arguments(kwargs, message):
     args = dict(lr=0.5, steps=4) | kwargs
     with pytest.raises(ValueError, match=message):
         gradient_descent(model, x, y, **args)
+
+
+def test_continued_run_equals_uninterrupted_run():
+    """start_step + history: stopping after 6 steps and continuing gives the same losses and weights."""
+    x = torch.randn(12, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.sin(x[:, :1])
+    whole = NTKMLP(3, 30, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    part = NTKMLP(3, 30, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seen = []
+    full = gradient_descent(whole, x, y, lr=0.5, steps=10, record_t=[0, 3, 5], callback=lambda s: seen.append(s.t))
+    states = {}  # the parameters and losses a checkpoint at t = 3 (step 6) would hold
+    gradient_descent(part, x, y, lr=0.5, steps=10, record_t=[3.0],
+                     callback=lambda s: states.update(params={k: v.clone() for k, v in s.model.state_dict().items()},
+                                                      history=s.result.until(s.step)))
+    resumed = NTKMLP(3, 30, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)  # other init, then loaded
+    resumed.load_state_dict(states["params"])
+    seen_resumed = []
+    rest = gradient_descent(resumed, x, y, lr=0.5, steps=10, record_t=[0, 3, 5], callback=lambda s: seen_resumed.append(s.t),
+                            start_step=6, history=states["history"])
+    assert rest.loss == full.loss and rest.t == full.t and rest.lr_max == full.lr_max
+    assert seen_resumed == [3.0, 5.0]  # times before the start are not revisited
+    for a, b in zip(resumed.parameters(), whole.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="continuing at start_step=6 needs the history of steps 0 ... 5"):
+        gradient_descent(resumed, x, y, lr=0.5, steps=10, start_step=6)
