@@ -26,8 +26,17 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import (Parts, build_model, check_int, check_model_and_training, loss_table, network_jobs, run_start, train,
-                                write_outputs)
+from experiments.common import (
+    Parts,
+    build_model,
+    check_int,
+    check_model_and_training,
+    loss_table,
+    network_jobs,
+    run_start,
+    train,
+    write_outputs,
+)
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_grid, circle_points, product_target
 from ntk.empirical import empirical_nngp, empirical_ntk
@@ -54,8 +63,10 @@ def check_config(cfg: DictConfig) -> None:
 def percentiles(kind: str, gamma: np.ndarray, mean: torch.Tensor, cov: torch.Tensor, width: float) -> pd.DataFrame:
     """Rows kind_p10, kind_p50, kind_p90 of a Gaussian with the given mean and covariance."""
     sd = cov.diagonal().clamp_min(0).sqrt()
-    frames = [pd.DataFrame(dict(kind=f"{kind}_p{p}", width=width, seed=-1, gamma=gamma, f=(mean + z * sd).cpu().numpy()))
-              for p, z in ((10, -Z90), (50, 0.0), (90, Z90))]
+    frames = [
+        pd.DataFrame(dict(kind=f"{kind}_p{p}", width=width, seed=-1, gamma=gamma, f=(mean + z * sd).cpu().numpy()))
+        for p, z in ((10, -Z90), (50, 0.0), (90, Z90))
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -70,12 +81,18 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
         curves = group.pivot(index="gamma", columns="seed", values="f").loc[band.index]
         inside = curves.ge(band.limit_p10, axis=0) & curves.le(band.limit_p90, axis=0)
         mean_err = curves.mean(axis=1) - band.limit_p50
-        rows.append(dict(width=width, seeds=curves.shape[1], inside_p10_p90=inside.to_numpy().mean(),
-                         curves_fully_inside=inside.all(axis=0).mean(),
-                         mean_rms_error=float(np.sqrt((mean_err**2).mean())),
-                         mean_rms_error_relative=float(np.sqrt((mean_err**2).mean() / (band.limit_p50**2).mean())),
-                         limit_sd_rms=float(np.sqrt((((band.limit_p90 - band.limit_p50) / Z90) ** 2).mean())),
-                         grid_points=len(band)))
+        rows.append(
+            dict(
+                width=width,
+                seeds=curves.shape[1],
+                inside_p10_p90=inside.to_numpy().mean(),
+                curves_fully_inside=inside.all(axis=0).mean(),
+                mean_rms_error=float(np.sqrt((mean_err**2).mean())),
+                mean_rms_error_relative=float(np.sqrt((mean_err**2).mean() / (band.limit_p50**2).mean())),
+                limit_sd_rms=float(np.sqrt((((band.limit_p90 - band.limit_p50) / Z90) ** 2).mean())),
+                grid_points=len(band),
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -106,9 +123,13 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         wide = build_model(cfg, 2, cfg.approx_width, cfg.approx_seed, device, dtype)
         g, xt = grid.to(device), x_train.to(device)
         mean_a, cov_a = gaussian_prediction(
-            empirical_ntk(wide, g, xt, dtype=kernel_dtype), empirical_ntk(wide, xt, dtype=kernel_dtype),
-            empirical_nngp(wide, g, dtype=kernel_dtype), empirical_nngp(wide, g, xt, dtype=kernel_dtype),
-            empirical_nngp(wide, xt, dtype=kernel_dtype), y_train[:, 0].to(device, kernel_dtype), limit_t,
+            empirical_ntk(wide, g, xt, dtype=kernel_dtype),
+            empirical_ntk(wide, xt, dtype=kernel_dtype),
+            empirical_nngp(wide, g, dtype=kernel_dtype),
+            empirical_nngp(wide, g, xt, dtype=kernel_dtype),
+            empirical_nngp(wide, xt, dtype=kernel_dtype),
+            y_train[:, 0].to(device, kernel_dtype),
+            limit_t,
         )
         fixed.append(percentiles("approx", gamma.numpy(), mean_a.cpu(), cov_a.cpu(), cfg.approx_width))
         del wide
@@ -132,8 +153,18 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     nets = parts.run(jobs, TABLES, "networks (width, seed)", cfg.progress)
     table = pd.concat(fixed + [nets["table"]], ignore_index=True)
     tables = {"table": table, "loss": nets["loss"], "summary": summarise(table)}
-    out = write_outputs(cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype,
-                        jobs=len(jobs), resumed_jobs=parts.resumed, t_network=t_end, t_limit=str(limit_t))
+    out = write_outputs(
+        cfg,
+        tables,
+        start,
+        device=str(device),
+        dtype=cfg.dtype,
+        kernel_dtype=cfg.kernel_dtype,
+        jobs=len(jobs),
+        resumed_jobs=parts.resumed,
+        t_network=t_end,
+        t_limit=str(limit_t),
+    )
     render(table, out / "circle_regression")
     parts.clear()
     return table

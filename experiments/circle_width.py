@@ -18,8 +18,17 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import (Parts, build_model, check_int, check_model_and_training, loss_table, network_jobs, run_start, train,
-                                write_outputs)
+from experiments.common import (
+    Parts,
+    build_model,
+    check_int,
+    check_model_and_training,
+    loss_table,
+    network_jobs,
+    run_start,
+    train,
+    write_outputs,
+)
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_grid, gaussian_inputs, product_target
 from ntk.empirical import empirical_ntk
@@ -70,8 +79,11 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 
         def record(state: TrainState) -> None:
             theta = empirical_ntk(state.model, x0, grid, dtype=kernel_dtype)[0]  # (n_gamma,)
-            rows.append(pd.DataFrame(dict(width=width, seed=seed, t=state.t, gamma=gamma.numpy(),
-                                          ntk=theta.cpu().numpy(), loss=state.loss, limit=limit)))
+            rows.append(
+                pd.DataFrame(
+                    dict(width=width, seed=seed, t=state.t, gamma=gamma.numpy(), ntk=theta.cpu().numpy(), loss=state.loss, limit=limit)
+                )
+            )
 
         result, drift = train(cfg, model, x_train, y_train, times, record)
         return {"table": pd.concat(rows, ignore_index=True), "loss": loss_table(result, drift, width=width, seed=seed)}
@@ -79,8 +91,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     parts = Parts(cfg)
     jobs = {name: partial(job, w, s) for name, w, s in network_jobs(cfg)}
     tables = parts.run(jobs, TABLES, "networks (width, seed)", cfg.progress)
-    out = write_outputs(cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype,
-                        jobs=len(jobs), resumed_jobs=parts.resumed)
+    out = write_outputs(
+        cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype, jobs=len(jobs), resumed_jobs=parts.resumed
+    )
     render(tables["table"], out / "circle_width")
     parts.clear()
     return tables["table"]

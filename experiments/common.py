@@ -26,13 +26,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from experiments.provenance import atomic_write_json, atomic_write_text, git_revision, provenance
 from ntk.activations import get_activation
 from ntk.data import MNIST_SOURCES
-from ntk.model import NTKMLP
 from ntk.drift import DriftLogger
+from ntk.model import NTKMLP
 from ntk.train import TRAIN_METHODS, TrainResult, TrainState, gradient_descent, record_steps
 from ntk.utils import resolve_device, resolve_dtype
-from experiments.provenance import atomic_write_json, atomic_write_text, git_revision, provenance
 
 # Keys that change where or how verbosely a run writes, not what it computes.
 NOT_IN_KEY = ("out_dir", "progress", "resume", "overwrite", "threads")
@@ -97,8 +97,14 @@ def check_mnist(cfg: DictConfig, min_batch: int = 1) -> None:
 def build_model(cfg: DictConfig, in_dim: int, width: int, seed: int, device: torch.device, dtype: torch.dtype) -> NTKMLP:
     """The network of one job: NTK MLP of cfg.model with the given width, initialised from `seed`."""
     return NTKMLP(
-        in_dim, width, cfg.model.depth, beta=cfg.model.beta, activation=cfg.model.activation,
-        generator=torch.Generator(device).manual_seed(seed), device=device, dtype=dtype,
+        in_dim,
+        width,
+        cfg.model.depth,
+        beta=cfg.model.beta,
+        activation=cfg.model.activation,
+        generator=torch.Generator(device).manual_seed(seed),
+        device=device,
+        dtype=dtype,
     )
 
 
@@ -140,9 +146,17 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
 
-def train(cfg: DictConfig, model: NTKMLP, x: torch.Tensor, y: torch.Tensor, record_t, callback,
-          probe: torch.Tensor | None = None, checkpoint: Checkpoint | None = None,
-          job_state: dict[str, list] | None = None) -> tuple[TrainResult, list[dict]]:
+def train(
+    cfg: DictConfig,
+    model: NTKMLP,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    record_t,
+    callback,
+    probe: torch.Tensor | None = None,
+    checkpoint: Checkpoint | None = None,
+    job_state: dict[str, list] | None = None,
+) -> tuple[TrainResult, list[dict]]:
     """Full-batch gradient descent as configured in cfg.train, with optional drift logging.
 
     `callback` is called at the times `record_t`. When cfg.drift_points > 0, the kernel drift on
@@ -175,18 +189,33 @@ def train(cfg: DictConfig, model: NTKMLP, x: torch.Tensor, y: torch.Tensor, reco
     def on_record(state: TrainState) -> None:
         if state.step in saved_at and state.step != start:  # before this step's rows: a resumed run records them again
             history_now = state.result.until(state.step)
-            checkpoint.save(dict(step=state.step, model=state.model.state_dict(), drift=list(drift),
-                                 history=dict(t=history_now.t, loss=history_now.loss, lr_max=history_now.lr_max),
-                                 job_state={key: list(rows) for key, rows in job_state.items()}))
+            checkpoint.save(
+                dict(
+                    step=state.step,
+                    model=state.model.state_dict(),
+                    drift=list(drift),
+                    history=dict(t=history_now.t, loss=history_now.loss, lr_max=history_now.lr_max),
+                    job_state={key: list(rows) for key, rows in job_state.items()},
+                )
+            )
         if state.step in wanted and callback is not None:
             callback(state)
         if state.step in logged:
             drift.append(logger(state))
 
     result = gradient_descent(
-        model, x, y, lr=lr, steps=steps, record_t=[lr * k for k in sorted(wanted | logged | saved_at)],
-        callback=on_record, method=cfg.train.method, divergence_factor=cfg.train.divergence_factor,
-        progress=cfg.progress, start_step=start, history=history,
+        model,
+        x,
+        y,
+        lr=lr,
+        steps=steps,
+        record_t=[lr * k for k in sorted(wanted | logged | saved_at)],
+        callback=on_record,
+        method=cfg.train.method,
+        divergence_factor=cfg.train.divergence_factor,
+        progress=cfg.progress,
+        start_step=start,
+        history=history,
     )
     return result, drift
 
@@ -224,8 +253,9 @@ class Parts:
         first = next(iter(frames))
         atomic_write_text(self.path(job, first), frames[first].to_csv(index=False))
 
-    def run(self, jobs: dict[str, Callable[[], dict[str, pd.DataFrame]]], tables: tuple[str, ...], desc: str,
-            progress: bool) -> dict[str, pd.DataFrame]:
+    def run(
+        self, jobs: dict[str, Callable[[], dict[str, pd.DataFrame]]], tables: tuple[str, ...], desc: str, progress: bool
+    ) -> dict[str, pd.DataFrame]:
         """Run every job whose parts are missing (in order), save its tables, and return all tables.
 
         Each job returns {table name: DataFrame} for the names in `tables`; afterwards `resumed`
@@ -268,7 +298,8 @@ def write_outputs(cfg: DictConfig, tables: dict[str, pd.DataFrame], start: dict,
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(
         out / "provenance.json",
-        provenance(git_revision=start["git_revision"], wall_time_s=round(time.time() - start["started"], 2),
-                   config_key=config_key(cfg), **extra),
+        provenance(
+            git_revision=start["git_revision"], wall_time_s=round(time.time() - start["started"], 2), config_key=config_key(cfg), **extra
+        ),
     )
     return out

@@ -92,9 +92,17 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
 
     # Written in this order: the table marks the job as done, so it goes last.
     atomic_write_text(paths["theta0"], pd.DataFrame(key | dict(gamma=gamma.numpy(), theta0=theta0.cpu().numpy())).to_csv(index=False))
-    prov = provenance(git_revision=start["git_revision"], device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype,
-                      config_key=config_key(cfg), wall_time_s=round(time.time() - start["started"], 2))
-    atomic_write_text(paths["config"], OmegaConf.to_yaml(OmegaConf.create({"config": OmegaConf.to_container(cfg, resolve=True), "provenance": prov})))
+    prov = provenance(
+        git_revision=start["git_revision"],
+        device=str(device),
+        dtype=cfg.dtype,
+        kernel_dtype=cfg.kernel_dtype,
+        config_key=config_key(cfg),
+        wall_time_s=round(time.time() - start["started"], 2),
+    )
+    atomic_write_text(
+        paths["config"], OmegaConf.to_yaml(OmegaConf.create({"config": OmegaConf.to_container(cfg, resolve=True), "provenance": prov}))
+    )
     atomic_write_text(paths["table"], table.to_csv(index=False))
     return table
 

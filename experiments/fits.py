@@ -17,5 +17,11 @@ def fit_exponent(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str,
         return dict(exponent=np.nan, stderr=np.nan, ci_low=np.nan, ci_high=np.nan, intercept=np.nan, points=int(keep.sum()))
     fit = stats.linregress(np.log(x[keep]), np.log(y[keep]))
     half = stats.t.ppf(0.5 + level / 2, keep.sum() - 2) * fit.stderr
-    return dict(exponent=fit.slope, stderr=fit.stderr, ci_low=fit.slope - half, ci_high=fit.slope + half,
-                intercept=fit.intercept, points=int(keep.sum()))
+    return dict(
+        exponent=fit.slope,
+        stderr=fit.stderr,
+        ci_low=fit.slope - half,
+        ci_high=fit.slope + half,
+        intercept=fit.intercept,
+        points=int(keep.sum()),
+    )

@@ -42,8 +42,20 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import (Checkpoint, Parts, build_model, check_int, check_mnist, check_model_and_training, check_positive,
-                                loss_table, network_jobs, run_start, train, write_outputs)
+from experiments.common import (
+    Checkpoint,
+    Parts,
+    build_model,
+    check_int,
+    check_mnist,
+    check_model_and_training,
+    check_positive,
+    loss_table,
+    network_jobs,
+    run_start,
+    train,
+    write_outputs,
+)
 from experiments.fits import fit_exponent
 from experiments.provenance import gemm_gflops
 from ntk.analytic import limiting_kernels
@@ -146,23 +158,61 @@ def network_job(cfg: DictConfig, batch: Batch, width: int, seed: int, checkpoint
         r = state.f.double()[:, 0] - target[:, 0]  # f_t - f*, (N,)
         amp = funcs.T @ r / n  # (k,)
         h = r - amp[j] * funcs[:, j]
-        rows["table"].append(dict(width=width, seed=seed, lr=cfg.train.lr, t=state.t, loss=state.loss, g_norm=abs(amp[j].item()),
-                                  h_norm=h.square().mean().sqrt().item()))
-        rows["components"].append(pd.DataFrame(dict(width=width, seed=seed, t=state.t, component=np.arange(1, cfg.k + 1),
-                                                    amplitude=amp.cpu().numpy(), predicted=batch.c0 * np.exp(-lambdas * state.t))))
+        rows["table"].append(
+            dict(
+                width=width,
+                seed=seed,
+                lr=cfg.train.lr,
+                t=state.t,
+                loss=state.loss,
+                g_norm=abs(amp[j].item()),
+                h_norm=h.square().mean().sqrt().item(),
+            )
+        )
+        rows["components"].append(
+            pd.DataFrame(
+                dict(
+                    width=width,
+                    seed=seed,
+                    t=state.t,
+                    component=np.arange(1, cfg.k + 1),
+                    amplitude=amp.cpu().numpy(),
+                    predicted=batch.c0 * np.exp(-lambdas * state.t),
+                )
+            )
+        )
         if state.t in kernel_t:
             kernel = kernel0 if state.step == 0 else empirical_ntk(state.model, x, dtype=kernel_dtype)  # (N, N)
             quotients = rayleigh_quotients(kernel, funcs).cpu().numpy()
             lam_max = torch.linalg.eigvalsh(kernel / n)[-1].item()
-            rows["kernel"].append(pd.DataFrame(dict(width=width, seed=seed, t=state.t, component=np.arange(1, cfg.k + 1),
-                                                    rayleigh=quotients, lambda_inf=lambdas, rate_ratio=quotients / lambdas,
-                                                    kernel_drift=kernel_drift(kernel, kernel0), lr_max_t=2.0 / lam_max)))
+            rows["kernel"].append(
+                pd.DataFrame(
+                    dict(
+                        width=width,
+                        seed=seed,
+                        t=state.t,
+                        component=np.arange(1, cfg.k + 1),
+                        rayleigh=quotients,
+                        lambda_inf=lambdas,
+                        rate_ratio=quotients / lambdas,
+                        kernel_drift=kernel_drift(kernel, kernel0),
+                        lr_max_t=2.0 / lam_max,
+                    )
+                )
+            )
 
     result, drift = train(cfg, model, x, target.to(dtype), record_t, record, checkpoint=checkpoint, job_state=rows)
-    kernel_rows = pd.concat(rows["kernel"], ignore_index=True) if rows["kernel"] else pd.DataFrame(
-        columns=["width", "seed", "t", "component", "rayleigh", "lambda_inf", "rate_ratio", "kernel_drift", "lr_max_t"])
-    return {"table": pd.DataFrame(rows["table"]), "components": pd.concat(rows["components"], ignore_index=True),
-            "kernel": kernel_rows, "loss": loss_table(result, drift, width=width, seed=seed)}
+    kernel_rows = (
+        pd.concat(rows["kernel"], ignore_index=True)
+        if rows["kernel"]
+        else pd.DataFrame(columns=["width", "seed", "t", "component", "rayleigh", "lambda_inf", "rate_ratio", "kernel_drift", "lr_max_t"])
+    )
+    return {
+        "table": pd.DataFrame(rows["table"]),
+        "components": pd.concat(rows["components"], ignore_index=True),
+        "kernel": kernel_rows,
+        "loss": loss_table(result, drift, width=width, seed=seed),
+    }
 
 
 def deviations(table: pd.DataFrame, kernel: pd.DataFrame, amplitude: float, lam: float, component: int) -> pd.DataFrame:
@@ -175,14 +225,19 @@ def deviations(table: pd.DataFrame, kernel: pd.DataFrame, amplitude: float, lam:
     """
     out = []
     for (width, seed), run in table.groupby(["width", "seed"]):
-        row = dict(width=width, seed=seed, g_deviation=(run.g_norm - amplitude * np.exp(-lam * run.t)).abs().max(),
-                   h_max=run.h_norm.max(), kernel_prediction_error=math.nan, rate_ratio_max=math.nan)
+        row = dict(
+            width=width,
+            seed=seed,
+            g_deviation=(run.g_norm - amplitude * np.exp(-lam * run.t)).abs().max(),
+            h_max=run.h_norm.max(),
+            kernel_prediction_error=math.nan,
+            rate_ratio_max=math.nan,
+        )
         rates = kernel[(kernel.width == width) & (kernel.seed == seed) & (kernel.component == component)].sort_values("t")
         if len(rates) >= 2:
             integral = np.concatenate([[0.0], np.cumsum(np.diff(rates.t) * 0.5 * (rates.rayleigh.values[1:] + rates.rayleigh.values[:-1]))])
             g = run.set_index("t").g_norm.reindex(rates.t.values).values
-            row.update(kernel_prediction_error=np.nanmax(np.abs(g - amplitude * np.exp(-integral))),
-                       rate_ratio_max=rates.rate_ratio.max())
+            row.update(kernel_prediction_error=np.nanmax(np.abs(g - amplitude * np.exp(-integral))), rate_ratio_max=rates.rate_ratio.max())
         out.append(row)
     return pd.DataFrame(out)
 
@@ -215,9 +270,19 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     j = cfg.tracked_component
     tables["deviation"] = deviations(tables["table"], tables["kernel"], abs(batch.c0[j - 1]), batch.lambdas[j - 1].item(), j)
     tables["fits"] = width_fits(tables["deviation"])
-    out = write_outputs(cfg, tables, start, device=str(resolve_device(cfg.device)), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype,
-                        jobs=len(jobs), resumed_jobs=parts.resumed, job_wall_time_s=timings, mnist_digits=batch.x.shape[0],
-                        gemm_gflops_float32=dict(start=gemm_start, end=gemm_gflops()))
+    out = write_outputs(
+        cfg,
+        tables,
+        start,
+        device=str(resolve_device(cfg.device)),
+        dtype=cfg.dtype,
+        kernel_dtype=cfg.kernel_dtype,
+        jobs=len(jobs),
+        resumed_jobs=parts.resumed,
+        job_wall_time_s=timings,
+        mnist_digits=batch.x.shape[0],
+        gemm_gflops_float32=dict(start=gemm_start, end=gemm_gflops()),
+    )
     render(out)
     parts.clear()
     return tables["table"]

@@ -59,9 +59,16 @@ def summarise(table: pd.DataFrame, components: pd.DataFrame, loss: pd.DataFrame,
     for (width, lr), run in table.groupby(["width", "lr"]):
         both = run.merge(ref, on=keys, suffixes=("", "_ref"))
         comp = components[(components.width == width) & (components.lr == lr)].merge(ref_c, on=keys + ["component"], suffixes=("", "_ref"))
-        row = dict(width=width, lr=lr, times=both.t.nunique(), seeds=both.seed.nunique(),
-                   g_diff=(both.g_norm - both.g_norm_ref).abs().max(), h_diff=(both.h_norm - both.h_norm_ref).abs().max(),
-                   amplitude_diff=(comp.amplitude - comp.amplitude_ref).abs().max(), lr_max=lr_max.loc[(width, lr)])
+        row = dict(
+            width=width,
+            lr=lr,
+            times=both.t.nunique(),
+            seeds=both.seed.nunique(),
+            g_diff=(both.g_norm - both.g_norm_ref).abs().max(),
+            h_diff=(both.h_norm - both.h_norm_ref).abs().max(),
+            amplitude_diff=(comp.amplitude - comp.amplitude_ref).abs().max(),
+            lr_max=lr_max.loc[(width, lr)],
+        )
         row["agrees"] = bool(max(row["g_diff"], row["h_diff"], row["amplitude_diff"]) <= tolerance and lr < row["lr_max"])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -84,13 +91,21 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         timings[name] = round(time.time() - begin, 1)
         return {name_: frame.assign(lr=float(lr)) if "lr" not in frame else frame for name_, frame in tables.items() if name_ in TABLES}
 
-    jobs = {f"{name}_lr{lr:g}": partial(job, f"{name}_lr{lr:g}", w, s, lr)
-            for name, w, s in network_jobs(cfg) for lr in cfg.lrs}
+    jobs = {f"{name}_lr{lr:g}": partial(job, f"{name}_lr{lr:g}", w, s, lr) for name, w, s in network_jobs(cfg) for lr in cfg.lrs}
     tables = parts.run(jobs, TABLES, "networks (width, seed, lr)", cfg.progress)
     tables["summary"] = summarise(tables["table"], tables["components"], tables["loss"], float(cfg.lrs[0]), cfg.tolerance)
-    out = write_outputs(cfg, tables, start, device=str(resolve_device(cfg.device)), dtype=cfg.dtype, jobs=len(jobs),
-                        resumed_jobs=parts.resumed, job_wall_time_s=timings, mnist_digits=batch.x.shape[0],
-                        gemm_gflops_float32=dict(start=gemm_start, end=gemm_gflops()))
+    out = write_outputs(
+        cfg,
+        tables,
+        start,
+        device=str(resolve_device(cfg.device)),
+        dtype=cfg.dtype,
+        jobs=len(jobs),
+        resumed_jobs=parts.resumed,
+        job_wall_time_s=timings,
+        mnist_digits=batch.x.shape[0],
+        gemm_gflops_float32=dict(start=gemm_start, end=gemm_gflops()),
+    )
     render(out)
     parts.clear()
     return tables["summary"]

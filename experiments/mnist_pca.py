@@ -46,8 +46,9 @@ def check_config(cfg: DictConfig) -> None:
 def spectrum_frames(kernel: torch.Tensor, k: int, labels: torch.Tensor, **key) -> dict[str, pd.DataFrame]:
     lambdas, funcs = kernel_pca(kernel.cpu(), k)
     table = pd.DataFrame(dict(key, component=np.arange(1, k + 1), **{"lambda": lambdas.numpy()}))
-    comps = pd.DataFrame(dict(key, index=np.arange(len(labels)), label=labels.numpy(),
-                              **{f"f{i + 1}": funcs[:, i].numpy() for i in range(k)}))
+    comps = pd.DataFrame(
+        dict(key, index=np.arange(len(labels)), label=labels.numpy(), **{f"f{i + 1}": funcs[:, i].numpy() for i in range(k)})
+    )
     return {"table": table, "components": comps}
 
 
@@ -58,6 +59,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     start = run_start()
     batches = list(range(cfg.data.batch_seed, cfg.data.batch_seed + cfg.n_batches))
     data = {b: mnist_batch(cfg.data.batch_size, b, cfg.data.source, cfg.data.root, cfg.data.download) for b in batches}
+
     def job(source: str, width: int, batch: int, seed: int) -> dict[str, pd.DataFrame]:
         x, labels = data[batch]
         if source == "limit":
@@ -73,8 +75,17 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     jobs = {f"{src}_w{w}_b{b}_s{s}": partial(job, src, w, b, s) for src, w, b, s in specs}
     parts = Parts(cfg)
     tables = parts.run(jobs, TABLES, "kernels", cfg.progress)
-    out = write_outputs(cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype,
-                        jobs=len(jobs), resumed_jobs=parts.resumed, mnist_digits=len(data[batches[0]][0]))
+    out = write_outputs(
+        cfg,
+        tables,
+        start,
+        device=str(device),
+        dtype=cfg.dtype,
+        kernel_dtype=cfg.kernel_dtype,
+        jobs=len(jobs),
+        resumed_jobs=parts.resumed,
+        mnist_digits=len(data[batches[0]][0]),
+    )
     render(tables["components"], tables["table"], out / "mnist_pca")
     parts.clear()
     return tables["table"]

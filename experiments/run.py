@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from experiments import circle_regression, circle_width, drift, mnist_convergence, mnist_lr_equivalence, mnist_pca
@@ -42,9 +42,7 @@ def available_experiments() -> list[str]:
 def dispatch(cfg: DictConfig) -> object:
     """Run the experiment named by `cfg.name`."""
     if cfg.name not in EXPERIMENTS:
-        raise ValueError(
-            f"no experiment chosen (name={cfg.name}); add +exp=<name>, allowed: {', '.join(available_experiments())}"
-        )
+        raise ValueError(f"no experiment chosen (name={cfg.name}); add +exp=<name>, allowed: {', '.join(available_experiments())}")
     return EXPERIMENTS[cfg.name](cfg)
 
 

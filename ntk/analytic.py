@@ -159,7 +159,7 @@ def _erf(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
 _CLOSED = {"relu": _relu, "erf": _erf}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rayleigh_rule(order: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss rule for int_0^inf g(r) r exp(-r^2 / 2) dr (weights sum to 1), by Golub-Welsch.
 

@@ -48,9 +48,12 @@ class DriftLogger:
 
     def __call__(self, state) -> dict[str, float]:
         """Drifts of `state.model` at `state.t`, with its loss."""
-        out = dict(t=state.t, loss=state.loss,
-                   ntk_drift_train=kernel_drift(empirical_ntk(state.model, self.x_train, dtype=self.dtype), self.train0),
-                   weight_drift=weight_drift(list(state.model.parameters()), self.theta0))
+        out = dict(
+            t=state.t,
+            loss=state.loss,
+            ntk_drift_train=kernel_drift(empirical_ntk(state.model, self.x_train, dtype=self.dtype), self.train0),
+            weight_drift=weight_drift(list(state.model.parameters()), self.theta0),
+        )
         if self.x_probe is not None:
             out["ntk_drift_probe"] = kernel_drift(empirical_ntk(state.model, self.x_probe, dtype=self.dtype), self.probe0)
         return out

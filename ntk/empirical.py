@@ -27,8 +27,6 @@ are cast for the computation, never modified).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
@@ -135,8 +133,10 @@ def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor, dtype: torch.dtyp
     need = memory_estimate(model, "ntk_vp", x.shape[0], 1, False, dtype, 1, x[:1])
     budget = available_memory(x.device)
     if need > budget:
-        raise NTKMemoryError(f"ntk_vector_product needs about {fmt_bytes(need)} for {x.shape[0]} inputs, more than the "
-                             f"{fmt_bytes(budget)} available; split the inputs or raise the limit (NTK_MEMORY_LIMIT)")
+        raise NTKMemoryError(
+            f"ntk_vector_product needs about {fmt_bytes(need)} for {x.shape[0]} inputs, more than the "
+            f"{fmt_bytes(budget)} available; split the inputs or raise the limit (NTK_MEMORY_LIMIT)"
+        )
     params = _params(model, dtype)
     x = x.to(dtype)
 
@@ -155,8 +155,14 @@ def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor, dtype: torch.dtyp
 
 
 def memory_estimate(
-    model: nn.Module, method: str, n1: int, n2: int, symmetric: bool, dtype: torch.dtype,
-    block_size: int | None = None, x_example: Tensor | None = None,
+    model: nn.Module,
+    method: str,
+    n1: int,
+    n2: int,
+    symmetric: bool,
+    dtype: torch.dtype,
+    block_size: int | None = None,
+    x_example: Tensor | None = None,
 ) -> float:
     """Bytes a method needs for an (n1, n2) kernel (block_size rows/columns at a time).
 
@@ -242,8 +248,11 @@ def _activation_numel(model: nn.Module, x_example: Tensor | None) -> int:
     if isinstance(model, NTKMLP):
         return 2 * sum(model.widths)
     total = [0]
-    hooks = [m.register_forward_hook(lambda _m, _i, out: total.__setitem__(0, total[0] + out.numel()))
-             for m in model.modules() if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: total.__setitem__(0, total[0] + out.numel()))
+        for m in model.modules()
+        if not list(m.children())
+    ]
     try:
         with torch.no_grad():
             model(x_example)
@@ -375,8 +384,9 @@ def _ntk_vp_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch
     eye = torch.eye(out_dim, dtype=dtype, device=x1.device)
     points = xs.repeat_interleave(out_dim, dim=0)  # (N2 O, d): column (j, b) at j O + b
     directions = eye.repeat(xs.shape[0], 1)  # (N2 O, O)
-    cols = torch.cat([vmap(column)(points[k : k + chunk], directions[k : k + chunk])
-                      for k in range(0, points.shape[0], chunk)])  # (N2 O, N1, O)
+    cols = torch.cat(
+        [vmap(column)(points[k : k + chunk], directions[k : k + chunk]) for k in range(0, points.shape[0], chunk)]
+    )  # (N2 O, N1, O)
     kernel = cols.reshape(xs.shape[0], out_dim, x1.shape[0], out_dim).permute(2, 0, 3, 1)  # (N1, N2, O_a, O_b)
     if out_dim == 1:
         return kernel[:, :, 0, 0].contiguous()

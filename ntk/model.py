@@ -103,9 +103,7 @@ class NTKMLP(nn.Module):
             raise ValueError(f"depth must be an integer >= 1 (number of weight layers), got {depth!r}")
         hidden = [width] * (depth - 1) if isinstance(width, int) else list(width)
         if len(hidden) != depth - 1:
-            raise ValueError(
-                f"width lists the hidden widths, so it needs depth - 1 = {depth - 1} entries, got {len(hidden)}"
-            )
+            raise ValueError(f"width lists the hidden widths, so it needs depth - 1 = {depth - 1} entries, got {len(hidden)}")
         for name, n in [("in_dim", in_dim), ("out_dim", out_dim)] + [("width", w) for w in hidden]:
             if not isinstance(n, int) or n < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
@@ -142,9 +140,7 @@ class NTKMLP(nn.Module):
         return a
 
 
-def forward_with_cache(
-    model: NTKMLP, x: Tensor, dtype: torch.dtype | None = None
-) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+def forward_with_cache(model: NTKMLP, x: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Forward pass that keeps what backpropagation needs.
 
     Args:
@@ -169,9 +165,7 @@ def forward_with_cache(
     return a, acts, derivs
 
 
-def backward_factors(
-    model: NTKMLP, acts: list[Tensor], derivs: list[Tensor], delta: Tensor
-) -> Iterator[tuple[int, Tensor, Tensor]]:
+def backward_factors(model: NTKMLP, acts: list[Tensor], derivs: list[Tensor], delta: Tensor) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Walk the layers from the top and yield (l, a(l), d(l+1)) for l = L-1, ..., 0.
 
     d(l) = sigma'(z(l)) * (d(l+1) W(l)) / sqrt(n_l) is computed *before* (l, a(l), d(l+1)) is

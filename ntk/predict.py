@@ -59,8 +59,12 @@ def flow_matrix(ntk_train: Tensor, t: float, rcond: float = 1e-10) -> Tensor:
 
 
 def kernel_regression(
-    ntk_test_train: Tensor, ntk_train: Tensor, y_train: Tensor, t: float = math.inf,
-    f0_test: Tensor | None = None, f0_train: Tensor | None = None,
+    ntk_test_train: Tensor,
+    ntk_train: Tensor,
+    y_train: Tensor,
+    t: float = math.inf,
+    f0_test: Tensor | None = None,
+    f0_train: Tensor | None = None,
 ) -> Tensor:
     """f_t(x) = f0(x) + k(x) A_t (y - f0(X)) for a given initial function (default f0 = 0).
 
@@ -81,8 +85,13 @@ def kernel_regression(
 
 
 def gaussian_prediction(
-    ntk_test_train: Tensor, ntk_train: Tensor, nngp_test: Tensor, nngp_test_train: Tensor, nngp_train: Tensor,
-    y_train: Tensor, t: float = math.inf,
+    ntk_test_train: Tensor,
+    ntk_train: Tensor,
+    nngp_test: Tensor,
+    nngp_test_train: Tensor,
+    nngp_train: Tensor,
+    y_train: Tensor,
+    t: float = math.inf,
 ) -> tuple[Tensor, Tensor]:
     """Mean (M,) and covariance (M, M) of the infinite-width network at time t (scalar output).
 
@@ -100,7 +109,13 @@ def gaussian_prediction(
 
 
 def linearised_gradient_descent(
-    model: nn.Module, x: Tensor, y: Tensor, lr: float, steps: int, x_eval: Tensor, record_t: Sequence[float],
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    lr: float,
+    steps: int,
+    x_eval: Tensor,
+    record_t: Sequence[float],
     dtype: torch.dtype = torch.float64,
 ) -> dict[float, Tensor]:
     """Train f_lin(x) = f0(x) + J(x) (theta - theta0) by gradient descent on C = 1/(2N) sum ||f - y||^2.

@@ -74,8 +74,9 @@ def rayleigh_quotients(kernel: Tensor, funcs: Tensor) -> Tensor:
     return (funcs * (kernel @ funcs)).sum(0) / n**2
 
 
-def kernel_pca_matrix_free(matvec: Callable[[Tensor], Tensor], n: int, k: int, dtype: torch.dtype = torch.float64,
-                           tol: float = 1e-10) -> tuple[Tensor, Tensor]:
+def kernel_pca_matrix_free(
+    matvec: Callable[[Tensor], Tensor], n: int, k: int, dtype: torch.dtype = torch.float64, tol: float = 1e-10
+) -> tuple[Tensor, Tensor]:
     """Top-k eigenpairs of Pi = K / N from products v -> K v only (Lanczos, scipy eigsh).
 
     Args:
@@ -95,8 +96,15 @@ def kernel_pca_matrix_free(matvec: Callable[[Tensor], Tensor], n: int, k: int, d
     return _normalise(torch.as_tensor(values), torch.as_tensor(vectors), n)
 
 
-def power_iteration(matvec: Callable[[Tensor], Tensor], n: int, k: int, iters: int = 500, tol: float = 1e-12,
-                    generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+def power_iteration(
+    matvec: Callable[[Tensor], Tensor],
+    n: int,
+    k: int,
+    iters: int = 500,
+    tol: float = 1e-12,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor]:
     """Top-k eigenpairs of Pi = K / N by block power (subspace) iteration with Rayleigh-Ritz.
 
     `matvec` maps a block V (N, k) to K V (N, k). Stops when the Ritz values change by less than

@@ -153,8 +153,9 @@ def gradient_descent(
     else:
         result = TrainResult(lr_max=largest_stable_lr(model, x))
         loss0 = None
-    bar = tqdm(range(start_step, steps + 1), desc="gradient descent", disable=not progress, leave=False,
-               initial=start_step, total=steps + 1)
+    bar = tqdm(
+        range(start_step, steps + 1), desc="gradient descent", disable=not progress, leave=False, initial=start_step, total=steps + 1
+    )
     for k in bar:
         t = k * lr
         loss, f, update = step_fn(model, x, y)

@@ -71,8 +71,10 @@ def aggregate(run_dir: Path) -> dict[str, pd.DataFrame]:
     out = {"table": table, "fits": fits, "spread": spread}
     for name, frame in out.items():
         atomic_write_text(run_dir / f"{name}.csv", frame.to_csv(index=False, float_format="%.8g"))
-    atomic_write_json(run_dir / "provenance.json", provenance(command=["python", "-m", "scripts.aggregate_drift", f"dir={run_dir}"],
-                                                            jobs=int(table.job.nunique())))
+    atomic_write_json(
+        run_dir / "provenance.json",
+        provenance(command=["python", "-m", "scripts.aggregate_drift", f"dir={run_dir}"], jobs=int(table.job.nunique())),
+    )
     render(run_dir, table, fits, spread)
     return out
 
@@ -94,12 +96,16 @@ def render(run_dir: Path, table: pd.DataFrame, fits: pd.DataFrame, spread: pd.Da
         f = fits[(fits.quantity == "ntk_drift_train") & (fits.depth == depth)].iloc[0]
         if np.isfinite(f.exponent):
             xs = np.array(sorted(g.index), float)
-            ax.plot(xs, np.exp(f.intercept) * xs**f.exponent, color=colour, lw=1,
-                    label=f"L = {depth}: {f.exponent:.2f} [{f.ci_low:.2f}, {f.ci_high:.2f}]")
+            ax.plot(
+                xs,
+                np.exp(f.intercept) * xs**f.exponent,
+                color=colour,
+                lw=1,
+                label=f"L = {depth}: {f.exponent:.2f} [{f.ci_low:.2f}, {f.ci_high:.2f}]",
+            )
     widths = np.array(sorted(last.width.unique()), float)
     _reference(ax, widths, last[last.width == widths[0]].ntk_drift_train.max() * 1.5)
-    ax.set(xscale="log", yscale="log", xlabel="width n",
-           ylabel=r"$\|\Theta_t - \Theta_0\|_F / \|\Theta_0\|_F$ (training inputs)")
+    ax.set(xscale="log", yscale="log", xlabel="width n", ylabel=r"$\|\Theta_t - \Theta_0\|_F / \|\Theta_0\|_F$ (training inputs)")
     ax.set_title(f"kernel drift at t = {last.t.max():g}: fitted exponent [95% CI]", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     save_figure(fig, run_dir / "drift_vs_width")

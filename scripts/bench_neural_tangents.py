@@ -55,8 +55,9 @@ def main(argv: list[str]) -> None:
         key = jax.random.PRNGKey(0)
         _, params = init_fn(key, (-1, 784))
         x = jax.random.uniform(jax.random.PRNGKey(1), (n, 784), dtype=jnp.float32)
-        kernel_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
-                                                implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES))
+        kernel_fn = jax.jit(
+            nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0, implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES)
+        )
         t = best(lambda: kernel_fn(x, None, params).block_until_ready(), repeats)
         a = jax.random.normal(key, (n, width), dtype=jnp.float32)
         w = jax.random.normal(key, (width, width), dtype=jnp.float32)
@@ -64,8 +65,7 @@ def main(argv: list[str]) -> None:
         rate = 2 * n * width * width / best(lambda: mm(a, w).block_until_ready(), repeats) / 1e9
         arch = "-".join(map(str, [784] + [width] * (depth - 1) + [1]))
         print(f"{arch} N={n} neural-tangents structured derivatives: {t:.4g} s (GEMM {rate:.0f} GFLOP/s)")
-        rows.append(dict(model=arch, N=n, method="neural_tangents_structured", dtype="float32", device="cpu",
-                         time_s=t, gemm_gflops=rate))
+        rows.append(dict(model=arch, N=n, method="neural_tangents_structured", dtype="float32", device="cpu", time_s=t, gemm_gflops=rate))
     out = Path("results/bench")
     out.mkdir(parents=True, exist_ok=True)
     cols = list(rows[0])
@@ -75,10 +75,20 @@ def main(argv: list[str]) -> None:
     md += "".join("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |\n" for r in rows)
     (out / "neural_tangents.md").write_text(md)
     rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    (out / "neural_tangents.provenance.json").write_text(json.dumps(dict(
-        command="python -m scripts.bench_neural_tangents " + " ".join(argv), git_revision=rev,
-        jax=jax.__version__, neural_tangents=getattr(nt, "__version__", "?"), python=platform.python_version(),
-        platform=platform.platform()), indent=2) + "\n")
+    (out / "neural_tangents.provenance.json").write_text(
+        json.dumps(
+            dict(
+                command="python -m scripts.bench_neural_tangents " + " ".join(argv),
+                git_revision=rev,
+                jax=jax.__version__,
+                neural_tangents=getattr(nt, "__version__", "?"),
+                python=platform.python_version(),
+                platform=platform.platform(),
+            ),
+            indent=2,
+        )
+        + "\n"
+    )
     print(md)
 
 

@@ -68,7 +68,12 @@ def main(argv: list[str]) -> None:
             row = dict(model=arch, N=n, method=method, dtype=args["dtype"], device=str(device))
             n_params = sum(p.numel() for p in model.parameters())
             if method == "ntk_vp" and (guess := 4 * n * n * n_params / (rate * 1e9)) > SLOW_LIMIT_S:
-                rows.append(row | dict(time_s=None, memory_estimate="", note=f"skipped: N jvp passes over N inputs, about {guess:.0f} s at the GEMM rate"))
+                rows.append(
+                    row
+                    | dict(
+                        time_s=None, memory_estimate="", note=f"skipped: N jvp passes over N inputs, about {guess:.0f} s at the GEMM rate"
+                    )
+                )
                 print(f"{arch} N={n} {method}: skipped (about {guess:.0f} s)")
                 continue
             try:
@@ -83,17 +88,34 @@ def main(argv: list[str]) -> None:
             t = min(first, best_time(lambda: empirical_ntk(model, x, method=method, dtype=dtype), device, reps, 0)) if reps > 1 else first
             times[method] = t
             print(f"{arch} N={n} {method}: {t:.4g} s")
-            rows.append(row | dict(time_s=t, memory_estimate=fmt_bytes(memory_estimate(model, method, n, n, True, dtype, None, x[:1])), note=""))
-        for row in rows[-len(case["methods"]):]:
+            rows.append(
+                row | dict(time_s=t, memory_estimate=fmt_bytes(memory_estimate(model, method, n, n, True, dtype, None, x[:1])), note="")
+            )
+        for row in rows[-len(case["methods"]) :]:
             t = row["time_s"]
             row["speedup_vs_jacobian"] = times["jacobian"] / t if t and "jacobian" in times else None
             row["layerwise_gflop"] = flops / 1e9
             row["gflops"] = flops / t / 1e9 if t and row["method"] == "layerwise" else None
             row["gemm_gflops"] = rate
             row["fraction_of_gemm"] = row["gflops"] / rate if row["gflops"] else None
-        del model
-    table = pd.DataFrame(rows)[["model", "N", "method", "dtype", "device", "time_s", "speedup_vs_jacobian",
-                               "layerwise_gflop", "gflops", "gemm_gflops", "fraction_of_gemm", "memory_estimate", "note"]]
+        model = None  # free the weights before the next case
+    table = pd.DataFrame(rows)[
+        [
+            "model",
+            "N",
+            "method",
+            "dtype",
+            "device",
+            "time_s",
+            "speedup_vs_jacobian",
+            "layerwise_gflop",
+            "gflops",
+            "gemm_gflops",
+            "fraction_of_gemm",
+            "memory_estimate",
+            "note",
+        ]
+    ]
     write_bench(table, "ntk", argv)
 
 

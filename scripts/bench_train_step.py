@@ -27,8 +27,7 @@ from scripts.common import parse_kv, write_bench
 
 
 def main(argv: list[str]) -> None:
-    args = parse_kv(argv, dict(width=10000, depth=4, in_dim=2, batches=[16, 64], device="auto", repeats=5,
-                                  name="train_step"))
+    args = parse_kv(argv, dict(width=10000, depth=4, in_dim=2, batches=[16, 64], device="auto", repeats=5, name="train_step"))
     device = resolve_device(args["device"])
     torch.manual_seed(0)
     model = NTKMLP(args["in_dim"], args["width"], args["depth"], generator=torch.Generator(device).manual_seed(0), device=device)
@@ -67,14 +66,23 @@ def main(argv: list[str]) -> None:
         a_ref = torch.randn(n, args["width"], device=device)
         w_ref = torch.randn(args["width"], args["width"], device=device)
         gemm = 2 * n * args["width"] ** 2 / best_time(lambda: a_ref @ w_ref, device, args["repeats"]) / 1e9
-        del a_ref, w_ref
+        a_ref = w_ref = None  # free the operands
         rows.append(
             dict(
-                width=args["width"], depth=args["depth"], N=n, device=str(device), dtype="float32",
-                products_s=t_products, fused_step_s=t_fused, autograd_sgd_s=t_autograd,
-                fused_over_products=t_fused / t_products, autograd_over_fused=t_autograd / t_fused,
-                products_gflops=flops / t_products / 1e9, fused_gflops=flops / t_fused / 1e9,
-                gemm_gflops=gemm, fused_over_flop_time=t_fused / (flops / gemm / 1e9),
+                width=args["width"],
+                depth=args["depth"],
+                N=n,
+                device=str(device),
+                dtype="float32",
+                products_s=t_products,
+                fused_step_s=t_fused,
+                autograd_sgd_s=t_autograd,
+                fused_over_products=t_fused / t_products,
+                autograd_over_fused=t_autograd / t_fused,
+                products_gflops=flops / t_products / 1e9,
+                fused_gflops=flops / t_fused / 1e9,
+                gemm_gflops=gemm,
+                fused_over_flop_time=t_fused / (flops / gemm / 1e9),
             )
         )
     write_bench(pd.DataFrame(rows), args["name"], argv)

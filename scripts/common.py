@@ -37,4 +37,3 @@ def write_bench(table: pd.DataFrame, name: str, argv: list[str], out_dir: Path =
     module = sys.modules["__main__"].__spec__.name if getattr(sys.modules["__main__"], "__spec__", None) else f"scripts.bench_{name}"
     prov = provenance(command=["python", "-m", module, *argv])
     atomic_write_json(out_dir / f"{name}.provenance.json", prov)
-

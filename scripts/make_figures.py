@@ -15,8 +15,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from scripts import (aggregate_drift, plot_circle_regression, plot_circle_width, plot_mnist_convergence, plot_mnist_lr_equivalence,
-                     plot_mnist_pca)
+from scripts import (
+    aggregate_drift,
+    plot_circle_regression,
+    plot_circle_width,
+    plot_mnist_convergence,
+    plot_mnist_lr_equivalence,
+    plot_mnist_pca,
+)
 from scripts.common import parse_kv
 
 RENDERERS = {  # experiment name -> render(run directory)

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from scripts.figures import gamma_axis, read_table, save_figure
@@ -31,15 +30,23 @@ def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
     for colour, (width, group) in zip(COLOURS, nets.groupby("width")):
         for i, (_, curve) in enumerate(group.groupby("seed")):
             ax.plot(curve.gamma, curve.f, color=colour, lw=0.7, alpha=0.7, label=f"n = {width:g}" if i == 0 else None)
-    for prefix, colour, label in (("limit", "black", r"$n = \infty$: $P_{10}, P_{50}, P_{90}$"),
-                                  ("approx", "grey", "kernels of one wide net")):
+    for prefix, colour, label in (
+        ("limit", "black", r"$n = \infty$: $P_{10}, P_{50}, P_{90}$"),
+        ("approx", "grey", "kernels of one wide net"),
+    ):
         for p, style in (("p50", "-"), ("p10", "--"), ("p90", "--")):
             sel = df[df.kind == f"{prefix}_{p}"].sort_values("gamma")
             if len(sel):
                 width = sel.width.iloc[0]
                 extra = f" (n = {width:g})" if prefix == "approx" else ""
-                ax.plot(sel.gamma, sel.f, style if prefix == "limit" else ":", color=colour,
-                        lw=1.6 if prefix == "limit" else 1.2, label=label + extra if p == "p50" else None)
+                ax.plot(
+                    sel.gamma,
+                    sel.f,
+                    style if prefix == "limit" else ":",
+                    color=colour,
+                    lw=1.6 if prefix == "limit" else 1.2,
+                    label=label + extra if p == "p50" else None,
+                )
     pts = df[df.kind == "train"]
     ax.plot(pts.gamma, pts.f, "o", color="black", ms=5, label="training points")
     ax.set_ylabel(r"$f(\cos\gamma, \sin\gamma)$")

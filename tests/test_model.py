@@ -24,8 +24,9 @@ def hand_forward(model: NTKMLP, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("activation", ["relu", "erf", "tanh", "identity"])
 @pytest.mark.parametrize("depth,width", [(1, 5), (3, 6), (4, [5, 7, 3])])
 def test_forward_at_init_matches_hand_computation(activation, depth, width):
-    model = NTKMLP(3, width, depth, out_dim=2, beta=0.1, activation=activation,
-                   generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = NTKMLP(
+        3, width, depth, out_dim=2, beta=0.1, activation=activation, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     torch.testing.assert_close(model(x).detach(), hand_forward(model, x), rtol=1e-12, atol=1e-12)
 

@@ -14,8 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def table(tmp_path):
     gamma = np.linspace(-np.pi, np.pi, 9)
-    rows = [dict(width=w, seed=s, t=t, gamma=g, ntk=0.2 + 0.1 * np.cos(g) + 0.001 * s, loss=0.1)
-            for w in (500, 10000) for s in range(2) for t in (0.0, 200.0) for g in gamma]
+    rows = [
+        dict(width=w, seed=s, t=t, gamma=g, ntk=0.2 + 0.1 * np.cos(g) + 0.001 * s, loss=0.1)
+        for w in (500, 10000)
+        for s in range(2)
+        for t in (0.0, 200.0)
+        for g in gamma
+    ]
     path = tmp_path / "table.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -28,8 +33,12 @@ def test_render_from_saved_table(table, tmp_path):
 
 
 def test_script_entry_point(table, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "scripts.plot_circle_width", f"table={table}", f"out={tmp_path / 'cli'}"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.plot_circle_width", f"table={table}", f"out={tmp_path / 'cli'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cli.png").exists() and (tmp_path / "cli.pdf").exists()
 
@@ -51,7 +60,9 @@ def test_make_figures_rerenders_every_saved_table(table, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (root / "my_fig1_run" / "circle_width.png").exists()
     assert "rendered" in proc.stdout and "skip" in proc.stdout and "bench" in proc.stdout
-    empty = subprocess.run([sys.executable, "-m", "scripts.make_figures", f"root={tmp_path / 'none'}"], cwd=ROOT, capture_output=True, text=True)
+    empty = subprocess.run(
+        [sys.executable, "-m", "scripts.make_figures", f"root={tmp_path / 'none'}"], cwd=ROOT, capture_output=True, text=True
+    )
     assert empty.returncode != 0 and "no tables found" in empty.stderr
 
 
@@ -59,9 +70,15 @@ def test_regression_figure_renders_from_a_small_table(tmp_path):
     from scripts.plot_circle_regression import render as render_regression
 
     gamma = np.linspace(-np.pi, np.pi, 9)
-    rows = [dict(kind="network", width=w, seed=s, gamma=g, f=np.sin(2 * g) / 2 + 0.01 * s) for w in (50, 1000) for s in range(2) for g in gamma]
-    rows += [dict(kind=f"{k}_p{p}", width=np.inf, seed=-1, gamma=g, f=np.sin(2 * g) / 2 + (p - 50) / 400)
-             for k in ("limit", "approx") for p in (10, 50, 90) for g in gamma]
+    rows = [
+        dict(kind="network", width=w, seed=s, gamma=g, f=np.sin(2 * g) / 2 + 0.01 * s) for w in (50, 1000) for s in range(2) for g in gamma
+    ]
+    rows += [
+        dict(kind=f"{k}_p{p}", width=np.inf, seed=-1, gamma=g, f=np.sin(2 * g) / 2 + (p - 50) / 400)
+        for k in ("limit", "approx")
+        for p in (10, 50, 90)
+        for g in gamma
+    ]
     rows += [dict(kind="train", width=np.nan, seed=-1, gamma=g, f=np.sin(2 * g) / 2) for g in (-2.4, -0.8, 0.8, 2.4)]
     path = tmp_path / "t.csv"
     pd.DataFrame(rows).to_csv(path, index=False)

@@ -53,7 +53,7 @@ def test_gaussian_prediction_against_sampled_initial_functions(t):
     joint = torch.cat([torch.cat([s_ss, s_st], 1), torch.cat([s_st.T, s_tt], 1)])  # Sigma on (test, train)
     rng = np.random.default_rng(0)
     f0 = torch.from_numpy(rng.multivariate_normal(np.zeros(len(joint)), joint.numpy(), size=40000, method="eigh"))
-    f0_test, f0_train = f0[:, : len(xt)], f0[:, len(xt):]
+    f0_test, f0_train = f0[:, : len(xt)], f0[:, len(xt) :]
     samples = kernel_regression(k_st, k_tt, y[:, None] - f0_train.T, t) + f0_test.T  # (M, samples)
     sd = cov.diagonal().sqrt()
     assert ((samples.mean(1) - mean).abs() < 5 * sd / math.sqrt(f0.shape[0]) + 1e-8).all()  # sd = 0 on training points

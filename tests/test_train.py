@@ -37,6 +37,7 @@ def test_fused_step_equals_autograd_gradient_descent():
 def test_callbacks_see_the_network_at_the_requested_times():
     model, x, y = problem()
     seen = []
+
     def look(s):
         with torch.no_grad():
             f = s.model(x)
@@ -84,14 +85,29 @@ def test_continued_run_equals_uninterrupted_run():
     seen = []
     full = gradient_descent(whole, x, y, lr=0.5, steps=10, record_t=[0, 3, 5], callback=lambda s: seen.append(s.t))
     states = {}  # the parameters and losses a checkpoint at t = 3 (step 6) would hold
-    gradient_descent(part, x, y, lr=0.5, steps=10, record_t=[3.0],
-                     callback=lambda s: states.update(params={k: v.clone() for k, v in s.model.state_dict().items()},
-                                                      history=s.result.until(s.step)))
+    gradient_descent(
+        part,
+        x,
+        y,
+        lr=0.5,
+        steps=10,
+        record_t=[3.0],
+        callback=lambda s: states.update(params={k: v.clone() for k, v in s.model.state_dict().items()}, history=s.result.until(s.step)),
+    )
     resumed = NTKMLP(3, 30, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)  # other init, then loaded
     resumed.load_state_dict(states["params"])
     seen_resumed = []
-    rest = gradient_descent(resumed, x, y, lr=0.5, steps=10, record_t=[0, 3, 5], callback=lambda s: seen_resumed.append(s.t),
-                            start_step=6, history=states["history"])
+    rest = gradient_descent(
+        resumed,
+        x,
+        y,
+        lr=0.5,
+        steps=10,
+        record_t=[0, 3, 5],
+        callback=lambda s: seen_resumed.append(s.t),
+        start_step=6,
+        history=states["history"],
+    )
     assert rest.loss == full.loss and rest.t == full.t and rest.lr_max == full.lr_max
     assert seen_resumed == [3.0, 5.0]  # times before the start are not revisited
     for a, b in zip(resumed.parameters(), whole.parameters()):
