@@ -145,7 +145,7 @@ def gradient_descent(
     if start_step > 0 and (history is None or len(history.loss) != start_step):
         raise ValueError(f"continuing at start_step={start_step} needs the history of steps 0 ... {start_step - 1}")
     to_record = record_steps(record_t, lr, steps)
-    step_fn = _fused_step if fused else _autograd_step
+    step_fn = fused_step if fused else _autograd_step
 
     if start_step > 0:
         result = TrainResult(t=list(history.t), loss=list(history.loss), lr_max=history.lr_max)
@@ -179,8 +179,12 @@ def gradient_descent(
 
 
 @torch.no_grad()
-def _fused_step(model: NTKMLP, x: Tensor, y: Tensor) -> tuple[float, Tensor, Callable[[float], None]]:
-    """Loss and outputs at the current parameters, and a closure doing the in-place GD update."""
+def fused_step(model: NTKMLP, x: Tensor, y: Tensor) -> tuple[float, Tensor, Callable[[float], None]]:
+    """One gradient-descent step of an NTKMLP without autograd (module docstring).
+
+    Returns the loss and the outputs f (N, O) at the current parameters, and a closure `update(lr)`
+    that applies the step in place: W(l) -= lr / sqrt(n_l) d(l+1)^T a(l), b(l) -= lr beta sum d(l+1).
+    """
     f, acts, derivs = forward_with_cache(model, x)
     residual = f - y  # (N, O)
     loss = 0.5 * residual.square().sum().item() / x.shape[0]

@@ -20,7 +20,7 @@ import sys
 import pandas as pd
 import torch
 
-from ntk.empirical import _plan, empirical_ntk, memory_estimate
+from ntk.empirical import empirical_ntk, memory_estimate, plan_method
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 from ntk.model import NTKMLP
 from ntk.utils import best_time, resolve_device
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
                 print(f"{arch} N={n} {method}: skipped (about {guess:.0f} s)")
                 continue
             try:
-                _plan(model, x, n, n, True, method, None, dtype, budget)
+                plan_method(model, x, n, n, True, method, None, dtype, budget)
             except NTKMemoryError as err:
                 est = memory_estimate(model, method, n, n, True, dtype, 1 if method == "ntk_vp" else None, x[:1])
                 rows.append(row | dict(time_s=None, memory_estimate=fmt_bytes(est), note=f"refused: {err}"))

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from ntk.model import NTKMLP, forward_with_cache
-from ntk.train import _fused_step, mse_cost
+from ntk.train import fused_step, mse_cost
 from ntk.utils import best_time, resolve_device
 from scripts.common import parse_kv, write_bench
 
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> None:
             flops += 2 * n * w.numel()
 
         def fused() -> None:
-            _, _, update = _fused_step(model, x, y)
+            _, _, update = fused_step(model, x, y)
             update(1.0)  # a real step (alpha = 0 may skip the GEMM, tiny alpha hits subnormals)
 
         t_fused = best_time(fused, device, args["repeats"])

@@ -1,0 +1,135 @@
+"""The three backends of `ntk.empirical.empirical_ntk`: layer-wise factors, Jacobian contraction,
+NTK-vector products. Each computes a whole kernel at a given block size; `ntk.empirical` checks the
+inputs and `ntk.planning` picks the method and block size first.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
+
+from ntk.model import NTKMLP, backward_factors, forward_with_cache
+from ntk.planning import output_dim
+
+Tensor = torch.Tensor
+
+
+def cast_params(model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
+    """The parameters by name, detached and cast to `dtype` (the model itself is not touched)."""
+    return {k: v.detach().to(dtype) for k, v in model.named_parameters()}
+
+
+# ----------------------------------------------------------------------------- layerwise
+
+
+def layerwise_factors(model: NTKMLP, x: Tensor, dtype: torch.dtype = torch.float64) -> list[tuple[Tensor, Tensor]]:
+    """Per-layer factors (a(l), d(l+1)) for l = 0 ... L-1 from one forward and one backward pass.
+
+    Returns:
+        A list of L pairs: a(l) of shape (N, n_l), and d(l+1) = df/dz(l+1) of shape (N, n_{l+1})
+        for a scalar output or (N, O, n_{l+1}) for O outputs (one row per output direction).
+        For a scalar output d(L) = 1, returned as None (its Gram matrix is all ones).
+    """
+    _, acts, derivs = forward_with_cache(model, x, dtype)
+    n, out = x.shape[0], model.out_dim
+    if out == 1:
+        delta = torch.ones(n, 1, dtype=dtype, device=x.device)  # (N, 1)
+    else:
+        delta = torch.eye(out, dtype=dtype, device=x.device).expand(n, out, out)  # (N, O, O)
+    factors = [(a, d) for _, a, d in backward_factors(model, acts, derivs, delta)][::-1]
+    if out == 1:
+        factors[-1] = (factors[-1][0], None)
+    return factors
+
+
+def _contract_factors(f1, f2, beta: float, trace: bool) -> Tensor:
+    """sum_l (A1 A2^T / n_l + beta^2) * (D1 D2^T): elementwise products of Gram matrices."""
+    kernel = None
+    for (a1, d1), (a2, d2) in zip(f1, f2):
+        term = torch.addmm(a1.new_full((), beta**2), a1, a2.T, alpha=1.0 / a1.shape[1])  # (N1, N2)
+        if d1 is None:  # scalar output, last layer: d(L) = 1
+            pass
+        elif d1.dim() == 2:
+            term.mul_(d1 @ d2.T)
+        elif trace:
+            term.mul_(torch.einsum("iap,jap->ij", d1, d2))
+        else:
+            term = term[:, :, None, None] * torch.einsum("iap,jbp->ijab", d1, d2)  # (N1, N2, O, O)
+        kernel = term if kernel is None else kernel.add_(term)
+    return kernel
+
+
+def layerwise_kernel(model: NTKMLP, x1: Tensor, x2: Tensor | None, dtype, block: int, trace: bool) -> Tensor:
+    symmetric = x2 is None
+    x2 = x1 if symmetric else x2
+    n1, n2 = x1.shape[0], x2.shape[0]
+    if block >= max(n1, n2):  # everything at once
+        f1 = layerwise_factors(model, x1, dtype)
+        return _contract_factors(f1, f1 if symmetric else layerwise_factors(model, x2, dtype), model.beta, trace)
+    rows = [slice(i, min(i + block, n1)) for i in range(0, n1, block)]
+    cols = rows if symmetric else [slice(j, min(j + block, n2)) for j in range(0, n2, block)]
+    kernel = None
+    for i, r in enumerate(rows):
+        f1 = layerwise_factors(model, x1[r], dtype)
+        for j, c in enumerate(cols):
+            if symmetric and j < i:
+                continue  # filled from the transposed block (i, j) -> (j, i)
+            part = _contract_factors(f1, f1 if symmetric and i == j else layerwise_factors(model, x2[c], dtype), model.beta, trace)
+            if kernel is None:
+                kernel = part.new_empty((n1, n2) + part.shape[2:])
+            kernel[r, c] = part
+            if symmetric and j > i:
+                kernel[c, r] = part.transpose(0, 1).transpose(2, 3) if part.dim() == 4 else part.T
+    return kernel
+
+
+# ----------------------------------------------------------------------------- jacobian
+
+
+def jacobian_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.dtype, trace: bool) -> Tensor:
+    params = cast_params(model, dtype)
+
+    def f(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(model, p, (x.unsqueeze(0),)).reshape(-1)  # (O,)
+
+    jac = vmap(jacrev(f), in_dims=(None, 0))
+
+    def flat(x: Tensor) -> Tensor:
+        j = jac(params, x.to(dtype))  # {name: (N, O, *shape)}
+        return torch.cat([v.flatten(2) for v in j.values()], dim=2)  # (N, O, P)
+
+    j1 = flat(x1)
+    j2 = j1 if x2 is None else flat(x2)
+    if trace or j1.shape[1] == 1:
+        return torch.einsum("iap,jap->ij", j1, j2)  # (N1, N2)
+    return torch.einsum("iap,jbp->ijab", j1, j2)  # (N1, N2, O, O)
+
+
+# ----------------------------------------------------------------------------- ntk_vp
+
+
+def ntk_vp_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.dtype, chunk: int, trace: bool) -> Tensor:
+    params = cast_params(model, dtype)
+    x1 = x1.to(dtype)
+    xs = x1 if x2 is None else x2.to(dtype)
+    out_dim = output_dim(model, x1[:1])
+
+    def column(xj: Tensor, e: Tensor) -> Tensor:
+        """Theta(X1, x_j) e = J(X1) J(x_j)^T e, (N1, O)."""
+        _, pull = vjp(lambda p: functional_call(model, p, (xj.unsqueeze(0),))[0], params)
+        (tangent,) = pull(e)
+        return jvp(lambda p: functional_call(model, p, (x1,)), (params,), (tangent,))[1]
+
+    eye = torch.eye(out_dim, dtype=dtype, device=x1.device)
+    points = xs.repeat_interleave(out_dim, dim=0)  # (N2 O, d): column (j, b) at j O + b
+    directions = eye.repeat(xs.shape[0], 1)  # (N2 O, O)
+    cols = torch.cat(
+        [vmap(column)(points[k : k + chunk], directions[k : k + chunk]) for k in range(0, points.shape[0], chunk)]
+    )  # (N2 O, N1, O)
+    kernel = cols.reshape(xs.shape[0], out_dim, x1.shape[0], out_dim).permute(2, 0, 3, 1)  # (N1, N2, O_a, O_b)
+    if out_dim == 1:
+        return kernel[:, :, 0, 0].contiguous()
+    if trace:
+        return kernel.diagonal(dim1=2, dim2=3).sum(-1)
+    return kernel.contiguous()

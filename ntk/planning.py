@@ -1,0 +1,145 @@
+"""Memory planning of the empirical NTK: what each method needs, and which method and block fit.
+
+`memory_estimate` gives the bytes of a method for an (n1, n2) kernel (formulas in its docstring);
+`plan_method` resolves method="auto" and picks the largest block that fits the budget of
+`ntk.memory.available_memory`, or refuses with `NTKMemoryError` naming the methods that would fit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ntk.memory import NTKMemoryError, fmt_bytes
+from ntk.model import NTKMLP
+
+Tensor = torch.Tensor
+
+JACOBIAN_OVERHEAD = 2.0  # vmap(jacrev) holds the Jacobians and about as much in intermediates
+
+
+def memory_estimate(
+    model: nn.Module,
+    method: str,
+    n1: int,
+    n2: int,
+    symmetric: bool,
+    dtype: torch.dtype,
+    block_size: int | None = None,
+    x_example: Tensor | None = None,
+) -> float:
+    """Bytes a method needs for an (n1, n2) kernel (block_size rows/columns at a time).
+
+    With b bytes per number, P parameters, O outputs, K = n1 n2 O^2 b the result:
+      jacobian:  JACOBIAN_OVERHEAD x b x O x P x (n1 + n2 [0 if symmetric]) + K
+      ntk_vp:    b x c x (2 P + 3 n1 A) + b x P + K, c = columns per chunk (block_size, default 1),
+                 A = activation numbers per input (measured by forward hooks)
+      layerwise: b x B x (2 F + 2 B O^2) + (largest weight matrix x b if the dtype changes) + K,
+                 B = rows per block (block_size, default max(n1, n2)), F = sum_l (2 n_l + O n_{l+1})
+                 numbers per input for the cache and factors of one block.
+    """
+    b = torch.empty((), dtype=dtype).element_size()
+    n_params = sum(p.numel() for p in model.parameters())
+    out_dim = output_dim(model, x_example)
+    result = n1 * n2 * out_dim**2 * b
+    if method == "jacobian":
+        return JACOBIAN_OVERHEAD * b * out_dim * n_params * (n1 + (0 if symmetric else n2)) + result
+    if method == "ntk_vp":
+        chunk = block_size or 1
+        return b * chunk * (2 * n_params + 3 * n1 * _activation_numel(model, x_example)) + b * n_params + result
+    if method == "layerwise":
+        rows = min(block_size or max(n1, n2), max(n1, n2))
+        widths = model.widths
+        per_input = sum(2 * widths[l] + out_dim * widths[l + 1] for l in range(model.depth))
+        cast = max(p.numel() for p in model.parameters()) * b if model.layers[0].weight.dtype != dtype else 0
+        return b * rows * (2 * per_input + 2 * rows * out_dim**2) + cast + result
+    raise ValueError(f"no memory estimate for method {method!r}")
+
+
+def plan_method(
+    model: nn.Module,
+    x1: Tensor,
+    n1: int,
+    n2: int,
+    symmetric: bool,
+    method: str,
+    block_size: int | None,
+    dtype: torch.dtype,
+    budget: float,
+) -> tuple[str, int]:
+    """The method ("auto" resolved) and the block size an (n1, n2) kernel is computed with.
+
+    "auto" takes the first of layerwise (NTK MLP only), jacobian, ntk_vp whose estimate fits the
+    budget; blocked methods get the largest block that fits (bisection on `memory_estimate`).
+
+    Raises:
+        NTKMemoryError: the method does not fit even one row at a time; the message names the
+            methods that would.
+    """
+    candidates = ["layerwise"] if isinstance(model, NTKMLP) else []
+    candidates += ["jacobian", "ntk_vp"]
+    x_example = x1[:1]
+
+    def fit(m: str) -> tuple[int | None, float]:
+        """Block size that fits (None: none does) and the estimate at that size."""
+        top = max(n1, n2) if m == "layerwise" else n2 * output_dim(model, x_example)
+        if m == "jacobian":
+            return (top, est) if (est := memory_estimate(model, m, n1, n2, symmetric, dtype, None, x_example)) <= budget else (None, est)
+        if block_size is not None:
+            est = memory_estimate(model, m, n1, n2, symmetric, dtype, block_size, x_example)
+            return (block_size if est <= budget else None), est
+        lo_est = memory_estimate(model, m, n1, n2, symmetric, dtype, 1, x_example)
+        if lo_est > budget:
+            return None, lo_est
+        lo, hi = 1, top  # largest block that fits, by bisection on the monotone estimate
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if memory_estimate(model, m, n1, n2, symmetric, dtype, mid, x_example) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo, memory_estimate(model, m, n1, n2, symmetric, dtype, lo, x_example)
+
+    plans = {m: fit(m) for m in candidates}
+    if method == "auto":
+        for m in candidates:
+            if plans[m][0] is not None:
+                return m, plans[m][0]
+        method = candidates[0]
+    block, est = plans[method]
+    if block is None:
+        least = {m: memory_estimate(model, m, n1, n2, symmetric, dtype, 1, x_example) for m in candidates}
+        others = [f"method={m!r} (from {fmt_bytes(least[m])})" for m in candidates if m != method and plans[m][0] is not None]
+        advice = f"use {' or '.join(others)}" if others else "no method fits: use fewer inputs, or raise the limit (NTK_MEMORY_LIMIT)"
+        raise NTKMemoryError(
+            f"method={method!r} needs about {fmt_bytes(est)} for a {n1} x {n2} kernel, more than the "
+            f"{fmt_bytes(budget)} available; {advice}"
+        )
+    return method, block
+
+
+def output_dim(model: nn.Module, x_example: Tensor | None) -> int:
+    """O, the number of outputs (one forward pass on `x_example` for a module other than NTKMLP)."""
+    if isinstance(model, NTKMLP):
+        return model.out_dim
+    with torch.no_grad():
+        return model(x_example).shape[-1]
+
+
+def _activation_numel(model: nn.Module, x_example: Tensor | None) -> int:
+    """Numbers produced per input by all leaf modules (forward hooks on one input)."""
+    if isinstance(model, NTKMLP):
+        return 2 * sum(model.widths)
+    total = [0]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: total.__setitem__(0, total[0] + out.numel()))
+        for m in model.modules()
+        if not list(m.children())
+    ]
+    try:
+        with torch.no_grad():
+            model(x_example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
