@@ -19,6 +19,7 @@ provenance.json; circle_regression.png/.pdf.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -26,24 +27,14 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import (
-    Parts,
-    build_model,
-    check_int,
-    check_model_and_training,
-    loss_table,
-    network_jobs,
-    run_start,
-    train,
-    write_outputs,
-)
+from experiments.common import Checkpoint, build_model, check_int, check_model_and_training, loss_table, network_jobs, train
+from experiments.runner import Experiment, run_experiment
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_grid, circle_points, product_target
 from ntk.empirical import empirical_nngp, empirical_ntk
 from ntk.predict import gaussian_prediction
 from ntk.train import TrainState
 from ntk.utils import resolve_device, resolve_dtype
-from scripts.plot_circle_regression import render
 
 Z90 = 1.2815515655446004  # standard normal 90th percentile
 TABLES = ("table", "loss")
@@ -96,14 +87,20 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(cfg: DictConfig) -> pd.DataFrame:
-    """Run Figure 2 as configured; return the long table (also written to cfg.out_dir)."""
-    check_config(cfg)
-    device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
-    start = run_start()
-    t_end = cfg.train.lr * cfg.train.steps
-    limit_t = math.inf if cfg.limit_t is None else float(cfg.limit_t)
+@dataclass
+class Shared:
+    """What every network of Figure 2 shares: the data and the fixed curves (limit, approximation)."""
 
+    x_train: torch.Tensor  # (4, 2), training dtype and device
+    y_train: torch.Tensor  # (4, 1)
+    gamma: torch.Tensor  # (n_gamma,)
+    grid: torch.Tensor  # (n_gamma, 2), training dtype and device
+    fixed: list[pd.DataFrame]  # training points, limiting and approximate percentiles
+
+
+def prepare(cfg: DictConfig) -> Shared:
+    device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
+    limit_t = math.inf if cfg.limit_t is None else float(cfg.limit_t)
     train_gamma = math.pi * torch.tensor(list(cfg.data.train_gamma_over_pi), dtype=torch.float64)
     x_train = circle_points(train_gamma)  # (4, 2)
     y_train = product_target(x_train)  # (4, 1)
@@ -133,38 +130,44 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         )
         fixed.append(percentiles("approx", gamma.numpy(), mean_a.cpu(), cov_a.cpu(), cfg.approx_width))
         del wide
+    return Shared(x_train.to(device, dtype), y_train.to(device, dtype), gamma, grid.to(device, dtype), fixed)
 
-    x_dev, y_dev, grid_dev = x_train.to(device, dtype), y_train.to(device, dtype), grid.to(device, dtype)
 
-    def job(width: int, seed: int) -> dict[str, pd.DataFrame]:
-        model = build_model(cfg, 2, width, seed, device, dtype)
-        curves = []
+def network(cfg: DictConfig, shared: Shared, width: int, seed: int, checkpoint: Checkpoint | None = None) -> dict[str, pd.DataFrame]:
+    """Train one network to t = lr x steps; its output on the circle then."""
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
+    model = build_model(cfg, 2, width, seed, device, dtype)
+    curves = []
 
-        def record(state: TrainState) -> None:
-            with torch.no_grad():
-                f = state.model(grid_dev)[:, 0].to(torch.float64).cpu().numpy()
-            curves.append(pd.DataFrame(dict(kind="network", width=width, seed=seed, gamma=gamma.numpy(), f=f)))
+    def record(state: TrainState) -> None:
+        with torch.no_grad():
+            f = state.model(shared.grid)[:, 0].to(torch.float64).cpu().numpy()
+        curves.append(pd.DataFrame(dict(kind="network", width=width, seed=seed, gamma=shared.gamma.numpy(), f=f)))
 
-        result, drift = train(cfg, model, x_dev, y_dev, [t_end], record)
-        return {"table": curves[0], "loss": loss_table(result, drift, width=width, seed=seed)}
+    t_end = cfg.train.lr * cfg.train.steps
+    result, drift = train(cfg, model, shared.x_train, shared.y_train, [t_end], record, checkpoint=checkpoint, job_state={"curves": curves})
+    return {"table": curves[0], "loss": loss_table(result, drift, width=width, seed=seed)}
 
-    parts = Parts(cfg)
-    jobs = {name: partial(job, w, s) for name, w, s in network_jobs(cfg)}
-    nets = parts.run(jobs, TABLES, "networks (width, seed)", cfg.progress)
-    table = pd.concat(fixed + [nets["table"]], ignore_index=True)
-    tables = {"table": table, "loss": nets["loss"], "summary": summarise(table)}
-    out = write_outputs(
-        cfg,
-        tables,
-        start,
-        device=str(device),
-        dtype=cfg.dtype,
-        kernel_dtype=cfg.kernel_dtype,
-        jobs=len(jobs),
-        resumed_jobs=parts.resumed,
-        t_network=t_end,
-        t_limit=str(limit_t),
-    )
-    render(table, out / "circle_regression")
-    parts.clear()
-    return table
+
+def assemble(cfg: DictConfig, shared: Shared, nets: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The long table (fixed curves, then every network), the losses, and the band summary."""
+    table = pd.concat(shared.fixed + [nets["table"]], ignore_index=True)
+    return {"table": table, "loss": nets["loss"], "summary": summarise(table)}
+
+
+EXPERIMENT = Experiment(
+    name="circle_regression",
+    check=check_config,
+    prepare=prepare,
+    jobs=lambda cfg, shared: [(name, partial(network, cfg, shared, w, s), {}) for name, w, s in network_jobs(cfg)],
+    tables=TABLES,
+    assemble=assemble,
+    provenance=lambda cfg, shared: dict(
+        t_network=cfg.train.lr * cfg.train.steps, t_limit=str(math.inf if cfg.limit_t is None else float(cfg.limit_t))
+    ),
+)
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    """Run Figure 2 as configured; return the long table (also written to cfg.out_dir)."""
+    return run_experiment(EXPERIMENT, cfg)["table"]

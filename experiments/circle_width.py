@@ -12,29 +12,20 @@ loss at every step), config.yaml, provenance.json, circle_width.png/.pdf.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import (
-    Parts,
-    build_model,
-    check_int,
-    check_model_and_training,
-    loss_table,
-    network_jobs,
-    run_start,
-    train,
-    write_outputs,
-)
+from experiments.common import Checkpoint, build_model, check_int, check_model_and_training, loss_table, network_jobs, train
+from experiments.runner import Experiment, run_experiment
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_grid, gaussian_inputs, product_target
 from ntk.empirical import empirical_ntk
 from ntk.train import TrainState, record_steps
 from ntk.utils import resolve_device, resolve_dtype
-from scripts.plot_circle_width import render
 
 TABLES = ("table", "loss")
 
@@ -57,43 +48,65 @@ def check_config(cfg: DictConfig) -> None:
     kernel_times(cfg)
 
 
-def run(cfg: DictConfig) -> pd.DataFrame:
-    """Run Figure 1 as configured; return the kernel table (also written to cfg.out_dir)."""
-    check_config(cfg)
-    device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
-    start = run_start()
+@dataclass
+class Shared:
+    """What every network of Figure 1 shares."""
 
+    x_train: torch.Tensor  # (n_train, 2), training dtype and device
+    y_train: torch.Tensor  # (n_train, 1)
+    gamma: torch.Tensor  # (n_gamma,)
+    x0: torch.Tensor  # (1, 2), kernel dtype
+    grid: torch.Tensor  # (n_gamma, 2), kernel dtype
+    limit: object  # Theta_inf(x0, x(gamma)), (n_gamma,) numpy
+
+
+def prepare(cfg: DictConfig) -> Shared:
+    device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
     x_train = gaussian_inputs(cfg.data.n_train, 2, torch.Generator().manual_seed(cfg.data.seed))
     y_train = product_target(x_train)
-    x_train, y_train = x_train.to(device, dtype), y_train.to(device, dtype)
     gamma, grid = circle_grid(cfg.data.n_gamma)
-    x0 = torch.tensor([[1.0, 0.0]], dtype=kernel_dtype, device=device)
-    grid = grid.to(device, kernel_dtype)
-    times = kernel_times(cfg)
-    _, limit = limiting_kernels(x0.cpu(), grid.cpu(), cfg.model.depth, cfg.model.beta, cfg.model.activation)
-    limit = limit[0].numpy()  # Theta_inf(x0, x(gamma)), (n_gamma,)
+    x0, grid = torch.tensor([[1.0, 0.0]], dtype=kernel_dtype), grid.to(kernel_dtype)
+    _, limit = limiting_kernels(x0, grid, cfg.model.depth, cfg.model.beta, cfg.model.activation)
+    return Shared(x_train.to(device, dtype), y_train.to(device, dtype), gamma, x0.to(device), grid.to(device), limit[0].numpy())
 
-    def job(width: int, seed: int) -> dict[str, pd.DataFrame]:
-        model = build_model(cfg, 2, width, seed, device, dtype)
-        rows = []
 
-        def record(state: TrainState) -> None:
-            theta = empirical_ntk(state.model, x0, grid, dtype=kernel_dtype)[0]  # (n_gamma,)
-            rows.append(
-                pd.DataFrame(
-                    dict(width=width, seed=seed, t=state.t, gamma=gamma.numpy(), ntk=theta.cpu().numpy(), loss=state.loss, limit=limit)
+def network(cfg: DictConfig, shared: Shared, width: int, seed: int, checkpoint: Checkpoint | None = None) -> dict[str, pd.DataFrame]:
+    """Train one network; Theta(x0, x(gamma)) at every kernel time."""
+    device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
+    model = build_model(cfg, 2, width, seed, device, dtype)
+    rows = []
+
+    def record(state: TrainState) -> None:
+        theta = empirical_ntk(state.model, shared.x0, shared.grid, dtype=kernel_dtype)[0]  # (n_gamma,)
+        rows.append(
+            pd.DataFrame(
+                dict(
+                    width=width,
+                    seed=seed,
+                    t=state.t,
+                    gamma=shared.gamma.numpy(),
+                    ntk=theta.cpu().numpy(),
+                    loss=state.loss,
+                    limit=shared.limit,
                 )
             )
+        )
 
-        result, drift = train(cfg, model, x_train, y_train, times, record)
-        return {"table": pd.concat(rows, ignore_index=True), "loss": loss_table(result, drift, width=width, seed=seed)}
-
-    parts = Parts(cfg)
-    jobs = {name: partial(job, w, s) for name, w, s in network_jobs(cfg)}
-    tables = parts.run(jobs, TABLES, "networks (width, seed)", cfg.progress)
-    out = write_outputs(
-        cfg, tables, start, device=str(device), dtype=cfg.dtype, kernel_dtype=cfg.kernel_dtype, jobs=len(jobs), resumed_jobs=parts.resumed
+    result, drift = train(
+        cfg, model, shared.x_train, shared.y_train, kernel_times(cfg), record, checkpoint=checkpoint, job_state={"rows": rows}
     )
-    render(tables["table"], out / "circle_width")
-    parts.clear()
-    return tables["table"]
+    return {"table": pd.concat(rows, ignore_index=True), "loss": loss_table(result, drift, width=width, seed=seed)}
+
+
+EXPERIMENT = Experiment(
+    name="circle_width",
+    check=check_config,
+    prepare=prepare,
+    jobs=lambda cfg, shared: [(name, partial(network, cfg, shared, w, s), {}) for name, w, s in network_jobs(cfg)],
+    tables=TABLES,
+)
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    """Run Figure 1 as configured; return the kernel table (also written to cfg.out_dir)."""
+    return run_experiment(EXPERIMENT, cfg)["table"]

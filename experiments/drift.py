@@ -9,9 +9,9 @@ It also keeps Theta_0(x0, probe) with x0 = (1, 0), for the spread of the initial
 
 Every job writes results/<name>/jobs/<key>.csv (+ .theta0.csv, .config.yaml) where <key> hashes its
 resolved config: a job whose files exist is skipped unless overwrite=true, so an interrupted sweep
-resumes by running the same command. `scripts.aggregate_drift` merges the jobs (also a partial set)
-into table.csv without duplicates and draws the figures; `AggregateOnEnd` runs it when a Hydra
-multirun ends.
+resumes by running the same command. `aggregate` merges the jobs (also a partial set) into
+table.csv without duplicates, fits the width exponents and draws the figures; `AggregateOnEnd` runs
+it when a Hydra multirun ends, `python -m scripts.aggregate_drift` by hand.
 """
 
 from __future__ import annotations
@@ -20,16 +20,21 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.common import build_model, check_int, check_model_and_training, config_key, run_start, train
-from experiments.provenance import atomic_write_text, provenance
+from experiments.figures import render
+from experiments.fits import fit_exponent
+from experiments.provenance import atomic_write_json, atomic_write_text, provenance
 from ntk.data import circle_grid, gaussian_inputs, product_target
 from ntk.empirical import empirical_ntk
 from ntk.utils import resolve_device, resolve_dtype
+
+QUANTITIES = ("ntk_drift_train", "ntk_drift_probe", "weight_drift")  # drifts whose width exponent is fitted
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -107,10 +112,56 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
     return table
 
 
+def load_jobs(jobs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All finished jobs; if one (width, depth, seed) was run under several configs, the newest wins."""
+    files = sorted((p for p in jobs.glob("*.csv") if not p.name.endswith(".theta0.csv")), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise FileNotFoundError(f"no finished jobs in {jobs}/; run `python -m experiments.run -m +exp=drift_sweep` first")
+    tables, thetas = [], []
+    for path in files:
+        key = path.name[: -len(".csv")]
+        tables.append(pd.read_csv(path).assign(job=key))
+        theta = path.with_name(f"{key}.theta0.csv")
+        if theta.exists():
+            thetas.append(pd.read_csv(theta).assign(job=key))
+    table = pd.concat(tables, ignore_index=True)
+    newest = table.drop_duplicates(["width", "depth", "seed"], keep="last")[["width", "depth", "seed", "job"]]
+    if len(newest) < table.job.nunique():
+        print(f"note: {table.job.nunique() - len(newest)} older job(s) with the same width, depth and seed are ignored")
+    table = table.merge(newest, on=["width", "depth", "seed", "job"]).drop_duplicates(["job", "t"])
+    theta0 = pd.concat(thetas, ignore_index=True).merge(newest, on=["width", "depth", "seed", "job"]) if thetas else pd.DataFrame()
+    return table.sort_values(["depth", "width", "seed", "t"], ignore_index=True), theta0
+
+
+def aggregate(run_dir: Path) -> dict[str, pd.DataFrame]:
+    run_dir = Path(run_dir)
+    table, theta0 = load_jobs(run_dir / "jobs")
+    last = table[table.t == table.groupby("job").t.transform("max")]
+    fits = [dict(quantity=q, depth=d) | fit_exponent(g.width, g[q]) for q in QUANTITIES for d, g in last.groupby("depth")]
+    spread = pd.DataFrame()
+    if len(theta0):
+        per = theta0.groupby(["depth", "width", "gamma"]).theta0.agg(["mean", "var", "count"]).reset_index()
+        per = per[per["count"] >= 2]
+        if len(per):
+            per["mean2"] = per["mean"] ** 2
+            spread = per.groupby(["depth", "width"]).agg(var=("var", "mean"), mean2=("mean2", "mean"), seeds=("count", "min")).reset_index()
+            spread["spread"] = np.sqrt(spread["var"] / spread["mean2"])  # RMS sd over the probe / RMS mean kernel
+            spread = spread[["depth", "width", "spread", "seeds"]]
+            fits += [dict(quantity="theta0_spread", depth=d) | fit_exponent(g.width, g.spread) for d, g in spread.groupby("depth")]
+    fits = pd.DataFrame(fits)
+    out = {"table": table, "fits": fits, "spread": spread}
+    for name, frame in out.items():
+        atomic_write_text(run_dir / f"{name}.csv", frame.to_csv(index=False, float_format="%.8g"))
+    atomic_write_json(
+        run_dir / "provenance.json",
+        provenance(command=["python", "-m", "scripts.aggregate_drift", f"dir={run_dir}"], jobs=int(table.job.nunique())),
+    )
+    render("drift_sweep", run_dir)
+    return out
+
+
 class AggregateOnEnd(Callback):
     """Hydra callback: merge the jobs and draw the figures when a multirun ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:  # noqa: D102
-        from scripts.aggregate_drift import aggregate
-
         aggregate(Path(config.out_dir))

@@ -25,7 +25,7 @@ seed, t, component, amplitude, predicted), kernel.csv (width, seed, t, component
 lambda_inf, rate_ratio, kernel_drift, lr_max_t), loss.csv, spectrum.csv (component, lambda),
 deviation.csv (per network: max_t | ||g_t|| - A exp(-lambda_j t) |, max_t ||h_t||, the kernel-rate
 prediction's error, the largest rate ratio), fits.csv (exponent of each deviation against width,
-95% interval), config.yaml, provenance.json and the figures (`scripts.plot_mnist_convergence`).
+95% interval), config.yaml, provenance.json and the figures (`experiments.figures.mnist_convergence`).
 Networks are checkpointed every `checkpoint_every` steps, so an interrupted run resumes mid-network.
 """
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -44,7 +43,6 @@ from omegaconf import DictConfig
 
 from experiments.common import (
     Checkpoint,
-    Parts,
     build_model,
     check_int,
     check_mnist,
@@ -52,12 +50,10 @@ from experiments.common import (
     check_positive,
     loss_table,
     network_jobs,
-    run_start,
     train,
-    write_outputs,
 )
 from experiments.fits import fit_exponent
-from experiments.provenance import gemm_gflops
+from experiments.runner import Experiment, run_experiment
 from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
 from ntk.drift import kernel_drift
@@ -247,42 +243,31 @@ def width_fits(deviation: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([dict(quantity=q) | fit_exponent(deviation.width, deviation[q]) for q in DEVIATIONS])
 
 
-def run(cfg: DictConfig) -> pd.DataFrame:
-    """Run Figures 3b/3c as configured; return the (width, seed, t) table."""
-    check_config(cfg)
-    from scripts.plot_mnist_convergence import render
-
-    start = run_start()
-    gemm_start = gemm_gflops()
-    batch = prepare(cfg)
-    parts = Parts(cfg)
-    timings: dict[str, float] = {}
-
-    def timed(name: str, width: int, seed: int) -> dict[str, pd.DataFrame]:
-        begin = time.time()
-        out = network_job(config_for_width(cfg, width), batch, width, seed, parts.checkpoint(name, cfg.checkpoint_every))
-        timings[name] = round(time.time() - begin, 1)
-        return out
-
-    jobs = {name: partial(timed, name, w, s) for name, w, s in network_jobs(cfg)}
-    tables = parts.run(jobs, TABLES, "networks (width, seed)", cfg.progress)
-    tables["spectrum"] = pd.DataFrame(dict(component=np.arange(1, cfg.k + 1), **{"lambda": batch.lambdas.numpy()}))
+def assemble(cfg: DictConfig, batch: Batch, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The job tables, the limit's spectrum, every network's deviations and their width exponents."""
     j = cfg.tracked_component
+    tables = dict(tables)
+    tables["spectrum"] = pd.DataFrame(dict(component=np.arange(1, cfg.k + 1), **{"lambda": batch.lambdas.numpy()}))
     tables["deviation"] = deviations(tables["table"], tables["kernel"], abs(batch.c0[j - 1]), batch.lambdas[j - 1].item(), j)
     tables["fits"] = width_fits(tables["deviation"])
-    out = write_outputs(
-        cfg,
-        tables,
-        start,
-        device=str(resolve_device(cfg.device)),
-        dtype=cfg.dtype,
-        kernel_dtype=cfg.kernel_dtype,
-        jobs=len(jobs),
-        resumed_jobs=parts.resumed,
-        job_wall_time_s=timings,
-        mnist_digits=batch.x.shape[0],
-        gemm_gflops_float32=dict(start=gemm_start, end=gemm_gflops()),
-    )
-    render(out)
-    parts.clear()
-    return tables["table"]
+    return tables
+
+
+def jobs(cfg: DictConfig, batch: Batch) -> list:
+    return [(name, partial(network_job, config_for_width(cfg, w), batch, w, s), {}) for name, w, s in network_jobs(cfg)]
+
+
+EXPERIMENT = Experiment(
+    name="mnist_convergence",
+    check=check_config,
+    prepare=prepare,
+    jobs=jobs,
+    tables=TABLES,
+    assemble=assemble,
+    provenance=lambda cfg, batch: dict(mnist_digits=batch.x.shape[0]),
+)
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    """Run Figures 3b/3c as configured; return the (width, seed, t) table."""
+    return run_experiment(EXPERIMENT, cfg)["table"]

@@ -15,17 +15,15 @@ networks (lr_max), and whether all three differences are within `tolerance` belo
 
 from __future__ import annotations
 
-import time
 from functools import partial
 
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments.common import Parts, check_positive, network_jobs, run_start, write_outputs
+from experiments.common import check_positive, network_jobs
 from experiments.mnist_convergence import check_config as check_convergence_config
 from experiments.mnist_convergence import network_job, prepare, with_lr
-from experiments.provenance import gemm_gflops
-from ntk.utils import resolve_device
+from experiments.runner import Experiment, run_experiment
 
 TABLES = ("table", "components", "loss")
 
@@ -74,38 +72,31 @@ def summarise(table: pd.DataFrame, components: pd.DataFrame, loss: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
+def lr_job(cfg: DictConfig, batch, width: int, seed: int, lr: float, checkpoint=None) -> dict[str, pd.DataFrame]:
+    tables = network_job(lr_config(cfg, lr), batch, width, seed, checkpoint)
+    return {name: frame if "lr" in frame else frame.assign(lr=float(lr)) for name, frame in tables.items() if name in TABLES}
+
+
+def assemble(cfg: DictConfig, batch, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    summary = summarise(tables["table"], tables["components"], tables["loss"], float(cfg.lrs[0]), cfg.tolerance)
+    return dict(tables) | {"summary": summary}
+
+
+EXPERIMENT = Experiment(
+    name="mnist_lr_equivalence",
+    check=check_config,
+    prepare=prepare,
+    jobs=lambda cfg, batch: [
+        (f"{name}_lr{lr:g}", partial(lr_job, cfg, batch, w, s, lr), {}) for name, w, s in network_jobs(cfg) for lr in cfg.lrs
+    ],
+    tables=TABLES,
+    assemble=assemble,
+    provenance=lambda cfg, batch: dict(mnist_digits=batch.x.shape[0]),
+    returns="summary",
+    desc="networks (width, seed, lr)",
+)
+
+
 def run(cfg: DictConfig) -> pd.DataFrame:
     """Train every (width, seed, lr) network to t_max; return the summary table."""
-    check_config(cfg)
-    from scripts.plot_mnist_lr_equivalence import render
-
-    start = run_start()
-    gemm_start = gemm_gflops()
-    batch = prepare(cfg)
-    parts = Parts(cfg)
-    timings: dict[str, float] = {}
-
-    def job(name: str, width: int, seed: int, lr: float) -> dict[str, pd.DataFrame]:
-        begin = time.time()
-        tables = network_job(lr_config(cfg, lr), batch, width, seed, parts.checkpoint(name, cfg.checkpoint_every))
-        timings[name] = round(time.time() - begin, 1)
-        return {name_: frame.assign(lr=float(lr)) if "lr" not in frame else frame for name_, frame in tables.items() if name_ in TABLES}
-
-    jobs = {f"{name}_lr{lr:g}": partial(job, f"{name}_lr{lr:g}", w, s, lr) for name, w, s in network_jobs(cfg) for lr in cfg.lrs}
-    tables = parts.run(jobs, TABLES, "networks (width, seed, lr)", cfg.progress)
-    tables["summary"] = summarise(tables["table"], tables["components"], tables["loss"], float(cfg.lrs[0]), cfg.tolerance)
-    out = write_outputs(
-        cfg,
-        tables,
-        start,
-        device=str(resolve_device(cfg.device)),
-        dtype=cfg.dtype,
-        jobs=len(jobs),
-        resumed_jobs=parts.resumed,
-        job_wall_time_s=timings,
-        mnist_digits=batch.x.shape[0],
-        gemm_gflops_float32=dict(start=gemm_start, end=gemm_gflops()),
-    )
-    render(out)
-    parts.clear()
-    return tables["summary"]
+    return run_experiment(EXPERIMENT, cfg)["summary"]

@@ -19,14 +19,14 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import Parts, build_model, check_int, check_mnist, run_start, write_outputs
+from experiments.common import build_model, check_int, check_mnist
+from experiments.runner import Experiment, run_experiment
 from ntk.activations import get_activation
 from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
 from ntk.empirical import empirical_ntk
 from ntk.spectrum import kernel_pca
 from ntk.utils import resolve_device, resolve_dtype
-from scripts.plot_mnist_pca import render
 
 TABLES = ("table", "components")
 
@@ -52,40 +52,43 @@ def spectrum_frames(kernel: torch.Tensor, k: int, labels: torch.Tensor, **key) -
     return {"table": table, "components": comps}
 
 
-def run(cfg: DictConfig) -> pd.DataFrame:
-    """Run Figure 3a as configured; return the eigenvalue table (also written to cfg.out_dir)."""
-    check_config(cfg)
+def prepare(cfg: DictConfig) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The digits and labels of every batch, by batch seed."""
+    batches = range(cfg.data.batch_seed, cfg.data.batch_seed + cfg.n_batches)
+    return {b: mnist_batch(cfg.data.batch_size, b, cfg.data.source, cfg.data.root, cfg.data.download) for b in batches}
+
+
+def kernel_job(cfg: DictConfig, data: dict, source: str, width: int, batch: int, seed: int, checkpoint=None) -> dict[str, pd.DataFrame]:
+    """The top-k spectrum of one kernel: the limit on a batch, or one network's NTK."""
     device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
-    start = run_start()
-    batches = list(range(cfg.data.batch_seed, cfg.data.batch_seed + cfg.n_batches))
-    data = {b: mnist_batch(cfg.data.batch_size, b, cfg.data.source, cfg.data.root, cfg.data.download) for b in batches}
+    x, labels = data[batch]
+    if source == "limit":
+        kernel = limiting_kernels(x, None, cfg.model.depth, cfg.model.beta, cfg.model.activation)[1]
+    else:
+        model = build_model(cfg, x.shape[1], width, seed, device, dtype)
+        kernel = empirical_ntk(model, x.to(device, dtype), dtype=kernel_dtype)
+    key = dict(source=source, width=width if source == "empirical" else np.inf, batch=batch, seed=seed)
+    return spectrum_frames(kernel, cfg.k, labels, **key)
 
-    def job(source: str, width: int, batch: int, seed: int) -> dict[str, pd.DataFrame]:
-        x, labels = data[batch]
-        if source == "limit":
-            kernel = limiting_kernels(x, None, cfg.model.depth, cfg.model.beta, cfg.model.activation)[1]
-        else:
-            model = build_model(cfg, x.shape[1], width, seed, device, dtype)
-            kernel = empirical_ntk(model, x.to(device, dtype), dtype=kernel_dtype)
-        key = dict(source=source, width=width if source == "empirical" else np.inf, batch=batch, seed=seed)
-        return spectrum_frames(kernel, cfg.k, labels, **key)
 
+def jobs(cfg: DictConfig, data: dict) -> list:
+    batches = list(data)
     specs = [("limit", 0, b, -1) for b in batches]
     specs += [("empirical", w, b, s) for w in cfg.model.widths for b in batches for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
-    jobs = {f"{src}_w{w}_b{b}_s{s}": partial(job, src, w, b, s) for src, w, b, s in specs}
-    parts = Parts(cfg)
-    tables = parts.run(jobs, TABLES, "kernels", cfg.progress)
-    out = write_outputs(
-        cfg,
-        tables,
-        start,
-        device=str(device),
-        dtype=cfg.dtype,
-        kernel_dtype=cfg.kernel_dtype,
-        jobs=len(jobs),
-        resumed_jobs=parts.resumed,
-        mnist_digits=len(data[batches[0]][0]),
-    )
-    render(tables["components"], tables["table"], out / "mnist_pca")
-    parts.clear()
-    return tables["table"]
+    return [(f"{src}_w{w}_b{b}_s{s}", partial(kernel_job, cfg, data, src, w, b, s), {}) for src, w, b, s in specs]
+
+
+EXPERIMENT = Experiment(
+    name="mnist_pca",
+    check=check_config,
+    prepare=prepare,
+    jobs=jobs,
+    tables=TABLES,
+    provenance=lambda cfg, data: dict(mnist_digits=len(next(iter(data.values()))[0])),
+    desc="kernels",
+)
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    """Run Figure 3a as configured; return the eigenvalue table (also written to cfg.out_dir)."""
+    return run_experiment(EXPERIMENT, cfg)["table"]

@@ -1,11 +1,13 @@
 """Re-render every figure of the project from the tables under results/, without training.
 
-    python -m scripts.make_figures                  # all experiments found under results/
+    python -m scripts.make_figures                          # every run directory under results/
     python -m scripts.make_figures root=path/to/results
+    python -m scripts.make_figures dir=results/circle_width # one run directory
 
-Every run directory under results/ (config.yaml names its experiment; a drift sweep has fits.csv)
-holds table.csv and the other tables of that run; its figures are rendered by the matching
-scripts/plot_<name>.py (or scripts/aggregate_drift.py) into PNG and PDF beside them.
+A run directory holds the tables of one run and its config.yaml, whose `name` is the experiment
+(a drift sweep is recognised by its fits.csv); its figures are drawn by the renderer registered for
+that experiment (`experiments.figures`), the same function the run itself used, into PNG and PDF
+beside the tables.
 """
 
 from __future__ import annotations
@@ -15,24 +17,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from scripts import (
-    aggregate_drift,
-    plot_circle_regression,
-    plot_circle_width,
-    plot_mnist_convergence,
-    plot_mnist_lr_equivalence,
-    plot_mnist_pca,
-)
+from experiments.figures import RENDERERS, render
 from scripts.common import parse_kv
-
-RENDERERS = {  # experiment name -> render(run directory)
-    "circle_width": lambda d: plot_circle_width.render(d / "table.csv", d / "circle_width"),
-    "circle_regression": lambda d: plot_circle_regression.render(d / "table.csv", d / "circle_regression"),
-    "mnist_pca": lambda d: plot_mnist_pca.render(d / "components.csv", d / "table.csv", d / "mnist_pca"),
-    "mnist_convergence": plot_mnist_convergence.render,
-    "mnist_lr_equivalence": plot_mnist_lr_equivalence.render,
-    "drift_sweep": aggregate_drift.render_dir,
-}
 
 
 def experiment_of(run_dir: Path) -> str | None:
@@ -42,19 +28,26 @@ def experiment_of(run_dir: Path) -> str | None:
     return "drift_sweep" if (run_dir / "fits.csv").exists() else None
 
 
+def render_dir(run_dir: Path) -> bool:
+    """Render one run directory; False when it holds no experiment's tables."""
+    name = experiment_of(run_dir)
+    if name not in RENDERERS or not (run_dir / "table.csv").exists():
+        print(f"skip {run_dir}: no experiment table")
+        return False
+    for path in render(name, run_dir):
+        print(path)
+    print(f"rendered {run_dir} ({name})")
+    return True
+
+
 def main(argv: list[str]) -> None:
-    args = parse_kv(argv, dict(root="results"))
+    args = parse_kv(argv, dict(root="results", dir=None))
+    if args["dir"] is not None:
+        if not render_dir(Path(args["dir"])):
+            sys.exit(f"error: {args['dir']} holds no experiment tables (table.csv and config.yaml)")
+        return
     root = Path(args["root"])
-    done = 0
-    for run_dir in sorted(p for p in root.glob("*") if p.is_dir()):
-        name = experiment_of(run_dir)
-        if name not in RENDERERS or not (run_dir / "table.csv").exists():
-            print(f"skip {run_dir}: no experiment table")
-            continue
-        for path in RENDERERS[name](run_dir) or []:
-            print(path)
-        print(f"rendered {run_dir} ({name})")
-        done += 1
+    done = sum(render_dir(run_dir) for run_dir in sorted(p for p in root.glob("*") if p.is_dir()))
     if not done:
         sys.exit(f"error: no tables found under {root}/; run an experiment first (python -m experiments.run +exp=<name>)")
 

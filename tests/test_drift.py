@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import experiments.drift as drift
+from experiments.drift import aggregate
 from experiments.fits import fit_exponent
 from ntk.drift import DriftLogger, kernel_drift, weight_drift
 from ntk.empirical import empirical_ntk
 from ntk.model import NTKMLP
 from ntk.train import gradient_descent
-from scripts.aggregate_drift import aggregate
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = [

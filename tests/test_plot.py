@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scripts.plot_circle_width import render
+from experiments.figures import RENDERERS, render
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,28 +26,32 @@ def table(tmp_path):
     return path
 
 
-def test_render_from_saved_table(table, tmp_path):
-    paths = render(table, tmp_path / "fig")
-    assert [p.suffix for p in paths] == [".png", ".pdf"]
+def test_render_from_saved_table(table):
+    paths = render("circle_width", table.parent)
+    assert [p.name for p in paths] == ["circle_width.png", "circle_width.pdf"]
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-def test_script_entry_point(table, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.plot_circle_width", f"table={table}", f"out={tmp_path / 'cli'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+def test_every_experiment_has_one_renderer():
+    configs = sorted(p.stem for p in (ROOT / "configs" / "exp").glob("*.yaml"))
+    assert sorted(RENDERERS) == configs
+    with pytest.raises(ValueError, match="no figures for experiment 'nope'"):
+        render("nope", ROOT)
+
+
+def test_make_figures_one_directory(table):
+    proc = subprocess.run([sys.executable, "-m", "scripts.make_figures", f"dir={table.parent}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and "holds no experiment tables" in proc.stderr  # no config.yaml: unknown experiment
+    (table.parent / "config.yaml").write_text("name: circle_width\n")
+    proc = subprocess.run([sys.executable, "-m", "scripts.make_figures", f"dir={table.parent}"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "cli.png").exists() and (tmp_path / "cli.pdf").exists()
+    assert (table.parent / "circle_width.png").exists() and (table.parent / "circle_width.pdf").exists()
 
 
 def test_table_without_kernel_column_is_refused(tmp_path):
-    path = tmp_path / "bad.csv"
-    pd.DataFrame(dict(width=[1], seed=[0], t=[0.0], gamma=[0.0])).to_csv(path, index=False)
+    pd.DataFrame(dict(width=[1], seed=[0], t=[0.0], gamma=[0.0])).to_csv(tmp_path / "table.csv", index=False)
     with pytest.raises(ValueError, match=r"table lacks columns \['ntk'\]"):
-        render(path, tmp_path / "fig")
+        render("circle_width", tmp_path)
 
 
 def test_make_figures_rerenders_every_saved_table(table, tmp_path):
@@ -67,8 +71,6 @@ def test_make_figures_rerenders_every_saved_table(table, tmp_path):
 
 
 def test_regression_figure_renders_from_a_small_table(tmp_path):
-    from scripts.plot_circle_regression import render as render_regression
-
     gamma = np.linspace(-np.pi, np.pi, 9)
     rows = [
         dict(kind="network", width=w, seed=s, gamma=g, f=np.sin(2 * g) / 2 + 0.01 * s) for w in (50, 1000) for s in range(2) for g in gamma
@@ -80,7 +82,6 @@ def test_regression_figure_renders_from_a_small_table(tmp_path):
         for g in gamma
     ]
     rows += [dict(kind="train", width=np.nan, seed=-1, gamma=g, f=np.sin(2 * g) / 2) for g in (-2.4, -0.8, 0.8, 2.4)]
-    path = tmp_path / "t.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    paths = render_regression(path, tmp_path / "fig2")
+    pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
+    paths = render("circle_regression", tmp_path)
     assert all(p.stat().st_size > 1000 for p in paths)

@@ -1,7 +1,6 @@
 """Render Figures 3b, 3c and the component decays from a saved mnist_convergence run.
 
-    python -m scripts.plot_mnist_convergence                 # results/mnist_convergence/
-    python -m scripts.plot_mnist_convergence dir=path/to/run
+    python -m scripts.make_figures dir=<run directory>     # this figure alone, from the saved tables
 
 mnist_convergence.png: (b) ||h_t|| and (c) ||g_t|| against t, one line per network, colour by
 width, with the n = infinity prediction A exp(-lambda_j t) in (c). mnist_components.png: |c_i(t)|
@@ -15,7 +14,6 @@ Reads only the tables of the run directory and its config.yaml (the tracked comp
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -23,11 +21,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from scripts.figures import read_table, save_figure
+from experiments.figures.registry import register
+from experiments.figures.style import read_table, save_figure
 
 COLOURS = ["tab:green", "tab:orange", "tab:red", "tab:blue", "tab:purple"]
 
 
+@register("mnist_convergence")
 def render(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     table = read_table(run_dir / "table.csv", {"width", "seed", "t", "g_norm", "h_norm"}, "table.csv")
@@ -124,17 +124,3 @@ def _render_deviation(run_dir: Path, tracked: int) -> list[Path]:
     ax.set_title("Figure 3 deviations against width: fitted exponent [95% CI]", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     return save_figure(fig, run_dir / "mnist_deviation")
-
-
-def main(argv: list[str]) -> None:
-    from scripts.common import parse_kv
-
-    args = parse_kv(argv, dict(dir="results/mnist_convergence"))
-    if not (Path(args["dir"]) / "table.csv").exists():
-        sys.exit(f"error: {args['dir']}/table.csv not found; run `python -m experiments.run +exp=mnist_convergence` first")
-    for path in render(args["dir"]):
-        print(path)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,7 +1,6 @@
 """Render Figure 3a from saved tables: the MNIST batch in the (f(2), f(3)) plane, by digit.
 
-    python -m scripts.plot_mnist_pca                          # results/mnist_pca/
-    python -m scripts.plot_mnist_pca dir=path/to/run
+    python -m scripts.make_figures dir=<run directory>     # this figure alone, from the saved tables
 
 Uses the first batch and seed of the widest network (or the limit when no network was run),
 and writes the eigenvalues of every source (mean -/+ sd over batches and seeds) in the legend.
@@ -9,16 +8,19 @@ and writes the eigenvalues of every source (mean -/+ sd over batches and seeds) 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import pandas as pd
 
-from scripts.figures import read_table, save_figure
+from experiments.figures.registry import register
+from experiments.figures.style import read_table, save_figure
 
 
-def render(components: pd.DataFrame | str | Path, eigen: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
+@register("mnist_pca")
+def render(run_dir: str | Path) -> list[Path]:
+    """mnist_pca.png/.pdf from run_dir/components.csv and run_dir/table.csv."""
+    run_dir = Path(run_dir)
+    components, eigen, out = run_dir / "components.csv", run_dir / "table.csv", run_dir / "mnist_pca"
     comps = read_table(components, {"source", "width", "batch", "seed", "label", "f2", "f3"}, "components table")
     eig = read_table(eigen, {"source", "width", "component", "lambda"}, "eigenvalues table")
     emp = comps[comps.source == "empirical"]
@@ -39,18 +41,3 @@ def render(components: pd.DataFrame | str | Path, eigen: pd.DataFrame | str | Pa
         lines.append(label + ": " + ", ".join(f"{m:.3g}" for m in stats["mean"]))
     ax.text(0.02, 0.02, "lambda_1..k (mean)\n" + "\n".join(lines), transform=ax.transAxes, fontsize=7, va="bottom")
     return save_figure(fig, out)
-
-
-def main(argv: list[str]) -> None:
-    from scripts.common import parse_kv
-
-    args = parse_kv(argv, dict(dir="results/mnist_pca"))
-    run_dir = Path(args["dir"])
-    if not (run_dir / "components.csv").exists():
-        sys.exit(f"error: {run_dir}/components.csv not found; run `python -m experiments.run +exp=mnist_pca` first")
-    for path in render(run_dir / "components.csv", run_dir / "table.csv", run_dir / "mnist_pca"):
-        print(path)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,7 +1,6 @@
 """Render Figure 1 from a saved table: Theta(x0, x(gamma)) against gamma.
 
-    python -m scripts.plot_circle_width                                   # results/circle_width/table.csv
-    python -m scripts.plot_circle_width table=path/to/table.csv out=path/to/figure
+    python -m scripts.make_figures dir=<run directory>     # this figure alone, from the saved tables
 
 Paper layout: one thin line per network, colour by width, line style by time t (solid at t = 0,
 dashed at the last recorded t). Writes <out>.png and <out>.pdf. Reads only the table.
@@ -9,20 +8,23 @@ dashed at the last recorded t). Writes <out>.png and <out>.pdf. Reads only the t
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
-from scripts.figures import gamma_axis, read_table, save_figure
+from experiments.figures.registry import register
+from experiments.figures.style import gamma_axis, read_table, save_figure
 
 COLUMNS = {"width", "seed", "t", "gamma", "ntk"}
 STYLES = ["-", "--", ":", "-."]
 
 
-def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
+@register("circle_width")
+def render(run_dir: str | Path) -> list[Path]:
+    """circle_width.png/.pdf from run_dir/table.csv."""
+    run_dir = Path(run_dir)
+    table, out = run_dir / "table.csv", run_dir / "circle_width"
     """Draw the figure from `table` (a DataFrame or CSV path); write `out`.png and `out`.pdf."""
     df = read_table(table, COLUMNS)
     widths, times = sorted(df.width.unique()), sorted(df.t.unique())
@@ -42,19 +44,3 @@ def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
     ax.set_title(r"NTK on the unit circle, $x_0 = (1, 0)$, $x = (\cos\gamma, \sin\gamma)$", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     return save_figure(fig, out)
-
-
-def main(argv: list[str]) -> None:
-    from scripts.common import parse_kv
-
-    args = parse_kv(argv, dict(table="results/circle_width/table.csv", out=None))
-    table = Path(args["table"])
-    if not table.exists():
-        sys.exit(f"error: table {table} not found; run `python -m experiments.run +exp=circle_width` first")
-    out = args["out"] or table.parent / "circle_width"
-    for path in render(table, out):
-        print(path)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,7 +1,6 @@
 """Render the learning-rate check of Figure 3 from a saved mnist_lr_equivalence run.
 
-    python -m scripts.plot_mnist_lr_equivalence               # results/mnist_lr_equivalence/
-    python -m scripts.plot_mnist_lr_equivalence dir=path/to/run
+    python -m scripts.make_figures dir=<run directory>     # this figure alone, from the saved tables
 
 mnist_lr_equivalence.png: (left) the largest difference from the reference lr of ||g_t||, ||h_t||
 and the component amplitudes against lr, per width, with the tolerance; (right) ||g_t|| and ||h_t||
@@ -10,18 +9,19 @@ of the widest network (first seed) at every lr against t. Reads summary.csv, tab
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from omegaconf import OmegaConf
 
-from scripts.figures import read_table, save_figure
+from experiments.figures.registry import register
+from experiments.figures.style import read_table, save_figure
 
 MARKERS = {"g_diff": ("o", r"$\|g_t\|$"), "h_diff": ("s", r"$\|h_t\|$"), "amplitude_diff": ("^", r"$c_i(t)$")}
 
 
+@register("mnist_lr_equivalence")
 def render(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     summary = read_table(run_dir / "summary.csv", {"width", "lr", "g_diff", "h_diff", "amplitude_diff"}, "summary.csv")
@@ -51,17 +51,3 @@ def render(run_dir: str | Path) -> list[Path]:
     ax_c.set_title(f"n = {widths[-1]}, seed {table.seed.min()}", fontsize=9)
     ax_c.legend(fontsize=7, frameon=False)
     return save_figure(fig, run_dir / "mnist_lr_equivalence")
-
-
-def main(argv: list[str]) -> None:
-    from scripts.common import parse_kv
-
-    args = parse_kv(argv, dict(dir="results/mnist_lr_equivalence"))
-    if not (Path(args["dir"]) / "summary.csv").exists():
-        sys.exit(f"error: {args['dir']}/summary.csv not found; run `python -m experiments.run +exp=mnist_lr_equivalence` first")
-    for path in render(args["dir"]):
-        print(path)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

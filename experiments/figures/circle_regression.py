@@ -1,7 +1,6 @@
 """Render Figure 2 from a saved table: trained networks against the limiting Gaussian.
 
-    python -m scripts.plot_circle_regression                 # results/circle_regression/table.csv
-    python -m scripts.plot_circle_regression table=... out=...
+    python -m scripts.make_figures dir=<run directory>     # this figure alone, from the saved tables
 
 One thin line per trained network (colour by width); the exact n = infinity percentiles P10, P50,
 P90 in black (P50 solid, P10/P90 dashed); the paper's approximation from one wide network in grey
@@ -10,19 +9,22 @@ dotted; the training points as dots. Writes <out>.png and <out>.pdf. Reads only 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import pandas as pd
 
-from scripts.figures import gamma_axis, read_table, save_figure
+from experiments.figures.registry import register
+from experiments.figures.style import gamma_axis, read_table, save_figure
 
 COLUMNS = {"kind", "width", "seed", "gamma", "f"}
 COLOURS = ["tab:green", "tab:red", "tab:blue", "tab:orange"]
 
 
-def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
+@register("circle_regression")
+def render(run_dir: str | Path) -> list[Path]:
+    """circle_regression.png/.pdf from run_dir/table.csv."""
+    run_dir = Path(run_dir)
+    table, out = run_dir / "table.csv", run_dir / "circle_regression"
     """Draw the figure from `table` (a DataFrame or CSV path); write `out`.png and `out`.pdf."""
     df = read_table(table, COLUMNS)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -53,18 +55,3 @@ def render(table: pd.DataFrame | str | Path, out: str | Path) -> list[Path]:
     gamma_axis(ax)
     ax.legend(fontsize=7, frameon=False, loc="lower left")
     return save_figure(fig, out)
-
-
-def main(argv: list[str]) -> None:
-    from scripts.common import parse_kv
-
-    args = parse_kv(argv, dict(table="results/circle_regression/table.csv", out=None))
-    table = Path(args["table"])
-    if not table.exists():
-        sys.exit(f"error: table {table} not found; run `python -m experiments.run +exp=circle_regression` first")
-    for path in render(table, args["out"] or table.parent / "circle_regression"):
-        print(path)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
