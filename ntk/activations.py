@@ -12,16 +12,21 @@ from dataclasses import dataclass
 
 import torch
 
+from ntk.gaussian import erf_expectations, relu_expectations
+
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
 class Activation:
-    """An elementwise nonlinearity sigma and its derivative sigma'."""
+    """An elementwise nonlinearity sigma, its derivative sigma', and, where one exists, the closed
+    form of the Gaussian expectations the infinite-width kernels need (`ntk.gaussian`); without it
+    `ntk.analytic` integrates numerically."""
 
     name: str
     fn: Callable[[Tensor], Tensor]
     deriv: Callable[[Tensor], Tensor]
+    gaussian: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
 
 def _relu_deriv(z: Tensor) -> Tensor:
@@ -37,8 +42,8 @@ def _tanh_deriv(z: Tensor) -> Tensor:
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "relu": Activation("relu", torch.relu, _relu_deriv),
-    "erf": Activation("erf", torch.erf, _erf_deriv),
+    "relu": Activation("relu", torch.relu, _relu_deriv, relu_expectations),
+    "erf": Activation("erf", torch.erf, _erf_deriv, erf_expectations),
     "tanh": Activation("tanh", torch.tanh, _tanh_deriv),
     "identity": Activation("identity", lambda z: z, torch.ones_like),
 }

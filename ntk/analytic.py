@@ -6,8 +6,8 @@
     Theta(1) = Sigma(1),   Theta(l+1) = Theta(l) SigmaDot(l+1) + Sigma(l+1)
 
 The network output's NNGP kernel is Sigma(L) and its NTK is Theta(L), L = depth (weight layers).
-The Gaussian expectations are closed forms for ReLU (the arc-cosine kernels of Cho & Saul, 2009)
-and erf (Williams, 1997, Computing with infinite networks) and a
+The Gaussian expectations are the activation's closed form where it carries one
+(`Activation.gaussian`: ReLU and erf, `ntk.gaussian`) and otherwise a
 two-dimensional Gauss quadrature of configurable order for any other activation (polar form, split
 at the kinks of piecewise activations; see `_quadrature`).
 Everything is computed in float64 and batched over all pairs of inputs.
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from ntk.activations import Activation, get_activation
+from ntk.gaussian import correlation
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 
 Tensor = torch.Tensor
-CLOSED_FORMS = ("relu", "erf")
 
 
 def limiting_kernels(
@@ -50,7 +50,7 @@ def limiting_kernels(
             (sigma, sigma') of elementwise torch functions.
         quadrature_order: Gauss nodes per dimension (radius, and each of the four angular arcs)
             for activations without a closed form.
-        force_quadrature: use the quadrature even for relu and erf (to test it).
+        force_quadrature: use the quadrature even where the activation has a closed form (to test it).
         memory_limit: bytes the computation may use (default `ntk.memory.available_memory`); the
             rows of x1 are processed in blocks that fit, and a result that cannot fit is refused
             with `NTKMemoryError`.
@@ -66,8 +66,8 @@ def limiting_kernels(
     if isinstance(quadrature_order, bool) or not isinstance(quadrature_order, int) or quadrature_order < 2:
         raise ValueError(f"quadrature_order must be an integer >= 2, got {quadrature_order!r}")
     x1, x2 = _check(x1, x2)
-    closed = act.name in CLOSED_FORMS and not force_quadrature
-    expect = _CLOSED[act.name] if closed else _quadrature(act, quadrature_order)
+    closed = act.gaussian is not None and not force_quadrature  # the activation carries its closed form, if any
+    expect = act.gaussian if closed else _quadrature(act, quadrature_order)
     rows = _rows_per_block(x1.shape[0], x2.shape[0], 0 if closed else quadrature_order, memory_limit)
     if rows < x1.shape[0]:  # pairs are independent: do the rows of x1 in blocks that fit
         parts = [_recursion(x1[i : i + rows], x2, depth, beta, expect) for i in range(0, x1.shape[0], rows)]
@@ -134,31 +134,6 @@ def _check(x1: Tensor, x2: Tensor | None) -> tuple[Tensor, Tensor]:
     return x1, x1 if x2 is None else x2.to(torch.float64)
 
 
-def _rho(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """sqrt(a b) and the correlation c / sqrt(a b) clipped into [-1, 1]."""
-    norm = torch.sqrt(a * b)
-    return norm, (c / norm.clamp_min(1e-300)).clamp(-1.0, 1.0)
-
-
-def _relu(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """E[relu(u) relu(v)] and E[relu'(u) relu'(v)] for (u, v) ~ N(0, [[a, c], [c, b]])."""
-    norm, rho = _rho(a, b, c)
-    phi = torch.arccos(rho)
-    sin = torch.sqrt((1.0 - rho * rho).clamp_min(0.0))
-    return norm / (2 * math.pi) * (sin + (math.pi - phi) * rho), (math.pi - phi) / (2 * math.pi)
-
-
-def _erf(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """E[erf(u) erf(v)] and E[erf'(u) erf'(v)] for (u, v) ~ N(0, [[a, c], [c, b]])."""
-    denom = (1 + 2 * a) * (1 + 2 * b)
-    e_ss = (2 / math.pi) * torch.arcsin((2 * c / torch.sqrt(denom)).clamp(-1.0, 1.0))
-    e_dd = (4 / math.pi) / torch.sqrt(denom - 4 * c * c)
-    return e_ss, e_dd
-
-
-_CLOSED = {"relu": _relu, "erf": _erf}
-
-
 @functools.cache
 def rayleigh_rule(order: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss rule for int_0^inf g(r) r exp(-r^2 / 2) dr (weights sum to 1), by Golub-Welsch.
@@ -198,7 +173,7 @@ def _quadrature(act: Activation, order: int) -> Callable[[Tensor, Tensor, Tensor
 
     def expect(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         opts = dict(dtype=a.dtype, device=a.device)
-        _, rho = _rho(a, b, c)
+        _, rho = correlation(a, b, c)
         perp = torch.sqrt((1 - rho * rho).clamp_min(0.0))
         kink_v = torch.atan2(-rho, perp) % math.pi  # v = 0 at this angle and at it + pi
         kinks = torch.stack([torch.full_like(rho, math.pi / 2), kink_v, torch.full_like(rho, 3 * math.pi / 2), kink_v + math.pi], -1)

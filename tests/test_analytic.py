@@ -119,3 +119,15 @@ def test_bad_inputs(kwargs, message):
     args = dict(x1=X0, x2=None, depth=3) | kwargs
     with pytest.raises(ValueError, match=message):
         limiting_kernels(**args)
+
+
+def test_closed_form_comes_with_the_activation_not_its_name():
+    """An Activation called "relu" that computes tanh is integrated as tanh (no lookup by name)."""
+    from ntk.activations import Activation, get_activation
+
+    tanh = get_activation("tanh")
+    impostor = Activation("relu", tanh.fn, tanh.deriv)
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for a, b in zip(limiting_kernels(x, None, 3, activation=impostor), limiting_kernels(x, None, 3, activation="tanh")):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    assert get_activation("relu").gaussian is not None and tanh.gaussian is None
