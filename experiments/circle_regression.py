@@ -27,8 +27,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import Checkpoint, build_model, check_int, check_model_and_training, loss_table, network_jobs, train
+from experiments.common import Checkpoint, build_model, loss_table, network_jobs, train
 from experiments.runner import Experiment, run_experiment
+from experiments.validation import check_int, check_model_and_training, check_odd_grid
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_grid, circle_points, product_target
 from ntk.empirical import empirical_nngp, empirical_ntk
@@ -45,7 +46,7 @@ def check_config(cfg: DictConfig) -> None:
     check_model_and_training(cfg)
     if len(cfg.data.train_gamma_over_pi) < 1 or len(set(cfg.data.train_gamma_over_pi)) != len(cfg.data.train_gamma_over_pi):
         raise ValueError(f"data.train_gamma_over_pi must list distinct angles, got {list(cfg.data.train_gamma_over_pi)}")
-    circle_grid(cfg.data.n_gamma)
+    check_odd_grid("data.n_gamma", cfg.data.n_gamma)
     check_int("approx_width", cfg.approx_width, low=0)
     if cfg.limit_t is not None and not cfg.limit_t >= 0:
         raise ValueError(f"limit_t must be >= 0 or null (infinity), got {cfg.limit_t!r}")

@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import Checkpoint, build_model, check_int, check_model_and_training, loss_table, network_jobs, train
+from experiments.common import Checkpoint, build_model, loss_table, network_jobs, train
 from experiments.runner import Experiment, run_experiment
+from experiments.validation import check_int, check_model_and_training, check_odd_grid
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_grid, gaussian_inputs, product_target
 from ntk.empirical import empirical_ntk
@@ -44,7 +45,7 @@ def check_config(cfg: DictConfig) -> None:
     """Raise a one-line ValueError for any value out of range, before anything runs."""
     check_model_and_training(cfg)
     check_int("data.n_train", cfg.data.n_train)
-    circle_grid(cfg.data.n_gamma)
+    check_odd_grid("data.n_gamma", cfg.data.n_gamma)
     kernel_times(cfg)
 
 

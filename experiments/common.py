@@ -27,27 +27,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from experiments.provenance import atomic_write_json, atomic_write_text, git_revision, provenance
-from ntk.activations import get_activation
-from ntk.data import MNIST_SOURCES
 from ntk.drift import DriftLogger
 from ntk.model import NTKMLP
-from ntk.train import TRAIN_METHODS, TrainResult, TrainState, gradient_descent, record_steps
-from ntk.utils import resolve_device, resolve_dtype
+from ntk.train import TrainResult, TrainState, gradient_descent, record_steps
+from ntk.utils import resolve_dtype
 
 # Keys that change where or how verbosely a run writes, not what it computes.
 NOT_IN_KEY = ("out_dir", "progress", "resume", "overwrite", "threads")
-
-
-def check_int(name: str, value: object, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
 
 
 def network_jobs(cfg: DictConfig) -> list[tuple[str, int, int]]:
@@ -62,36 +48,6 @@ def loss_table(result: TrainResult, drift: list[dict], **key: object) -> pd.Data
     if drift:
         table = table.merge(pd.DataFrame(drift).drop(columns="loss"), on="t", how="left")
     return table
-
-
-def check_model_and_training(cfg: DictConfig) -> None:
-    """The checks every training experiment shares (model.*, train.*, seeds)."""
-    widths = cfg.model.widths
-    if not widths:
-        raise ValueError("model.widths must list at least one width")
-    for w in widths:
-        check_int("model.widths entries", w)
-    check_int("model.depth", cfg.model.depth)
-    get_activation(cfg.model.activation)
-    if not cfg.model.beta >= 0:
-        raise ValueError(f"model.beta must be >= 0, got {cfg.model.beta!r}")
-    check_positive("train.lr", cfg.train.lr)
-    check_int("train.steps", cfg.train.steps, low=0)
-    if cfg.train.method not in TRAIN_METHODS:
-        raise ValueError(f"unknown train.method {cfg.train.method!r}; allowed: {', '.join(TRAIN_METHODS)}")
-    check_int("n_seeds", cfg.n_seeds)
-    check_int("seed", cfg.seed, low=0)
-    check_int("drift_points", cfg.drift_points, low=0)
-    resolve_dtype(cfg.dtype)
-    resolve_dtype(cfg.kernel_dtype)
-    resolve_device(cfg.device)
-
-
-def check_mnist(cfg: DictConfig, min_batch: int = 1) -> None:
-    """The data.* checks of the MNIST experiments."""
-    check_int("data.batch_size", cfg.data.batch_size, low=min_batch)
-    if cfg.data.source not in MNIST_SOURCES:
-        raise ValueError(f"unknown data.source {cfg.data.source!r}; allowed: {', '.join(MNIST_SOURCES)}")
 
 
 def build_model(cfg: DictConfig, in_dim: int, width: int, seed: int, device: torch.device, dtype: torch.dtype) -> NTKMLP:

@@ -26,10 +26,11 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.common import build_model, check_int, check_model_and_training, config_key, run_start, train
+from experiments.common import build_model, config_key, run_start, train
 from experiments.figures import render
 from experiments.fits import fit_exponent
 from experiments.provenance import atomic_write_json, atomic_write_text, provenance
+from experiments.validation import check_int, check_model_and_training, check_odd_grid
 from ntk.data import circle_grid, gaussian_inputs, product_target
 from ntk.empirical import empirical_ntk
 from ntk.utils import resolve_device, resolve_dtype
@@ -43,7 +44,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"a drift job trains one network: model.widths must hold one width, got {list(cfg.model.widths)}")
     check_int("data.n_train", cfg.data.n_train)
     check_int("drift_points", cfg.drift_points, low=2)
-    circle_grid(cfg.n_probe)
+    check_odd_grid("n_probe", cfg.n_probe)
     if cfg.threads is not None:
         check_int("threads", cfg.threads)
 

@@ -41,19 +41,10 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import (
-    Checkpoint,
-    build_model,
-    check_int,
-    check_mnist,
-    check_model_and_training,
-    check_positive,
-    loss_table,
-    network_jobs,
-    train,
-)
+from experiments.common import Checkpoint, build_model, loss_table, network_jobs, train
 from experiments.fits import fit_exponent
 from experiments.runner import Experiment, run_experiment
+from experiments.validation import check_int, check_mnist, check_model_and_training, check_positive
 from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
 from ntk.drift import kernel_drift

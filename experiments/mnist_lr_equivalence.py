@@ -20,10 +20,11 @@ from functools import partial
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments.common import check_positive, network_jobs
+from experiments.common import network_jobs
 from experiments.mnist_convergence import check_config as check_convergence_config
 from experiments.mnist_convergence import network_job, prepare, with_lr
 from experiments.runner import Experiment, run_experiment
+from experiments.validation import check_positive
 
 TABLES = ("table", "components", "loss")
 

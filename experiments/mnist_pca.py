@@ -19,9 +19,10 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import build_model, check_int, check_mnist
+from experiments.common import build_model
 from experiments.runner import Experiment, run_experiment
-from ntk.activations import get_activation
+from experiments.validation import check_choice, check_int, check_mnist, check_run
+from ntk.activations import ACTIVATIONS
 from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
 from ntk.empirical import empirical_ntk
@@ -35,12 +36,12 @@ def check_config(cfg: DictConfig) -> None:
     for w in cfg.model.widths:
         check_int("model.widths entries", w)
     check_int("model.depth", cfg.model.depth)
-    get_activation(cfg.model.activation)
+    check_choice("activation", cfg.model.activation, sorted(ACTIVATIONS))
     check_int("n_batches", cfg.n_batches)
     check_int("n_seeds", cfg.n_seeds)
     check_int("k", cfg.k)
     check_mnist(cfg, min_batch=cfg.k)
-    resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
+    check_run(cfg)
 
 
 def spectrum_frames(kernel: torch.Tensor, k: int, labels: torch.Tensor, **key) -> dict[str, pd.DataFrame]:

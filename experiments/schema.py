@@ -1,9 +1,12 @@
-"""Typed schemas of the config groups (Hydra structured configs).
+"""Typed schemas of every config (Hydra structured configs).
 
-Each YAML file of configs/model, configs/train and configs/data starts from one of these
-dataclasses (its defaults list names `<file>_schema`), so Hydra rejects a misspelled key or a value
-of the wrong type while composing, before any work; ranges (width >= 1, lr > 0, ...) are checked by
-the experiments, also before any work. Importing this module registers the schemas.
+Each YAML file of configs/model, configs/train and configs/data starts from one of the group
+dataclasses (its defaults list names `<file>_schema`), and each configs/exp/<name>.yaml from
+`exp_schema/<name>` (the keys that experiment adds, with no
+values: the YAML file holds them). Hydra thus rejects a misspelled key or a value of the wrong type
+while composing, before any work; the ranges (width >= 1, lr > 0, ...) are checked once by the
+experiment's `check_config` (`experiments.runner` calls it first), also before any work.
+Importing this module registers the schemas.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 
 @dataclass
@@ -51,7 +55,65 @@ class MnistDataSchema:
     batch_seed: int = 0
 
 
+@dataclass
+class CircleWidthSchema:
+    kernel_t: list[float] | None = MISSING
+
+
+@dataclass
+class CircleRegressionSchema:
+    limit_t: float | None = MISSING
+    approx_width: int = MISSING
+    approx_seed: int = MISSING
+
+
+@dataclass
+class MnistPcaSchema:
+    n_batches: int = MISSING
+    k: int = MISSING
+
+
+@dataclass
+class ComponentTargetSchema:
+    """The Figure 3 target and what is logged along the kernel principal components."""
+
+    record_dt: float = MISSING
+    kernel_dt: float = MISSING
+    k: int = MISSING
+    target_components: list[int] = MISSING
+    tracked_component: int = MISSING
+    target_amplitude: float = MISSING
+    checkpoint_every: int = MISSING
+
+
+@dataclass
+class MnistConvergenceSchema(ComponentTargetSchema):
+    narrow_width: int = MISSING
+    narrow_lr: float = MISSING
+
+
+@dataclass
+class MnistLrEquivalenceSchema(ComponentTargetSchema):
+    lrs: list[float] = MISSING
+    t_max: float = MISSING
+    tolerance: float = MISSING
+
+
+@dataclass
+class DriftSweepSchema:
+    width: int = MISSING
+    n_probe: int = MISSING
+    overwrite: bool = MISSING
+    threads: int | None = MISSING
+
+
 SCHEMAS = {
+    ("exp_schema", "circle_width"): CircleWidthSchema,
+    ("exp_schema", "circle_regression"): CircleRegressionSchema,
+    ("exp_schema", "mnist_pca"): MnistPcaSchema,
+    ("exp_schema", "mnist_convergence"): MnistConvergenceSchema,
+    ("exp_schema", "mnist_lr_equivalence"): MnistLrEquivalenceSchema,
+    ("exp_schema", "drift_sweep"): DriftSweepSchema,
     ("model", "ntk_mlp_schema"): ModelSchema,
     ("train", "gd_schema"): TrainSchema,
     ("data", "circle_schema"): CircleDataSchema,

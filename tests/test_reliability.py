@@ -100,6 +100,7 @@ BAD = [
         [
             "+exp=mnist_convergence",
             "model.widths=[30]",
+            "narrow_width=0",
             "n_seeds=1",
             "train.lr=400",
             "train.steps=20",
