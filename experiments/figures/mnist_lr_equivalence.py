@@ -38,6 +38,9 @@ def render(run_dir: str | Path) -> list[Path]:
             ax_d.plot(sel.lr, sel[column].clip(lower=1e-7), marker=marker, color=colour, lw=1, ms=4, label=f"{name}, n = {width}")
     ax_d.axhline(tolerance, color="k", ls="--", lw=0.8, label=f"tolerance {tolerance:g}")
     ax_d.set(xscale="log", yscale="log", xlabel="learning rate", ylabel=f"max |difference from lr = {reference:g}|")
+    ticks = sorted(others.lr.unique())
+    ax_d.set_xticks(ticks, [f"{lr:g}" for lr in ticks])
+    ax_d.minorticks_off()
     ax_d.set_title("same t = lr x steps, different lr", fontsize=9)
     ax_d.legend(fontsize=6, frameon=False, ncol=2)
     widest = table[(table.width == widths[-1]) & (table.seed == table.seed.min())]
