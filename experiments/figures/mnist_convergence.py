@@ -55,9 +55,9 @@ def render(run_dir: str | Path) -> list[Path]:
     for colour, comp in zip(COLOURS * 4, sorted(started)):
         sel = comps[comps.component == comp]
         lam = spectrum.set_index("component").loc[comp, "lambda"]
-        for width, style in zip(widths, ["-", "-.", ":", (0, (1, 3))]):
+        for width, style in zip(widths, ["-", "-.", ":", (0, (1, 3)), (0, (5, 1))]):
             run = sel[(sel.width == width) & (sel.seed == sel.seed.min())]
-            ax.plot(run.t, run.amplitude.abs(), style, color=colour, lw=1, label=f"$c_{comp}$, n = {width}")
+            ax.plot(run.t, run.amplitude.abs(), ls=style, color=colour, lw=1, label=f"$c_{comp}$, n = {width}")
         pred = sel.drop_duplicates("t").sort_values("t")
         ax.plot(
             pred.t,
