@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import Checkpoint, build_model, loss_table, network_jobs, train
-from experiments.runner import Experiment, run_experiment
+from experiments.common import Checkpoint, build_model, loss_table, train
+from experiments.runner import Experiment, per_network, run_experiment
 from experiments.validation import check_int, check_model_and_training, check_odd_grid
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_grid, circle_points, product_target
@@ -160,7 +159,7 @@ EXPERIMENT = Experiment(
     name="circle_regression",
     check=check_config,
     prepare=prepare,
-    jobs=lambda cfg, shared: [(name, partial(network, cfg, shared, w, s), {}) for name, w, s in network_jobs(cfg)],
+    jobs=per_network(network),
     tables=TABLES,
     assemble=assemble,
     provenance=lambda cfg, shared: dict(

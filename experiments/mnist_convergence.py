@@ -34,16 +34,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.common import Checkpoint, build_model, loss_table, network_jobs, train
+from experiments.common import Checkpoint, build_model, loss_table, train
 from experiments.fits import fit_exponent
-from experiments.runner import Experiment, run_experiment
+from experiments.runner import Experiment, per_network, run_experiment
 from experiments.validation import check_int, check_mnist, check_model_and_training, check_positive
 from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
@@ -156,13 +155,11 @@ def network_job(cfg: DictConfig, batch: Batch, width: int, seed: int, checkpoint
                 h_norm=h.square().mean().sqrt().item(),
             )
         )
+        key = dict(width=width, seed=seed, t=state.t, component=np.arange(1, cfg.k + 1))  # one row per component
         rows["components"].append(
             pd.DataFrame(
                 dict(
-                    width=width,
-                    seed=seed,
-                    t=state.t,
-                    component=np.arange(1, cfg.k + 1),
+                    **key,
                     amplitude=amp.cpu().numpy(),
                     predicted=batch.c0 * np.exp(-lambdas * state.t),
                 )
@@ -175,10 +172,7 @@ def network_job(cfg: DictConfig, batch: Batch, width: int, seed: int, checkpoint
             rows["kernel"].append(
                 pd.DataFrame(
                     dict(
-                        width=width,
-                        seed=seed,
-                        t=state.t,
-                        component=np.arange(1, cfg.k + 1),
+                        **key,
                         rayleigh=quotients,
                         lambda_inf=lambdas,
                         rate_ratio=quotients / lambdas,
@@ -244,15 +238,16 @@ def assemble(cfg: DictConfig, batch: Batch, tables: dict[str, pd.DataFrame]) -> 
     return tables
 
 
-def jobs(cfg: DictConfig, batch: Batch) -> list:
-    return [(name, partial(network_job, config_for_width(cfg, w), batch, w, s), {}) for name, w, s in network_jobs(cfg)]
+def width_job(cfg: DictConfig, batch: Batch, width: int, seed: int, checkpoint: Checkpoint | None = None) -> dict[str, pd.DataFrame]:
+    """One network of the run, at the learning rate of its width (`config_for_width`)."""
+    return network_job(config_for_width(cfg, width), batch, width, seed, checkpoint)
 
 
 EXPERIMENT = Experiment(
     name="mnist_convergence",
     check=check_config,
     prepare=prepare,
-    jobs=jobs,
+    jobs=per_network(width_job),
     tables=TABLES,
     assemble=assemble,
     provenance=lambda cfg, batch: dict(mnist_digits=batch.x.shape[0]),

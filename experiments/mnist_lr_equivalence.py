@@ -88,12 +88,11 @@ EXPERIMENT = Experiment(
     check=check_config,
     prepare=prepare,
     jobs=lambda cfg, batch: [
-        (f"{name}_lr{lr:g}", partial(lr_job, cfg, batch, w, s, lr), {}) for name, w, s in network_jobs(cfg) for lr in cfg.lrs
+        (f"{name}_lr{lr:g}", partial(lr_job, cfg, batch, w, s, lr)) for name, w, s in network_jobs(cfg) for lr in cfg.lrs
     ],
     tables=TABLES,
     assemble=assemble,
     provenance=lambda cfg, batch: dict(mnist_digits=batch.x.shape[0]),
-    returns="summary",
     desc="networks (width, seed, lr)",
 )
 

@@ -76,7 +76,7 @@ def jobs(cfg: DictConfig, data: dict) -> list:
     batches = list(data)
     specs = [("limit", 0, b, -1) for b in batches]
     specs += [("empirical", w, b, s) for w in cfg.model.widths for b in batches for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
-    return [(f"{src}_w{w}_b{b}_s{s}", partial(kernel_job, cfg, data, src, w, b, s), {}) for src, w, b, s in specs]
+    return [(f"{src}_w{w}_b{b}_s{s}", partial(kernel_job, cfg, data, src, w, b, s)) for src, w, b, s in specs]
 
 
 EXPERIMENT = Experiment(

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments.common import Parts, run_start, write_outputs
+from experiments.common import Parts, network_jobs, run_start, write_outputs
 from experiments.figures import render
 from experiments.provenance import gemm_gflops
 from ntk.utils import resolve_device
@@ -44,43 +44,47 @@ class Experiment:
         name: the experiment name (configs/exp/<name>.yaml, and its renderer's key).
         check: raises a one-line ValueError for any value out of range.
         prepare: cfg -> state shared by all jobs (data, limits, ...).
-        jobs: (cfg, shared) -> [(job name, function(**kwargs) -> {table: DataFrame}, kwargs)], in
-            run order; a job function also receives `checkpoint`, the `Checkpoint` of that job.
+        jobs: (cfg, shared) -> [(job name, function(checkpoint=...) -> {table: DataFrame})], in run
+            order; `checkpoint` is the job's `Checkpoint` (None unless cfg has checkpoint_every).
         tables: the tables every job returns; the first one marks the job as done.
         assemble: (cfg, shared, job tables) -> the final tables (default: the job tables).
         provenance: (cfg, shared) -> extra provenance fields.
-        returns: the table `run` returns (tests and callers).
         desc: progress-bar label.
     """
 
     name: str
     check: Callable[[DictConfig], None]
     prepare: Callable[[DictConfig], Any]
-    jobs: Callable[[DictConfig, Any], list[tuple[str, Callable[..., Tables], dict]]]
+    jobs: Callable[[DictConfig, Any], list[tuple[str, Callable[..., Tables]]]]
     tables: tuple[str, ...]
     assemble: Callable[[DictConfig, Any, Tables], Tables] | None = None
     provenance: Callable[[DictConfig, Any], dict] = field(default=lambda cfg, shared: {})
-    returns: str = "table"
     desc: str = "networks (width, seed)"
+
+
+def per_network(job: Callable[..., Tables]) -> Callable[[DictConfig, Any], list[tuple[str, Callable[..., Tables]]]]:
+    """The jobs of an experiment that trains one network per (width, seed): job(cfg, shared, width, seed, checkpoint=)."""
+    return lambda cfg, shared: [(name, partial(job, cfg, shared, w, s)) for name, w, s in network_jobs(cfg)]
 
 
 def run_experiment(exp: Experiment, cfg: DictConfig) -> Tables:
     """Run `exp` as configured (the steps of the module docstring); return its final tables."""
     exp.check(cfg)
     start = run_start()
-    gemm_start = gemm_gflops(rounds=3)
+    device = resolve_device(cfg.device)
+    gemm_start = gemm_gflops(device=device, rounds=3)
     shared = exp.prepare(cfg)
     parts = Parts(cfg)
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn: Callable[..., Tables], kwargs: dict) -> Tables:
+    def timed(name: str, fn: Callable[..., Tables]) -> Tables:
         begin = time.time()
         every = cfg.get("checkpoint_every")  # experiments with long networks checkpoint them mid-training
-        out = fn(**kwargs, checkpoint=parts.checkpoint(name, every) if every else None)
+        out = fn(checkpoint=parts.checkpoint(name, every) if every else None)
         timings[name] = round(time.time() - begin, 1)
         return out
 
-    jobs = {name: partial(timed, name, fn, kwargs) for name, fn, kwargs in exp.jobs(cfg, shared)}
+    jobs = {name: partial(timed, name, fn) for name, fn in exp.jobs(cfg, shared)}
     tables = parts.run(jobs, exp.tables, exp.desc, cfg.progress)
     if exp.assemble is not None:
         tables = exp.assemble(cfg, shared, tables)
@@ -88,13 +92,13 @@ def run_experiment(exp: Experiment, cfg: DictConfig) -> Tables:
         cfg,
         tables,
         start,
-        device=str(resolve_device(cfg.device)),
+        device=str(device),
         dtype=cfg.dtype,
         kernel_dtype=cfg.kernel_dtype,
         jobs=len(jobs),
         resumed_jobs=parts.resumed,
         job_wall_time_s=timings,
-        gemm_gflops_float32=dict(start=gemm_start, end=gemm_gflops(rounds=3)),
+        gemm_gflops_float32=dict(start=gemm_start, end=gemm_gflops(device=device, rounds=3)),
         **exp.provenance(cfg, shared),
     )
     render(exp.name, out)

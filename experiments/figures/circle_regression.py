@@ -25,7 +25,6 @@ def render(run_dir: str | Path) -> list[Path]:
     """circle_regression.png/.pdf from run_dir/table.csv."""
     run_dir = Path(run_dir)
     table, out = run_dir / "table.csv", run_dir / "circle_regression"
-    """Draw the figure from `table` (a DataFrame or CSV path); write `out`.png and `out`.pdf."""
     df = read_table(table, COLUMNS)
     fig, ax = plt.subplots(figsize=(6, 4))
     nets = df[df.kind == "network"]

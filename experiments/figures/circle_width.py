@@ -25,7 +25,6 @@ def render(run_dir: str | Path) -> list[Path]:
     """circle_width.png/.pdf from run_dir/table.csv."""
     run_dir = Path(run_dir)
     table, out = run_dir / "table.csv", run_dir / "circle_width"
-    """Draw the figure from `table` (a DataFrame or CSV path); write `out`.png and `out`.pdf."""
     df = read_table(table, COLUMNS)
     widths, times = sorted(df.width.unique()), sorted(df.t.unique())
     colours = plt.cm.viridis(np.linspace(0.1, 0.8, len(widths))) if len(widths) > 2 else ["tab:green", "tab:red"][: len(widths)]
