@@ -50,12 +50,13 @@ def loss_table(result: TrainResult, drift: list[dict], **key: object) -> pd.Data
     return table
 
 
-def build_model(cfg: DictConfig, in_dim: int, width: int, seed: int, device: torch.device, dtype: torch.dtype) -> NTKMLP:
+def build_model(cfg: DictConfig, in_dim: int, width: int, seed: int, device: torch.device, dtype: torch.dtype, out_dim: int = 1) -> NTKMLP:
     """The network of one job: NTK MLP of cfg.model with the given width, initialised from `seed`."""
     return NTKMLP(
         in_dim,
         width,
         cfg.model.depth,
+        out_dim=out_dim,
         beta=cfg.model.beta,
         activation=cfg.model.activation,
         generator=torch.Generator(device).manual_seed(seed),

@@ -18,7 +18,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from experiments import circle_regression, circle_width, drift, mnist_convergence, mnist_lr_equivalence, mnist_pca
+from experiments import circle_regression, circle_width, drift, mnist_convergence, mnist_generalization, mnist_lr_equivalence, mnist_pca
 from ntk.train import DivergenceError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -31,6 +31,7 @@ EXPERIMENTS = {
     "mnist_pca": mnist_pca.run,
     "mnist_convergence": mnist_convergence.run,
     "mnist_lr_equivalence": mnist_lr_equivalence.run,
+    "mnist_generalization": mnist_generalization.run,
     "drift_sweep": drift.run,
 }
 

@@ -56,6 +56,16 @@ class MnistDataSchema:
 
 
 @dataclass
+class MnistSplitDataSchema:
+    source: str = "auto"
+    root: str = "data"
+    download: bool = False
+    n_train: int = 1000
+    n_test: int = 1000
+    seed: int = 0
+
+
+@dataclass
 class CircleWidthSchema:
     kernel_t: list[float] | None = MISSING
 
@@ -100,6 +110,12 @@ class MnistLrEquivalenceSchema(ComponentTargetSchema):
 
 
 @dataclass
+class MnistGeneralizationSchema:
+    record_t: list[float] = MISSING
+    checkpoint_every: int = MISSING
+
+
+@dataclass
 class DriftSweepSchema:
     width: int = MISSING
     n_probe: int = MISSING
@@ -113,12 +129,14 @@ SCHEMAS = {
     ("exp_schema", "mnist_pca"): MnistPcaSchema,
     ("exp_schema", "mnist_convergence"): MnistConvergenceSchema,
     ("exp_schema", "mnist_lr_equivalence"): MnistLrEquivalenceSchema,
+    ("exp_schema", "mnist_generalization"): MnistGeneralizationSchema,
     ("exp_schema", "drift_sweep"): DriftSweepSchema,
     ("model", "ntk_mlp_schema"): ModelSchema,
     ("train", "gd_schema"): TrainSchema,
     ("data", "circle_schema"): CircleDataSchema,
     ("data", "circle4_schema"): Circle4DataSchema,
     ("data", "mnist_schema"): MnistDataSchema,
+    ("data", "mnist_split_schema"): MnistSplitDataSchema,
 }
 
 store = ConfigStore.instance()

@@ -44,7 +44,11 @@ def layerwise_factors(model: NTKMLP, x: Tensor, dtype: torch.dtype = torch.float
 
 
 def _contract_factors(f1, f2, beta: float, trace: bool) -> Tensor:
-    """sum_l (A1 A2^T / n_l + beta^2) * (D1 D2^T): elementwise products of Gram matrices."""
+    """sum_l (A1 A2^T / n_l + beta^2) * (D1 D2^T): elementwise products of Gram matrices.
+
+    For O outputs (without trace) each layer's D1 D2^T is one (N1 O, N2 O) product, accumulated in
+    the layout (N1, O, N2, O) and permuted to (N1, N2, O, O) once at the end.
+    """
     kernel = None
     for (a1, d1), (a2, d2) in zip(f1, f2):
         term = torch.addmm(a1.new_full((), beta**2), a1, a2.T, alpha=1.0 / a1.shape[1])  # (N1, N2)
@@ -55,8 +59,12 @@ def _contract_factors(f1, f2, beta: float, trace: bool) -> Tensor:
         elif trace:
             term.mul_(torch.einsum("iap,jap->ij", d1, d2))
         else:
-            term = term[:, :, None, None] * torch.einsum("iap,jbp->ijab", d1, d2)  # (N1, N2, O, O)
+            (n1, out, p), n2 = d1.shape, d2.shape[0]
+            gram = (d1.reshape(n1 * out, p) @ d2.reshape(n2 * out, p).T).view(n1, out, n2, out)  # (N1, O, N2, O)
+            term = gram.mul_(term[:, None, :, None])
         kernel = term if kernel is None else kernel.add_(term)
+    if kernel.dim() == 4:
+        kernel = kernel.permute(0, 2, 1, 3).contiguous()  # (N1, N2, O, O)
     return kernel
 
 

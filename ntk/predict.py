@@ -11,11 +11,15 @@ At infinite width f0 ~ GP(0, Sigma) with Sigma the NNGP kernel, so f_t is Gaussi
                         + k(x) A_t Sigma(X, X) A_t^T k(x')^T.
 A_t is applied through the eigendecomposition K = U diag(lambda) U^T, so finite t needs no
 inverse (A_t = U diag((1 - exp(-t lambda / N)) / lambda) U^T, equal to t / N as lambda -> 0);
-t = inf needs K positive definite and says so when it is not.
+t = inf needs K positive definite and says so when it is not. Gradient descent with learning rate
+lr (t = lr k after k steps) has A_t = K^{-1} (I - (I - lr K / N)^k) instead (`lr=`), which tends to
+the flow's as lr -> 0.
 
 `linearised_gradient_descent` trains the linearised network f_lin = f0 + J (theta - theta0) by the
 same gradient descent as the real one, through torch.func `jvp` (Jacobian-vector products) and
-`vjp`, without forming J.
+`vjp`, without forming J. `kernel_gradient_descent` gives the same outputs from the network's
+empirical NTK Theta_0 = J J^T: a step moves the outputs by -lr Theta_0 (f - y) / N exactly, so once
+Theta_0 is known a step costs one matrix-vector product instead of a forward and a backward pass.
 """
 
 from __future__ import annotations
@@ -32,8 +36,12 @@ from ntk.train import record_steps
 Tensor = torch.Tensor
 
 
-def flow_matrix(ntk_train: Tensor, t: float, rcond: float = 1e-10) -> Tensor:
-    """A_t = K^{-1} (I - exp(-t K / N)) for K = Theta(X, X), (N, N); t = math.inf gives K^{-1}."""
+def flow_matrix(ntk_train: Tensor, t: float, rcond: float = 1e-10, lr: float | None = None) -> Tensor:
+    """A_t = K^{-1} (I - exp(-t K / N)) for K = Theta(X, X), (N, N); t = math.inf gives K^{-1}.
+
+    With lr, gradient descent's A_t = K^{-1} (I - (I - lr K / N)^(t / lr)); t must then be a
+    multiple of lr (t = math.inf: K^{-1} as well, for lr below the stability bound 2 N / lambda_max).
+    """
     if ntk_train.dim() != 2 or ntk_train.shape[0] != ntk_train.shape[1]:
         raise ValueError(f"the training kernel must be square (N, N), got {tuple(ntk_train.shape)}")
     if not torch.isfinite(ntk_train).all():
@@ -54,8 +62,22 @@ def flow_matrix(ntk_train: Tensor, t: float, rcond: float = 1e-10) -> Tensor:
     else:
         lam = lam.clamp_min(0.0)
         small = lam * t / n < 1e-12
-        gain = torch.where(small, torch.full_like(lam, t / n), -torch.expm1(-t * lam / n) / torch.where(small, 1.0, lam))
+        if lr is None:
+            decay = -t * lam / n  # log exp(-t lambda / N)
+        else:
+            steps = _steps(t, lr)
+            decay = steps * torch.log1p(-lr * lam / n)  # log (1 - lr lambda / N)^k
+        gain = torch.where(small, torch.full_like(lam, t / n), -torch.expm1(decay) / torch.where(small, 1.0, lam))
     return (u * gain) @ u.T
+
+
+def _steps(t: float, lr: float) -> int:
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    steps = round(t / lr)
+    if abs(steps * lr - t) > 1e-9 * max(t, lr):
+        raise ValueError(f"t = {t:g} is not a whole number of gradient-descent steps of lr = {lr:g}")
+    return steps
 
 
 def kernel_regression(
@@ -65,6 +87,7 @@ def kernel_regression(
     t: float = math.inf,
     f0_test: Tensor | None = None,
     f0_train: Tensor | None = None,
+    lr: float | None = None,
 ) -> Tensor:
     """f_t(x) = f0(x) + k(x) A_t (y - f0(X)) for a given initial function (default f0 = 0).
 
@@ -75,12 +98,13 @@ def kernel_regression(
         t: training time (math.inf for the end of training).
         f0_test, f0_train: the initial function at the test and training inputs, shaped like the
             prediction and like y_train.
+        lr: gradient descent at this learning rate instead of the gradient flow (`flow_matrix`).
 
     Returns:
         (M,) or (M, O).
     """
     residual = y_train if f0_train is None else y_train - f0_train
-    pred = ntk_test_train @ (flow_matrix(ntk_train, t) @ residual)
+    pred = ntk_test_train @ (flow_matrix(ntk_train, t, lr=lr) @ residual)
     return pred if f0_test is None else f0_test + pred
 
 
@@ -92,6 +116,7 @@ def gaussian_prediction(
     nngp_train: Tensor,
     y_train: Tensor,
     t: float = math.inf,
+    lr: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mean (M,) and covariance (M, M) of the infinite-width network at time t (scalar output).
 
@@ -100,8 +125,9 @@ def gaussian_prediction(
         nngp_test: Sigma(x, x), (M, M).  nngp_test_train: Sigma(x, X), (M, N).  nngp_train: (N, N).
         y_train: (N,).
         t: training time.
+        lr: gradient descent at this learning rate instead of the gradient flow (`flow_matrix`).
     """
-    b = ntk_test_train @ flow_matrix(ntk_train, t)  # k(x) A_t, (M, N)
+    b = ntk_test_train @ flow_matrix(ntk_train, t, lr=lr)  # k(x) A_t, (M, N)
     mean = b @ y_train.reshape(-1)
     cross = b @ nngp_test_train.T  # k(x) A_t Sigma(X, x'), (M, M)
     cov = nngp_test - cross - cross.T + b @ nngp_train @ b.T
@@ -158,4 +184,60 @@ def linearised_gradient_descent(
         (grad,) = pull(residual / x.shape[0])
         for name in delta:
             delta[name].sub_(grad[name], alpha=lr)
+    return out
+
+
+def kernel_gradient_descent(
+    ntk_train: Tensor,
+    ntk_eval_train: Tensor,
+    f0_train: Tensor,
+    f0_eval: Tensor,
+    y: Tensor,
+    lr: float,
+    steps: int,
+    record_t: Sequence[float],
+) -> dict[float, Tensor]:
+    """The outputs of `linearised_gradient_descent`, computed from the network's empirical NTK.
+
+    For f_lin = f0 + J (theta - theta0) a gradient-descent step on C = 1/(2N) sum ||f - y||^2 is
+    theta -= lr J(X)^T (f(X) - y) / N, so the outputs move by
+        f(X) -= lr Theta_0(X, X) (f(X) - y) / N,      f(x) -= lr Theta_0(x, X) (f(X) - y) / N.
+
+    Args:
+        ntk_train: Theta_0(X, X), (N, N, O, O) (or (N, N) for O = 1), as `ntk.empirical.empirical_ntk`.
+        ntk_eval_train: Theta_0(x, X), (M, N, O, O) (or (M, N)).
+        f0_train, f0_eval: the network at initialisation, (N, O) and (M, O).
+        y: targets, (N, O).
+        lr, steps, record_t: as in `linearised_gradient_descent` (t = lr * steps).
+
+    Returns:
+        {t: f_lin(x_eval) at t, shape (M, O)} for every t in `record_t`, in the kernels' dtype.
+    """
+    to_record = record_steps(record_t, lr, steps)
+    n, m = ntk_train.shape[0], ntk_eval_train.shape[0]
+    dtype = ntk_train.dtype
+    f, y = f0_train.to(dtype).reshape(n, -1).clone(), y.to(dtype).reshape(n, -1)
+    out_dim = f.shape[1]
+    if ntk_train.shape != (n, n) + ((out_dim, out_dim) if ntk_train.dim() == 4 else ()):
+        raise ValueError(f"ntk_train must be (N, N) or (N, N, O, O) with N = {n}, O = {out_dim}, got {tuple(ntk_train.shape)}")
+    if ntk_eval_train.shape[1:] != ntk_train.shape[1:]:
+        raise ValueError(f"ntk_eval_train must be (M, {n}, ...) like ntk_train, got {tuple(ntk_eval_train.shape)}")
+
+    def as_matrix(kernel: Tensor, rows: int) -> Tensor:  # (rows O, N O), entry [i O + a, j O + b]
+        if kernel.dim() == 2:
+            return kernel if out_dim == 1 else torch.kron(kernel, torch.eye(out_dim, dtype=dtype, device=kernel.device))
+        return kernel.permute(0, 2, 1, 3).reshape(rows * out_dim, n * out_dim)
+
+    k_train, k_eval = as_matrix(ntk_train, n), as_matrix(ntk_eval_train, m)
+    f_eval0 = f0_eval.to(dtype).reshape(m, -1)
+    moved = torch.zeros(n * out_dim, dtype=dtype, device=f.device)  # sum over past steps of (f(X) - y)
+    out = {}
+    for k in range(steps + 1):
+        if k in to_record:
+            out[to_record[k]] = f_eval0 - (lr / n) * (k_eval @ moved).reshape(m, out_dim)
+        if k == steps:
+            break
+        residual = (f - y).reshape(-1)
+        moved += residual
+        f -= (lr / n) * (k_train @ residual).reshape(n, out_dim)
     return out

@@ -13,6 +13,7 @@ from experiments.figures import (  # noqa: F401  (each module registers its rend
     circle_width,
     drift_sweep,
     mnist_convergence,
+    mnist_generalization,
     mnist_lr_equivalence,
     mnist_pca,
 )
