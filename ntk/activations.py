@@ -1,7 +1,11 @@
 """Elementwise activations with their derivatives.
 
 The layer-wise NTK and the fused gradient-descent step need sigma'(z) next to sigma(z), so every
-activation is registered as a pair. Names are the ones accepted everywhere (`activation="relu"`).
+activation is registered as a pair. Names are the ones accepted everywhere (`activation="relu"`),
+each computing what the torch module of the same name computes (nn.LeakyReLU() with slope 0.01,
+nn.GELU() in its exact erf form, nn.Softplus() with beta 1, nn.ELU() with alpha 1, nn.SiLU(), ...).
+The infinite-width kernels use the activation's closed form where it carries one (`ntk.gaussian`)
+and otherwise the Hermite expansion of `ntk.analytic` (any smooth pair (sigma, sigma')).
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from ntk.gaussian import erf_expectations, relu_expectations
+from ntk import gaussian
 
 Tensor = torch.Tensor
 
@@ -21,7 +26,7 @@ Tensor = torch.Tensor
 class Activation:
     """An elementwise nonlinearity sigma, its derivative sigma', and, where one exists, the closed
     form of the Gaussian expectations the infinite-width kernels need (`ntk.gaussian`); without it
-    `ntk.analytic` integrates numerically."""
+    `ntk.analytic` computes them numerically."""
 
     name: str
     fn: Callable[[Tensor], Tensor]
@@ -29,7 +34,7 @@ class Activation:
     gaussian: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
 
-def _relu_deriv(z: Tensor) -> Tensor:
+def _step(z: Tensor) -> Tensor:
     return (z > 0).to(z.dtype)
 
 
@@ -37,15 +42,42 @@ def _erf_deriv(z: Tensor) -> Tensor:
     return (2.0 / math.sqrt(math.pi)) * torch.exp(-z * z)
 
 
-def _tanh_deriv(z: Tensor) -> Tensor:
-    return 1.0 - torch.tanh(z) ** 2
+def _gelu_deriv(z: Tensor) -> Tensor:  # Phi(z) + z phi(z)
+    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def _silu_deriv(z: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def _sigmoid_deriv(z: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 - s)
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "relu": Activation("relu", torch.relu, _relu_deriv, relu_expectations),
-    "erf": Activation("erf", torch.erf, _erf_deriv, erf_expectations),
-    "tanh": Activation("tanh", torch.tanh, _tanh_deriv),
-    "identity": Activation("identity", lambda z: z, torch.ones_like),
+    a.name: a
+    for a in (
+        Activation("relu", torch.relu, _step, gaussian.relu_expectations),
+        Activation(
+            "leaky_relu",
+            lambda z: F.leaky_relu(z, gaussian.LEAKY_SLOPE),
+            lambda z: torch.where(z > 0, torch.ones_like(z), torch.full_like(z, gaussian.LEAKY_SLOPE)),
+            gaussian.leaky_relu_expectations,
+        ),
+        Activation("abs", torch.abs, torch.sign, gaussian.abs_expectations),
+        Activation("erf", torch.erf, _erf_deriv, gaussian.erf_expectations),
+        Activation("gelu", F.gelu, _gelu_deriv, gaussian.gelu_expectations),
+        Activation("sin", torch.sin, torch.cos, gaussian.sin_expectations),
+        Activation("cos", torch.cos, lambda z: -torch.sin(z), gaussian.cos_expectations),
+        Activation("identity", lambda z: z, torch.ones_like, gaussian.identity_expectations),
+        Activation("tanh", torch.tanh, lambda z: 1.0 - torch.tanh(z) ** 2),
+        Activation("silu", F.silu, _silu_deriv),
+        Activation("softplus", F.softplus, torch.sigmoid),
+        Activation("sigmoid", torch.sigmoid, _sigmoid_deriv),
+        Activation("elu", F.elu, lambda z: torch.where(z > 0, torch.ones_like(z), torch.exp(z.clamp_max(0)))),
+    )
 }
 
 
@@ -55,3 +87,14 @@ def get_activation(name: str) -> Activation:
         return ACTIVATIONS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown activation {name!r}; allowed: {', '.join(sorted(ACTIVATIONS))}") from None
+
+
+def as_activation(activation: str | Activation | tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]) -> Activation:
+    """A name of ACTIVATIONS, an Activation, or a user pair (sigma, sigma') of elementwise torch functions."""
+    if isinstance(activation, Activation):
+        return activation
+    if isinstance(activation, tuple) and len(activation) == 2 and all(callable(f) for f in activation):
+        return Activation("user pair", activation[0], activation[1])
+    if isinstance(activation, str):
+        return get_activation(activation)
+    raise ValueError(f"activation must be a name, an Activation or a pair (sigma, sigma'), got {activation!r}")

@@ -6,10 +6,24 @@
     Theta(1) = Sigma(1),   Theta(l+1) = Theta(l) SigmaDot(l+1) + Sigma(l+1)
 
 The network output's NNGP kernel is Sigma(L) and its NTK is Theta(L), L = depth (weight layers).
-The Gaussian expectations are the activation's closed form where it carries one
-(`Activation.gaussian`: ReLU and erf, `ntk.gaussian`) and otherwise a
-two-dimensional Gauss quadrature of configurable order for any other activation (polar form, split
-at the kinks of piecewise activations; see `_quadrature`).
+The Gaussian expectations (`method`):
+
+- "closed": the activation's closed form (`Activation.gaussian`, `ntk.gaussian`: relu, leaky_relu,
+  abs, erf, gelu, sin, cos, identity);
+- "hermite": the Hermite expansion of the dual activation (Mehler's formula; O'Donnell, "Analysis of
+  Boolean functions", ch. 11; Daniely, Frostig & Singer, 2016): with sigma(sqrt(a) z) =
+  sum_k alpha_k(a) h_k(z) in the orthonormal probabilists' Hermite polynomials h_k,
+      E[sigma(u) sigma(v)] = sum_k alpha_k(a) alpha_k(b) rho^k,     rho = c / sqrt(a b),
+  and the same with sigma' for the derivative kernel. The coefficients of every input's variance
+  are computed once per layer by a 1-D Gauss-Hermite rule of `HERMITE_NODES` nodes; the series is cut
+  at the first K where every input's tail E[sigma^2] - sum_{k<=K} alpha_k^2 (which bounds the error
+  of every pair by Cauchy-Schwarz) is below `HERMITE_TOL` of E[sigma^2], at most `HERMITE_MAX_TERMS`.
+  Per pair this costs K multiply-adds, so any smooth activation runs at closed-form speed;
+- "quadrature": a two-dimensional Gauss quadrature of configurable order in polar form, split at the
+  kinks of piecewise activations (`_quadrature`); slow, the reference for the others;
+- "auto": closed if the activation has one, else hermite, else (a series that does not converge
+  to HERMITE_TOL, as for activations with kinks such as elu's sigma') quadrature, per layer.
+
 Everything is computed in float64 and batched over all pairs of inputs.
 """
 
@@ -22,11 +36,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ntk.activations import Activation, get_activation
+from ntk.activations import Activation, as_activation
 from ntk.gaussian import correlation
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 
 Tensor = torch.Tensor
+METHODS = ("auto", "closed", "hermite", "quadrature")
+HERMITE_NODES = 300  # Gauss-Hermite nodes of the 1-D rule for the coefficients
+HERMITE_MAX_TERMS = 160  # longest series before "auto" falls back to the quadrature
+HERMITE_TOL = 1e-11  # largest relative tail of the series at any input
 
 
 def limiting_kernels(
@@ -36,7 +54,7 @@ def limiting_kernels(
     beta: float = 0.1,
     activation: str | Activation | tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] = "relu",
     quadrature_order: int = 24,
-    force_quadrature: bool = False,
+    method: str = "auto",
     memory_limit: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """NNGP kernel Sigma(L) and NTK Theta(L) of the infinite-width network.
@@ -46,11 +64,11 @@ def limiting_kernels(
         x2: inputs, (N2, n_0), or None for x2 = x1.
         depth: L >= 1, number of weight layers (L = 4: three hidden layers).
         beta: bias scale (>= 0).
-        activation: "relu", "erf", "tanh", "identity", an `Activation`, or a pair
+        activation: a name of `ntk.activations.ACTIVATIONS`, an `Activation`, or a pair
             (sigma, sigma') of elementwise torch functions.
         quadrature_order: Gauss nodes per dimension (radius, and each of the four angular arcs)
-            for activations without a closed form.
-        force_quadrature: use the quadrature even where the activation has a closed form (to test it).
+            of method "quadrature".
+        method: "auto", "closed", "hermite" or "quadrature" (module docstring).
         memory_limit: bytes the computation may use (default `ntk.memory.available_memory`); the
             rows of x1 are processed in blocks that fit, and a result that cannot fit is refused
             with `NTKMemoryError`.
@@ -58,17 +76,28 @@ def limiting_kernels(
     Returns:
         (nngp, ntk), each (N1, N2) in float64.
     """
-    act = _activation(activation)
+    act = as_activation(activation)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be an integer >= 1 (number of weight layers), got {depth!r}")
     if not beta >= 0:
         raise ValueError(f"beta must be >= 0, got {beta!r}")
     if isinstance(quadrature_order, bool) or not isinstance(quadrature_order, int) or quadrature_order < 2:
         raise ValueError(f"quadrature_order must be an integer >= 2, got {quadrature_order!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} for the limiting kernels; allowed: {', '.join(METHODS)}")
+    if method == "closed" and act.gaussian is None:
+        raise ValueError(f"activation {act.name!r} has no closed form; use method='auto', 'hermite' or 'quadrature'")
     x1, x2 = _check(x1, x2)
-    closed = act.gaussian is not None and not force_quadrature  # the activation carries its closed form, if any
-    expect = act.gaussian if closed else _quadrature(act, quadrature_order)
-    rows = _rows_per_block(x1.shape[0], x2.shape[0], 0 if closed else quadrature_order, memory_limit)
+    _check_finite(act)
+    if method == "auto":
+        method = "closed" if act.gaussian is not None else "hermite"
+    if method == "closed":
+        expect = act.gaussian
+    elif method == "hermite":
+        expect = _hermite(act, fallback=_quadrature(act, quadrature_order) if act.gaussian is None else None)
+    else:
+        expect = _quadrature(act, quadrature_order)
+    rows = _rows_per_block(x1.shape[0], x2.shape[0], quadrature_order if method == "quadrature" else 0, memory_limit)
     if rows < x1.shape[0]:  # pairs are independent: do the rows of x1 in blocks that fit
         parts = [_recursion(x1[i : i + rows], x2, depth, beta, expect) for i in range(0, x1.shape[0], rows)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -101,8 +130,7 @@ def _recursion(x1: Tensor, x2: Tensor, depth: int, beta: float, expect) -> tuple
     diag2 = x2.square().sum(1) / n0 + b2
     theta = sigma.clone()
     for _ in range(depth - 1):
-        a, b = diag1[:, None].expand_as(sigma), diag2[None, :].expand_as(sigma)
-        e_ss, e_dd = expect(a, b, sigma)
+        e_ss, e_dd = expect(diag1[:, None], diag2[None, :], sigma)  # (N1, 1), (1, N2), (N1, N2)
         sigma = e_ss + b2
         theta = theta * e_dd + sigma
         diag1 = expect(diag1, diag1, diag1)[0] + b2
@@ -110,14 +138,14 @@ def _recursion(x1: Tensor, x2: Tensor, depth: int, beta: float, expect) -> tuple
     return sigma, theta
 
 
-def _activation(activation) -> Activation:
-    if isinstance(activation, Activation):
-        return activation
-    if isinstance(activation, tuple) and len(activation) == 2 and all(callable(f) for f in activation):
-        return Activation("custom", activation[0], activation[1])
-    if isinstance(activation, str):
-        return get_activation(activation)
-    raise ValueError(f"activation must be a name, an Activation or a pair (sigma, sigma'), got {activation!r}")
+def _check_finite(act: Activation) -> None:
+    """Refuse an activation whose sigma or sigma' is not finite on the real line (probed on [-50, 50])."""
+    z = torch.linspace(-50, 50, 2001, dtype=torch.float64)
+    for what, f in (("sigma", act.fn), ("sigma'", act.deriv)):
+        with torch.no_grad():
+            values = f(z)
+        if not isinstance(values, Tensor) or values.shape != z.shape or not torch.isfinite(values).all():
+            raise ValueError(f"activation {act.name!r}: {what} is not a finite elementwise function of z (probed on [-50, 50])")
 
 
 def _check(x1: Tensor, x2: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -188,12 +216,79 @@ def _quadrature(act: Activation, order: int) -> Callable[[Tensor, Tensor, Tensor
         cos_t, sin_t = torch.cos(angles), torch.sin(angles)
         u_dir = torch.sqrt(a).unsqueeze(-1) * cos_t
         v_dir = torch.sqrt(b).unsqueeze(-1) * (rho.unsqueeze(-1) * cos_t + perp.unsqueeze(-1) * sin_t)
-        e_ss = torch.zeros_like(a)
-        e_dd = torch.zeros_like(a)
+        e_ss = torch.zeros_like(rho)
+        e_dd = torch.zeros_like(rho)
         for r, w in zip(radii.tolist(), r_weights.tolist()):
             u, v = r * u_dir, r * v_dir
             e_ss += w * (act.fn(u) * act.fn(v) * w_angle).sum(-1)
             e_dd += w * (act.deriv(u) * act.deriv(v) * w_angle).sum(-1)
+        return e_ss, e_dd
+
+    return expect
+
+
+@functools.cache
+def hermite_rule(nodes: int, terms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gauss-Hermite rule for E[g(z)], z ~ N(0, 1) (weights sum to 1), and the orthonormal Hermite
+    polynomials h_0 ... h_{terms-1} at its nodes, (nodes, terms), by h_{k+1} = (z h_k - sqrt(k) h_{k-1}) / sqrt(k + 1)."""
+    z, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = w / w.sum()
+    h = np.empty((nodes, terms))
+    h[:, 0] = 1.0
+    if terms > 1:
+        h[:, 1] = z
+    for k in range(1, terms - 1):
+        h[:, k + 1] = (z * h[:, k] - math.sqrt(k) * h[:, k - 1]) / math.sqrt(k + 1)
+    return z, w, h
+
+
+class HermiteSeriesError(ValueError):
+    """The Hermite series of an activation does not reach HERMITE_TOL within HERMITE_MAX_TERMS terms."""
+
+
+def hermite_coefficients(
+    f: Callable[[Tensor], Tensor], variance: Tensor, terms: int = HERMITE_MAX_TERMS, nodes: int = HERMITE_NODES
+) -> tuple[Tensor, Tensor]:
+    """alpha_k(a) = E[f(sqrt(a) z) h_k(z)] for k < terms, (M, terms), and E[f(sqrt(a) z)^2], (M,), for variances a, (M,)."""
+    z, w, h = (torch.as_tensor(v, dtype=torch.float64, device=variance.device) for v in hermite_rule(nodes, terms))
+    values = f(torch.sqrt(variance)[:, None] * z)  # (M, nodes)
+    return (values * w) @ h, (values.square() * w).sum(1)
+
+
+def _hermite(act: Activation, fallback=None, tol: float = HERMITE_TOL, max_terms: int = HERMITE_MAX_TERMS):
+    """E[sigma sigma] and E[sigma' sigma'] by the truncated Hermite series (module docstring).
+
+    a, b must broadcast against c with a constant along the columns and b along the rows (the
+    recursion passes (N1, 1), (1, N2), (N1, N2)), or all have the same shape. Coefficients are
+    computed once per distinct variance. Without a `fallback`, a series that does not converge
+    raises `HermiteSeriesError`; with one, that layer is computed by the fallback instead.
+    """
+
+    def series(f: Callable[[Tensor], Tensor], a: Tensor, b: Tensor, rho: Tensor) -> Tensor | None:
+        variances, inverse = torch.unique(torch.cat([a.flatten(), b.flatten()]), return_inverse=True)
+        coef, second = hermite_coefficients(f, variances, max_terms)  # (V, K), (V,)
+        tail = second[:, None] - torch.cumsum(coef.square(), 1)  # (V, K): what the first k + 1 terms leave out
+        enough = (tail <= tol * second.clamp_min(1e-300)[:, None]).all(0)
+        if not enough.any():
+            return None
+        terms = int(torch.nonzero(enough)[0]) + 1
+        coef_a = coef[inverse[: a.numel()], :terms].reshape(a.shape + (terms,))
+        coef_b = coef[inverse[a.numel() :], :terms].reshape(b.shape + (terms,))
+        total = coef_a[..., -1] * coef_b[..., -1] + torch.zeros_like(rho)
+        for k in range(terms - 2, -1, -1):  # Horner in rho
+            total.mul_(rho).add_(coef_a[..., k] * coef_b[..., k])
+        return total
+
+    def expect(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        _, rho = correlation(a, b, c)
+        e_ss, e_dd = series(act.fn, a, b, rho), series(act.deriv, a, b, rho)
+        if e_ss is None or e_dd is None:
+            if fallback is None:
+                raise HermiteSeriesError(
+                    f"the Hermite series of activation {act.name!r} does not reach a relative tail of {tol:g} within "
+                    f"{max_terms} terms at these variances; use method='quadrature'"
+                )
+            return fallback(a, b, c)
         return e_ss, e_dd
 
     return expect

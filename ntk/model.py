@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from ntk.activations import Activation, get_activation
+from ntk.activations import Activation, as_activation
 
 Tensor = torch.Tensor
 
@@ -77,7 +77,8 @@ class NTKMLP(nn.Module):
         depth: L, the number of weight layers (L = 4 means 3 hidden layers); at least 1.
         out_dim: n_L.
         beta: bias scale.
-        activation: one of `ntk.activations.ACTIVATIONS` (relu, erf, tanh, identity).
+        activation: a name of `ntk.activations.ACTIVATIONS`, an `Activation`, or a pair (sigma, sigma')
+            of elementwise torch functions.
         generator: explicit `torch.Generator` for the N(0, 1) initialisation, drawn layer by
             layer (weight then bias). Same generator state, device and dtype: same network.
         device, dtype: where and in which precision the parameters live.
@@ -93,7 +94,7 @@ class NTKMLP(nn.Module):
         depth: int,
         out_dim: int = 1,
         beta: float = 0.1,
-        activation: str = "relu",
+        activation: str | Activation | tuple = "relu",
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -109,8 +110,8 @@ class NTKMLP(nn.Module):
                 raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta!r}")
-        self.act: Activation = get_activation(activation)
-        self.activation = activation
+        self.act: Activation = as_activation(activation)
+        self.activation = self.act.name
         self.beta = float(beta)
         self.widths = [in_dim, *hidden, out_dim]  # n_0 ... n_L
         self.layers = nn.ModuleList(

@@ -63,11 +63,12 @@ def flow_matrix(ntk_train: Tensor, t: float, rcond: float = 1e-10, lr: float | N
         lam = lam.clamp_min(0.0)
         small = lam * t / n < 1e-12
         if lr is None:
-            decay = -t * lam / n  # log exp(-t lambda / N)
+            learnt = -torch.expm1(-t * lam / n)  # 1 - exp(-t lambda / N)
         else:
-            steps = _steps(t, lr)
-            decay = steps * torch.log1p(-lr * lam / n)  # log (1 - lr lambda / N)^k
-        gain = torch.where(small, torch.full_like(lam, t / n), -torch.expm1(decay) / torch.where(small, 1.0, lam))
+            steps, x = _steps(t, lr), lr * lam / n
+            small_step = x <= 0.5  # 1 - (1 - x)^k, through log1p for small x (accurate), directly otherwise
+            learnt = torch.where(small_step, -torch.expm1(steps * torch.log1p(-x.clamp_max(0.5))), 1 - (1 - x) ** steps)
+        gain = torch.where(small, torch.full_like(lam, t / n), learnt / torch.where(small, 1.0, lam))
     return (u * gain) @ u.T
 
 

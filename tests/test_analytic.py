@@ -30,7 +30,7 @@ def test_quadrature_matches_closed_forms(activation, depth):
     x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1.5
     x = torch.cat([x, x[:2], -x[:2], torch.zeros(1, 3, dtype=torch.float64)])  # rho = 1, rho = -1, zero input
     closed = limiting_kernels(x, None, depth, activation=activation)
-    quad = limiting_kernels(x, None, depth, activation=activation, force_quadrature=True)
+    quad = limiting_kernels(x, None, depth, activation=activation, method="quadrature")
     for c, q in zip(closed, quad):
         assert torch.isfinite(c).all()
         assert rel_fro(q, c) < 1e-6

@@ -81,7 +81,10 @@ def test_interrupted_run_resumes_without_redoing_finished_networks(compose_cfg, 
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("model.activation=softplus", "error: unknown activation 'softplus'; allowed: erf, identity, relu, tanh"),
+        (
+            "model.activation=swish",
+            "error: unknown activation 'swish'; allowed: abs, cos, elu, erf, gelu, identity, leaky_relu, relu, sigmoid, silu, sin, softplus, tanh",
+        ),
         ("model.widths=[0]", "error: model.widths entries must be an integer >= 1, got 0"),
         ("model.depth=0", "error: model.depth must be an integer >= 1, got 0"),
         ("train.lr=0", "error: train.lr must be a number > 0, got 0"),

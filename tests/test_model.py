@@ -53,7 +53,10 @@ def test_functional_call_and_single_inputs():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(activation="softplus"), "unknown activation 'softplus'; allowed: erf, identity, relu, tanh"),
+        (
+            dict(activation="swish"),
+            "unknown activation 'swish'; allowed: abs, cos, elu, erf, gelu, identity, leaky_relu, relu, sigmoid, silu, sin, softplus, tanh",
+        ),
         (dict(depth=0), "depth must be an integer >= 1"),
         (dict(width=0), "width must be an integer >= 1"),
         (dict(width=[4, 4, 4]), "needs depth - 1 = 2 entries, got 3"),

