@@ -18,7 +18,16 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from experiments import circle_regression, circle_width, drift, mnist_convergence, mnist_generalization, mnist_lr_equivalence, mnist_pca
+from experiments import (
+    circle_activations,
+    circle_regression,
+    circle_width,
+    drift,
+    mnist_convergence,
+    mnist_generalization,
+    mnist_lr_equivalence,
+    mnist_pca,
+)
 from ntk.train import DivergenceError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -26,6 +35,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 USER_ERRORS = (ValueError, DivergenceError, ConfigCompositionException, MissingConfigException, OmegaConfBaseException)
 
 EXPERIMENTS = {
+    "circle_activations": circle_activations.run,
     "circle_width": circle_width.run,
     "circle_regression": circle_regression.run,
     "mnist_pca": mnist_pca.run,

@@ -78,6 +78,11 @@ class CircleRegressionSchema:
 
 
 @dataclass
+class CircleActivationsSchema:
+    activations: list[str] = MISSING
+
+
+@dataclass
 class MnistPcaSchema:
     n_batches: int = MISSING
     k: int = MISSING
@@ -126,6 +131,7 @@ class DriftSweepSchema:
 SCHEMAS = {
     ("exp_schema", "circle_width"): CircleWidthSchema,
     ("exp_schema", "circle_regression"): CircleRegressionSchema,
+    ("exp_schema", "circle_activations"): CircleActivationsSchema,
     ("exp_schema", "mnist_pca"): MnistPcaSchema,
     ("exp_schema", "mnist_convergence"): MnistConvergenceSchema,
     ("exp_schema", "mnist_lr_equivalence"): MnistLrEquivalenceSchema,

@@ -42,7 +42,7 @@ from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 
 Tensor = torch.Tensor
 METHODS = ("auto", "closed", "hermite", "quadrature")
-HERMITE_NODES = 300  # Gauss-Hermite nodes of the 1-D rule for the coefficients
+HERMITE_NODES = 300  # Gauss-Hermite nodes of the 1-D rule for the coefficients (numpy's rule overflows beyond ~500)
 HERMITE_MAX_TERMS = 160  # longest series before "auto" falls back to the quadrature
 HERMITE_TOL = 1e-11  # largest relative tail of the series at any input
 
@@ -89,15 +89,16 @@ def limiting_kernels(
         raise ValueError(f"activation {act.name!r} has no closed form; use method='auto', 'hermite' or 'quadrature'")
     x1, x2 = _check(x1, x2)
     _check_finite(act)
-    if method == "auto":
-        method = "closed" if act.gaussian is not None else "hermite"
-    if method == "closed":
+    if method == "closed" or (method == "auto" and act.gaussian is not None):
         expect = act.gaussian
+    elif method == "auto":  # the series, or the quadrature at layers where it does not converge
+        expect = _hermite(act, fallback=_quadrature(act, quadrature_order))
     elif method == "hermite":
-        expect = _hermite(act, fallback=_quadrature(act, quadrature_order) if act.gaussian is None else None)
+        expect = _hermite(act)
     else:
         expect = _quadrature(act, quadrature_order)
-    rows = _rows_per_block(x1.shape[0], x2.shape[0], quadrature_order if method == "quadrature" else 0, memory_limit)
+    may_integrate = method == "quadrature" or (method == "auto" and act.gaussian is None)  # (the series' fallback)
+    rows = _rows_per_block(x1.shape[0], x2.shape[0], quadrature_order if may_integrate else 0, memory_limit)
     if rows < x1.shape[0]:  # pairs are independent: do the rows of x1 in blocks that fit
         parts = [_recursion(x1[i : i + rows], x2, depth, beta, expect) for i in range(0, x1.shape[0], rows)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

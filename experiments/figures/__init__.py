@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from experiments.figures import (  # noqa: F401  (each module registers its renderer)
+    circle_activations,
     circle_regression,
     circle_width,
     drift_sweep,
