@@ -96,11 +96,11 @@ def test_limit_is_positive_definite_on_distinct_circle_points(depth):
 def test_blocks_over_rows_within_a_memory_limit_and_refuses_what_cannot_fit():
     x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     y = torch.randn(40, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    for activation, limit in (("relu", 60_000), ("tanh", 400_000)):
+    for activation, limit, rtol in (("relu", 60_000, 1e-13), ("tanh", 400_000, 1e-9)):
         whole = limiting_kernels(x, y, 3, activation=activation)
         blocked = limiting_kernels(x, y, 3, activation=activation, memory_limit=limit)
-        for a, b in zip(whole, blocked):
-            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+        for a, b in zip(whole, blocked):  # (tanh's Hermite series is cut for the variances of each block: within its 1e-11 tail)
+            torch.testing.assert_close(a, b, rtol=rtol, atol=1e-15)
     with pytest.raises(NTKMemoryError, match="the analytic kernels of 50 x 40 pairs need at least"):
         limiting_kernels(x, y, 3, memory_limit=10_000)
 
@@ -109,7 +109,7 @@ def test_blocks_over_rows_within_a_memory_limit_and_refuses_what_cannot_fit():
     "kwargs,message",
     [
         (dict(depth=0), "depth must be an integer >= 1"),
-        (dict(activation="gelu"), "unknown activation 'gelu'"),
+        (dict(activation="swish"), "unknown activation 'swish'"),
         (dict(x2=torch.zeros(2, 3, dtype=torch.float64)), "x1 and x2 have different input dimensions: 2 and 3"),
         (dict(x1=torch.tensor([[float("inf"), 0.0]])), "x1 contains non-finite values"),
         (dict(beta=-0.1), "beta must be >= 0"),
