@@ -76,7 +76,12 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("silu", F.silu, _silu_deriv),
         Activation("softplus", F.softplus, torch.sigmoid),
         Activation("sigmoid", torch.sigmoid, _sigmoid_deriv),
-        Activation("elu", F.elu, lambda z: torch.where(z > 0, torch.ones_like(z), torch.exp(z.clamp_max(0)))),
+        Activation(
+            "elu",
+            F.elu,
+            lambda z: torch.where(z > 0, torch.ones_like(z), torch.exp(z.clamp_max(0))),
+            gaussian.elu_expectations,
+        ),
     )
 }
 

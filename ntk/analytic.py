@@ -9,7 +9,7 @@ The network output's NNGP kernel is Sigma(L) and its NTK is Theta(L), L = depth 
 The Gaussian expectations (`method`):
 
 - "closed": the activation's closed form (`Activation.gaussian`, `ntk.gaussian`: relu, leaky_relu,
-  abs, erf, gelu, sin, cos, identity);
+  abs, erf, gelu, sin, cos, identity, and elu through the bivariate normal CDF);
 - "hermite": the Hermite expansion of the dual activation (Mehler's formula; O'Donnell, "Analysis of
   Boolean functions", ch. 11; Daniely, Frostig & Singer, 2016): with sigma(sqrt(a) z) =
   sum_k alpha_k(a) h_k(z) in the orthonormal probabilists' Hermite polynomials h_k,
@@ -21,10 +21,12 @@ The Gaussian expectations (`method`):
   Per pair this costs K multiply-adds, so any smooth activation runs at closed-form speed;
 - "quadrature": a two-dimensional Gauss quadrature of configurable order in polar form, split at the
   kinks of piecewise activations (`_quadrature`); slow, the reference for the others;
-- "auto": closed if the activation has one, else hermite, else (a series that does not converge
-  to HERMITE_TOL, as for activations with kinks such as elu's sigma') quadrature, per layer.
+- "auto": closed if the activation has one (the quadrature if the variances can leave its range:
+  ELU above `ntk.gaussian.ELU_MAX_VARIANCE`), else hermite, else (a series that does not
+  converge to HERMITE_TOL, as for a user pair with a kink) quadrature, per layer.
 
-Everything is computed in float64 and batched over all pairs of inputs.
+Everything is computed in float64 and batched over all pairs of inputs (over the upper triangle
+when x2 is None and the expectations are closed forms or the quadrature).
 """
 
 from __future__ import annotations
@@ -89,8 +91,12 @@ def limiting_kernels(
         raise ValueError(f"activation {act.name!r} has no closed form; use method='auto', 'hermite' or 'quadrature'")
     x1, x2 = _check(x1, x2)
     _check_finite(act)
-    if method == "closed" or (method == "auto" and act.gaussian is not None):
+    if method == "closed":
         expect = act.gaussian
+    elif method == "auto" and act.gaussian is not None:
+        expect = act.gaussian
+        if _largest_variance(x1, x2, depth, beta) > getattr(act.gaussian, "max_variance", math.inf):
+            method, expect = "quadrature", _quadrature(act, quadrature_order)  # outside the closed form's range
     elif method == "auto":  # the series, or the quadrature at layers where it does not converge
         expect = _hermite(act, fallback=_quadrature(act, quadrature_order))
     elif method == "hermite":
@@ -102,6 +108,10 @@ def limiting_kernels(
     if rows < x1.shape[0]:  # pairs are independent: do the rows of x1 in blocks that fit
         parts = [_recursion(x1[i : i + rows], x2, depth, beta, expect) for i in range(0, x1.shape[0], rows)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    if x1 is x2 and (act.gaussian is not None or method == "quadrature") and method != "hermite":
+        # x2 = None: the kernels are symmetric, so the upper triangle is enough (the series keeps
+        # the full matrix: its coefficients broadcast along rows and columns)
+        return _symmetric_recursion(x1, depth, beta, expect)
     return _recursion(x1, x2, depth, beta, expect)
 
 
@@ -137,6 +147,32 @@ def _recursion(x1: Tensor, x2: Tensor, depth: int, beta: float, expect) -> tuple
         diag1 = expect(diag1, diag1, diag1)[0] + b2
         diag2 = expect(diag2, diag2, diag2)[0] + b2
     return sigma, theta
+
+
+def _largest_variance(x1: Tensor, x2: Tensor, depth: int, beta: float) -> float:
+    """A bound on every layer's pre-activation variance for an activation with |sigma(z)| <= |z|
+    (ELU): Sigma(l+1)(x, x) <= Sigma(l)(x, x) + beta^2."""
+    first = max(float(x.square().sum(1).max()) / x.shape[1] for x in (x1, x2)) + beta**2
+    return first + (depth - 1) * beta**2
+
+
+def _symmetric_recursion(x: Tensor, depth: int, beta: float, expect) -> tuple[Tensor, Tensor]:
+    """`_recursion` with x2 = x, on the N (N + 1) / 2 pairs i <= j (half the Gaussian expectations)."""
+    n = x.shape[0]
+    i, j = torch.triu_indices(n, n, device=x.device)
+    b2 = beta**2
+    diag = x.square().sum(1) / x.shape[1] + b2
+    sigma = (x @ x.T / x.shape[1] + b2)[i, j]
+    theta = sigma.clone()
+    for _ in range(depth - 1):
+        e_ss, e_dd = expect(diag[i], diag[j], sigma)
+        sigma = e_ss + b2
+        theta = theta * e_dd + sigma
+        diag = expect(diag, diag, diag)[0] + b2
+    out = torch.empty(2, n, n, dtype=x.dtype, device=x.device)
+    out[:, i, j] = torch.stack([sigma, theta])
+    out[:, j, i] = torch.stack([sigma, theta])
+    return out[0], out[1]
 
 
 def _check_finite(act: Activation) -> None:

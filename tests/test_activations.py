@@ -179,3 +179,90 @@ def test_circle_activations_table_is_the_limit(compose_cfg, tmp_path):
         np.testing.assert_allclose(table[table.activation == name].ntk.to_numpy(), ntk[0].numpy(), rtol=1e-8)
     assert set(table.method) == {"closed form", "Hermite series"}
     assert (tmp_path / "circle_activations.png").exists()
+
+
+def mpmath_bvn(h: float, k: float, rho: float) -> float:
+    """Phi_2(h, k; rho) by mpmath at 30 digits: Phi(h) Phi(k) + int_0^rho phi_2(h, k; r) dr (Plackett)."""
+    import mpmath
+
+    mpmath.mp.dps = 30
+    if abs(rho) == 1:
+        return float(mpmath.ncdf(min(h, k))) if rho > 0 else float(max(0, mpmath.ncdf(h) - mpmath.ncdf(-k)))
+    density = lambda r: mpmath.exp(-(h * h + k * k - 2 * h * k * r) / (2 * (1 - r * r))) / (2 * mpmath.pi * mpmath.sqrt(1 - r * r))  # noqa: E731
+    return float(mpmath.ncdf(h) * mpmath.ncdf(k) + mpmath.quad(density, [0, rho]))
+
+
+def test_bivariate_normal_cdf_against_mpmath():
+    """Every branch (the three Gauss-Legendre bands, the expansion about rho = +-1, rho = +-1 exactly),
+    h = k, h ~ k, zeros and lower tails; absolute error < 1e-15, and relative < 1e-12 in the lower
+    tail at rho >= 0 (at rho < 0 a tiny result is a difference of larger terms)."""
+    from ntk.gaussian import bivariate_normal_cdf
+
+    rng = np.random.default_rng(0)
+    points = [(*rng.normal(0, 2, 2), rng.uniform(-1, 1)) for _ in range(40)]
+    for rho in (0.0, 0.2, -0.6, 0.9249, 0.925, 0.99, 1 - 1e-9, 1.0, -0.93, -1 + 1e-9, -1.0):
+        for h, k in ((0.3, 0.3), (0.3, 0.31), (-2.0, -2.01), (1.0, -1.0), (0.0, 0.0), (-6.0, -6.2), (2.0, -0.5)):
+            points.append((h, k, rho))
+    h, k, rho = (torch.tensor(v, dtype=torch.float64) for v in zip(*points))
+    got = bivariate_normal_cdf(h, k, rho)
+    expected = torch.tensor([mpmath_bvn(*p) for p in points], dtype=torch.float64)
+    assert (got - expected).abs().max().item() < 1e-15
+    small = (expected < 1e-6) & (expected > 1e-300) & (rho >= 0)
+    assert small.any() and ((got - expected)[small].abs() / expected[small]).max().item() < 1e-12
+    # stacked (h, k) sharing rho give the same values
+    stacked = bivariate_normal_cdf(torch.stack([h, k]), torch.stack([k, h]), rho)
+    torch.testing.assert_close(stacked, torch.stack([got, got]), rtol=1e-14, atol=1e-16)
+
+
+def adaptive_elu_expectations(a: float, b: float, c: float) -> tuple[float, float]:
+    """E[elu(u) elu(v)] and E[elu'(u) elu'(v)] by scipy's adaptive 2-D quadrature, split at both kinks."""
+    s, t = math.sqrt(a), math.sqrt(b)
+    rho = c / (s * t)
+    r = math.sqrt(1 - rho * rho)
+    values = []
+    for f in (lambda z: z if z > 0 else math.expm1(z), lambda z: 1.0 if z > 0 else math.exp(z)):
+        g = lambda y, x: f(s * x) * f(t * (rho * x + r * y)) * math.exp(-(x * x + y * y) / 2) / (2 * math.pi)  # noqa: E731,B023
+        kink = lambda x: -rho * x / r  # noqa: E731
+        values.append(
+            sum(
+                integrate.dblquad(g, lo, hi, *limits, epsabs=1e-15, epsrel=1e-13)[0]
+                for lo, hi in ((-14, 0), (0, 14))
+                for limits in ((lambda x: -14, kink), (kink, lambda x: 14))
+            )
+        )
+    return values[0], values[1]
+
+
+@pytest.mark.parametrize("a,b,rho", [(40.0, 25.0, 0.95), (60.0, 30.0, -0.4), (0.05, 0.2, 0.999)])
+def test_elu_closed_form_at_large_and_small_variances(a, b, rho):
+    """Where the order-40 quadrature itself loses accuracy (variance 40: 1e-7), against adaptive quadrature."""
+    from ntk.gaussian import elu_expectations
+
+    c = rho * math.sqrt(a * b)
+    e_ss, e_dd = elu_expectations(*(torch.tensor([v], dtype=torch.float64) for v in (a, b, c)))
+    ref_ss, ref_dd = adaptive_elu_expectations(a, b, c)
+    assert e_ss.item() == pytest.approx(ref_ss, rel=1e-11)
+    assert e_dd.item() == pytest.approx(ref_dd, rel=1e-11)
+
+
+def test_elu_outside_its_range_uses_the_quadrature_or_says_so():
+    from ntk.gaussian import ELU_MAX_VARIANCE
+
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 * math.sqrt(ELU_MAX_VARIANCE)
+    auto = limiting_kernels(x, None, 3, activation="elu")
+    quad = limiting_kernels(x, None, 3, activation="elu", method="quadrature")
+    for f, q in zip(auto, quad):
+        torch.testing.assert_close(f, q, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"^ELU's closed form is accurate for pre-activation variances up to 100, got [0-9.]+; "):
+        limiting_kernels(x, None, 3, activation="elu", method="closed")
+
+
+@pytest.mark.parametrize("name,method", [("relu", "closed"), ("elu", "closed"), ("elu", "auto"), ("tanh", "quadrature")])
+def test_symmetric_kernels_equal_the_general_path(name, method):
+    """x2 = None computes the upper triangle only (closed forms, quadrature): the same as passing x2."""
+    x = inputs()
+    same = limiting_kernels(x, None, 3, activation=name, method=method)
+    general = limiting_kernels(x, x.clone(), 3, activation=name, method=method)
+    for s, g in zip(same, general):
+        assert torch.equal(s, s.T)
+        torch.testing.assert_close(s, g, rtol=1e-13, atol=1e-15)
