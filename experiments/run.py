@@ -2,15 +2,21 @@
 
 Hydra composes configs/ into one config; `main` resolves nothing itself but dispatches to the
 plain `run(cfg)` of the chosen experiment (tests call those directly with a composed config).
-Errors a user can make (a misspelled key, an unknown experiment, a value out of range) end in one
-line on stderr starting with "error:" and exit status 2, before anything is written.
+Errors a user can make (a misspelled key, an unknown experiment, a value out of range, an out_dir
+that cannot be written, a model or kernel that does not fit in memory) end in one line on stderr
+starting with "error:" and exit status 2, before anything is written. Progress bars are closed
+first, so the line stands on its own. Ctrl-C (SIGINT) or SIGTERM stops the run: the jobs already
+finished stay under out_dir/.parts (every file is written through a rename, so none is left half
+written), one line says how to resume, and the exit status is 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -28,11 +34,13 @@ from experiments import (
     mnist_lr_equivalence,
     mnist_pca,
 )
+from ntk.memory import NTKMemoryError, check_fits
 from ntk.train import DivergenceError
+from ntk.utils import resolve_device, resolve_dtype
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-USER_ERRORS = (ValueError, DivergenceError, ConfigCompositionException, MissingConfigException, OmegaConfBaseException)
+USER_ERRORS = (ValueError, DivergenceError, NTKMemoryError, ConfigCompositionException, MissingConfigException, OmegaConfBaseException)
 
 EXPERIMENTS = {
     "circle_activations": circle_activations.run,
@@ -50,11 +58,52 @@ def available_experiments() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "exp").glob("*.yaml"))
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that the same cleanup runs as for Ctrl-C."""
+
+
 def dispatch(cfg: DictConfig) -> object:
     """Run the experiment named by `cfg.name`."""
     if cfg.name not in EXPERIMENTS:
         raise ValueError(f"no experiment chosen (name={cfg.name}); add +exp=<name>, allowed: {', '.join(available_experiments())}")
+    check_writable_dir(cfg.out_dir, "out_dir")
+    check_model_fits(cfg)
+    if "data" in cfg and cfg.data.get("root") is not None and Path(cfg.data.root).exists() and not Path(cfg.data.root).is_dir():
+        raise ValueError(f"data.root={cfg.data.root} is a file; it must be torchvision's data directory (files in <root>/MNIST/raw)")
     return EXPERIMENTS[cfg.name](cfg)
+
+
+def check_writable_dir(path: str, key: str) -> None:
+    """Refuse a directory that is a file, or that cannot be created or written, without creating anything."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{key}={path} is a file; it must be a directory (existing or creatable)")
+    existing = target
+    while not existing.exists():  # the deepest ancestor that exists decides whether the rest can be created
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{key}={path} cannot be created: {existing} is a file")
+    try:  # a probe that removes itself: permissions alone do not tell (root, read-only or virtual file systems)
+        tempfile.TemporaryDirectory(dir=existing, prefix=".probe-").cleanup()
+    except OSError as exc:
+        verb = "written" if existing == target else "created"
+        raise ValueError(f"{key}={path} cannot be {verb}: {exc.strerror or exc} in {existing}") from None
+
+
+def check_model_fits(cfg: DictConfig) -> None:
+    """Refuse, before any data or kernel is computed, widths whose hidden weights alone exceed the
+    memory budget (the full check, with the input dimension, is in `NTKMLP`)."""
+    model = cfg.get("model")
+    if model is None or "widths" not in model or "depth" not in model:
+        return
+    for width in model.widths:
+        hidden = (model.depth - 2) * width * width + (model.depth - 1) * width  # at least the hidden layers
+        itemsize = resolve_dtype(cfg.get("dtype", "float32")).itemsize
+        check_fits(
+            f"an NTK MLP of width {width} and depth {model.depth} (at least {hidden:,} parameters)",
+            hidden * itemsize,
+            resolve_device(cfg.get("device", "auto")),
+        )
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
@@ -63,6 +112,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         dispatch(cfg)
     except USER_ERRORS as exc:  # exit here: Hydra would add its own line about the failed job
         _fail(exc)
+    except KeyboardInterrupt as exc:
+        _interrupted(cfg, exc)
 
 
 def _unknown_key_message(key: str) -> str:
@@ -114,17 +165,44 @@ def one_line(exc: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _say(line: str) -> None:
+    """Print `line` on stderr on a line of its own: open progress bars are closed first."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _fail(exc: BaseException) -> None:
-    print(f"error: {one_line(exc)}", file=sys.stderr)
+    _say(f"error: {one_line(exc)}")
     sys.exit(2)
+
+
+def _interrupted(cfg: DictConfig, exc: BaseException) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this line short
+    parts = Path(cfg.out_dir) / ".parts"
+    kept = sum(1 for p in parts.rglob("*") if p.is_file() and not p.name.startswith(".")) if parts.is_dir() else 0
+    name = "SIGTERM" if isinstance(exc, Interrupted) else "SIGINT"
+    _say(f"interrupted ({name}): {kept} finished part(s) kept under {parts}; run the same command again to resume")
+    sys.exit(143 if name == "SIGTERM" else 130)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted()
 
 
 def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's report
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _hydra_main()
     except USER_ERRORS as exc:
         _fail(exc)
+    except KeyboardInterrupt as exc:  # before a config exists (while Hydra composes)
+        _say(f"interrupted ({'SIGTERM' if isinstance(exc, Interrupted) else 'SIGINT'}) before the run started; nothing was written")
+        sys.exit(143 if isinstance(exc, Interrupted) else 130)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,14 @@ def fmt_bytes(n: float) -> str:
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n / 1e3:.3g} kB"
+
+
+def check_fits(what: str, needed: int, device: torch.device | str | None = None) -> None:
+    """Raise `NTKMemoryError` (one line: what, how much, how much is available) if `needed` bytes
+    exceed the budget of `device` (the rule of `available_memory`)."""
+    budget = available_memory(device if device is not None else "cpu")
+    if needed > budget:
+        raise NTKMemoryError(
+            f"{what} needs {fmt_bytes(needed)}, more than the {fmt_bytes(budget)} available; "
+            "use a smaller width or fewer inputs, or raise the limit (NTK_MEMORY_LIMIT)"
+        )

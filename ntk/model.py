@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ntk.activations import Activation, as_activation
+from ntk.memory import check_fits
 
 Tensor = torch.Tensor
 
@@ -114,10 +115,21 @@ class NTKMLP(nn.Module):
         self.activation = self.act.name
         self.beta = float(beta)
         self.widths = [in_dim, *hidden, out_dim]  # n_0 ... n_L
+        itemsize = (dtype or torch.get_default_dtype()).itemsize
+        check_fits(
+            f"an NTK MLP of widths {self.widths} ({self.parameter_count(self.widths):,} parameters)",
+            self.parameter_count(self.widths) * itemsize,
+            device,
+        )
         self.layers = nn.ModuleList(
             NTKDense(n_in, n_out, beta, generator=generator, device=device, dtype=dtype)
             for n_in, n_out in zip(self.widths[:-1], self.widths[1:])
         )
+
+    @staticmethod
+    def parameter_count(widths: Sequence[int]) -> int:
+        """Weights and biases of a network with layer widths n_0 ... n_L."""
+        return sum(n_in * n_out + n_out for n_in, n_out in zip(widths[:-1], widths[1:]))
 
     @property
     def depth(self) -> int:

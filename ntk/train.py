@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ntk.empirical import empirical_ntk
+from ntk.memory import check_fits
 from ntk.model import NTKMLP, backward_factors, forward_with_cache
 
 Tensor = torch.Tensor
@@ -144,6 +145,9 @@ def gradient_descent(
         raise ValueError(f"start_step must be an integer in [0, steps={steps}], got {start_step!r}")
     if start_step > 0 and (history is None or len(history.loss) != start_step):
         raise ValueError(f"continuing at start_step={start_step} needs the history of steps 0 ... {start_step - 1}")
+    if isinstance(model, NTKMLP):  # a step keeps every layer's pre-activations, activations and deltas
+        working = 3 * x.shape[0] * sum(model.widths[1:]) * x.element_size()
+        check_fits(f"a gradient-descent step on {x.shape[0]} inputs at widths {model.widths}", working, x.device)
     to_record = record_steps(record_t, lr, steps)
     step_fn = fused_step if fused else _autograd_step
 

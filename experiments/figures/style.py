@@ -27,9 +27,16 @@ def save_figure(fig: plt.Figure, out: str | Path) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1], metadata={"CreationDate": None})
-    plt.close(fig)
+    try:
+        for path, options in zip(paths, (dict(dpi=150), dict(metadata={"CreationDate": None}))):
+            tmp = path.with_name(f".{path.name}.tmp")  # through a rename: an interruption leaves no half figure
+            try:
+                fig.savefig(tmp, format=path.suffix[1:], **options)
+                tmp.replace(path)
+            finally:
+                tmp.unlink(missing_ok=True)
+    finally:
+        plt.close(fig)
     return paths
 
 
