@@ -1,96 +1,146 @@
-"""Reference timing of neural-tangents (JAX) on the cases of `scripts.bench_ntk`.
+"""Ours against neural-tangents (JAX), alternating over rounds in one invocation.
 
-Not part of requirements.txt: run it from a separate environment that has JAX and neural-tangents,
+neural-tangents is not part of requirements.txt: it runs in a worker process of a separate
+environment,
 
     python3 -m venv /tmp/nt && /tmp/nt/bin/pip install neural-tangents==0.6.5 jax==0.4.23 jaxlib==0.4.23 \
         tf2jax==0.3.6 "numpy<2" "scipy<1.14"
-    /tmp/nt/bin/python -m scripts.bench_neural_tangents 3 0 1 2     # repeats, then case indices
+    python -m scripts.bench_neural_tangents nt_python=/tmp/nt/bin/python          # cases 0 1 2, 5 rounds
 
 (newer JAX releases break neural-tangents 0.6.5's structured derivatives).
 
-It builds the same NTK-parameterised MLPs with `stax.Dense(parameterization="ntk")`, takes the
-empirical NTK (N, N) with the structured-derivatives implementation under `jax.jit` (compile time
-excluded: best of `repeats` after a warm-up call), and measures a float32 GEMM in the same process.
-Writes results/bench/neural_tangents.csv and .md. It only imports jax, neural_tangents, numpy and
-the standard library.
+The worker (this file run with `--worker` by that interpreter; it imports only jax, neural_tangents
+and the standard library) builds the same NTK-parameterised MLPs with
+`stax.Dense(parameterization="ntk")` and the empirical NTK (N, N) by structured derivatives under
+`jax.jit`. Per case both sides are warmed up (JAX's compilation excluded); then in every round the
+worker computes its kernel once on request, and this process computes ours (`empirical_ntk`,
+layer-wise) and a float32 GEMM (N x n) @ (n x n), the order alternating between rounds. The two
+processes never compute at the same time. Reported: medians with min and max, the speed-up as the
+ratio of the medians and the range of the per-round ratios, and the GEMM rate of the same rounds.
+Writes results/bench/neural_tangents.csv and .md.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 CASES = [(1000, 4, 256), (2000, 4, 256), (4000, 4, 128), (10000, 5, 512)]
 
 
-def best(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def main(argv: list[str]) -> None:
+def worker() -> None:
+    """Serve `<case index>` requests on stdin with one timed kernel each (the first is the warm-up)."""
     import jax
     import jax.numpy as jnp
     import neural_tangents as nt
     from neural_tangents import stax
 
-    repeats = int(argv[0]) if argv else 3
-    cases = [CASES[int(i)] for i in argv[1:]] if len(argv) > 1 else CASES[:3]
+    built = {}
+    for line in sys.stdin:
+        index = int(line)
+        if index not in built:
+            width, depth, n = CASES[index]
+            layers = []
+            for _ in range(depth - 1):
+                layers += [stax.Dense(width, W_std=1.0, b_std=0.1, parameterization="ntk"), stax.Relu()]
+            layers += [stax.Dense(1, W_std=1.0, b_std=0.1, parameterization="ntk")]
+            init_fn, apply_fn, _ = stax.serial(*layers)
+            _, params = init_fn(jax.random.PRNGKey(0), (-1, 784))
+            x = jax.random.uniform(jax.random.PRNGKey(1), (n, 784), dtype=jnp.float32)
+            kernel_fn = jax.jit(
+                nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0, implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES)
+            )
+            built = {index: (kernel_fn, x, params)}  # one case at a time in memory
+        kernel_fn, x, params = built[index]
+        start = time.perf_counter()
+        kernel_fn(x, None, params).block_until_ready()
+        elapsed = time.perf_counter() - start
+        print(json.dumps(dict(time_s=elapsed, jax=jax.__version__, neural_tangents=getattr(nt, "__version__", "?"))), flush=True)
+
+
+def main(argv: list[str]) -> None:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from ntk.empirical import empirical_ntk
+    from ntk.model import NTKMLP
+    from scripts.common import parse_kv, write_bench
+
+    args = parse_kv(argv, dict(nt_python="/tmp/nt/bin/python", cases=[0, 1, 2], rounds=5))
+    proc = subprocess.Popen([args["nt_python"], __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+
+    def neural_tangents(index: int) -> dict:
+        proc.stdin.write(f"{index}\n")
+        proc.stdin.flush()
+        reply = proc.stdout.readline()
+        if not reply:
+            sys.exit(f"error: the neural-tangents worker ({args['nt_python']}) stopped; is neural-tangents installed there?")
+        return json.loads(reply)
+
     rows = []
-    for width, depth, n in cases:
-        layers = []
-        for _ in range(depth - 1):
-            layers += [stax.Dense(width, W_std=1.0, b_std=0.1, parameterization="ntk"), stax.Relu()]
-        layers += [stax.Dense(1, W_std=1.0, b_std=0.1, parameterization="ntk")]
-        init_fn, apply_fn, _ = stax.serial(*layers)
-        key = jax.random.PRNGKey(0)
-        _, params = init_fn(key, (-1, 784))
-        x = jax.random.uniform(jax.random.PRNGKey(1), (n, 784), dtype=jnp.float32)
-        kernel_fn = jax.jit(
-            nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0, implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES)
-        )
-        t = best(lambda: kernel_fn(x, None, params).block_until_ready(), repeats)
-        a = jax.random.normal(key, (n, width), dtype=jnp.float32)
-        w = jax.random.normal(key, (width, width), dtype=jnp.float32)
-        mm = jax.jit(lambda a, w: a @ w)
-        rate = 2 * n * width * width / best(lambda: mm(a, w).block_until_ready(), repeats) / 1e9
-        arch = "-".join(map(str, [784] + [width] * (depth - 1) + [1]))
-        print(f"{arch} N={n} neural-tangents structured derivatives: {t:.4g} s (GEMM {rate:.0f} GFLOP/s)")
-        rows.append(dict(model=arch, N=n, method="neural_tangents_structured", dtype="float32", device="cpu", time_s=t, gemm_gflops=rate))
-    out = Path("results/bench")
-    out.mkdir(parents=True, exist_ok=True)
-    cols = list(rows[0])
-    csv = ",".join(cols) + "\n" + "".join(",".join(str(r[c]) for c in cols) + "\n" for r in rows)
-    (out / "neural_tangents.csv").write_text(csv)
-    md = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    md += "".join("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |\n" for r in rows)
-    (out / "neural_tangents.md").write_text(md)
-    rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    (out / "neural_tangents.provenance.json").write_text(
-        json.dumps(
-            dict(
-                command="python -m scripts.bench_neural_tangents " + " ".join(argv),
-                git_revision=rev,
-                jax=jax.__version__,
-                neural_tangents=getattr(nt, "__version__", "?"),
-                python=platform.python_version(),
-                platform=platform.platform(),
-            ),
-            indent=2,
-        )
-        + "\n"
-    )
-    print(md)
+    try:
+        for index in args["cases"]:
+            width, depth, n = CASES[index]
+            model = NTKMLP(784, width, depth, generator=torch.Generator().manual_seed(0))
+            x = torch.rand(n, 784, generator=torch.Generator().manual_seed(1))
+            a, w = torch.randn(n, width), torch.randn(width, width)
+
+            def ours() -> float:
+                start = time.perf_counter()
+                empirical_ntk(model, x, method="layerwise", dtype=torch.float32)
+                return time.perf_counter() - start
+
+            def gemm() -> float:
+                start = time.perf_counter()
+                a @ w
+                return time.perf_counter() - start
+
+            info = neural_tangents(index)  # warm-up: JAX compiles here
+            ours(), gemm()
+            times = dict(neural_tangents=[], ours=[], gemm=[])
+            for r in range(args["rounds"]):
+                order = ["neural_tangents", "ours", "gemm"] if r % 2 == 0 else ["ours", "gemm", "neural_tangents"]
+                for name in order:
+                    if name == "neural_tangents":
+                        info = neural_tangents(index)
+                        times[name].append(info["time_s"])
+                    else:
+                        times[name].append(ours() if name == "ours" else gemm())
+            ratios = np.array(times["neural_tangents"]) / np.array(times["ours"])
+            med = {k: float(np.median(v)) for k, v in times.items()}
+            arch = "-".join(map(str, model.widths))
+            rows.append(
+                dict(
+                    model=arch,
+                    N=n,
+                    rounds=args["rounds"],
+                    neural_tangents_s=med["neural_tangents"],
+                    neural_tangents_min_s=min(times["neural_tangents"]),
+                    neural_tangents_max_s=max(times["neural_tangents"]),
+                    ours_s=med["ours"],
+                    ours_min_s=min(times["ours"]),
+                    ours_max_s=max(times["ours"]),
+                    speedup=med["neural_tangents"] / med["ours"],
+                    speedup_min=float(ratios.min()),
+                    speedup_max=float(ratios.max()),
+                    gemm_gflops=2 * n * width * width / med["gemm"] / 1e9,
+                    jax=info["jax"],
+                    neural_tangents=info["neural_tangents"],
+                )
+            )
+            print(f"{arch} N={n}: neural-tangents {med['neural_tangents']:.4g} s, ours {med['ours']:.4g} s", flush=True)
+            model = a = w = None
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    write_bench(pd.DataFrame(rows), "neural_tangents", argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:] == ["--worker"]:
+        worker()
+    else:
+        main(sys.argv[1:])

@@ -1,22 +1,29 @@
 """Benchmark of the empirical-NTK engine: every method on the same model and inputs, one process.
 
-    python -m scripts.bench_ntk                   # the cases below, float32
-    python -m scripts.bench_ntk cases=[0] repeats=5
+    python -m scripts.bench_ntk                   # the cases below, float32, 5 rounds
+    python -m scripts.bench_ntk cases=[0] rounds=7
 
 Cases (widths n_0-n_1-...-n_L, N inputs, full kernel, scalar output):
-  0: 784-1000-1000-1000-1, N = 256          all methods
-  1: 784-2000-2000-2000-1, N = 256          all methods
-  2: 784-4000-4000-4000-1, N = 128          layerwise and ntk_vp
-  3: 784-10000 x 4-1 (depth 5), N = 512     layerwise; the others report their memory estimate
-For each: best-of-`repeats` wall time, ratio to Jacobian contraction, FLOP count of the layerwise
-method (forward, input-gradient pass, Gram products) and its rate against a float32 GEMM
-(N x n) @ (n x n) measured in the same run. Writes results/bench/ntk.csv and ntk.md.
+  0: 784-1000-1000-1000-1, N = 256
+  1: 784-2000-2000-2000-1, N = 256
+  2: 784-4000-4000-4000-1, N = 128
+  3: 784-10000 x 4-1 (depth 5), N = 512
+Per case the contenders (the layer-wise kernel, NTK-vector products and Jacobian contraction where
+they fit and take under `slow_limit` seconds, and a float32 GEMM (N x n) @ (n x n) as the rate
+reference) alternate over `rounds` rounds (`scripts.common.interleaved`); the table gives median,
+min and max, the speed-up over the Jacobian contraction (medians), the layer-wise FLOP count
+(forward, input-gradient pass, Gram products) and its rate as a fraction of the GEMM rate of the
+same rounds. Where the time of the layer-wise kernel goes is in ntk_breakdown: torch's profiler
+over one call, per operator (calls, time, GFLOP, GFLOP/s). Writes results/bench/ntk.csv, .md and
+ntk_breakdown.csv, .md.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -24,15 +31,15 @@ from ntk.empirical import empirical_ntk, memory_estimate, plan_method
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 from ntk.model import NTKMLP
 from ntk.utils import best_time, resolve_device
-from scripts.common import parse_kv, write_bench
+from scripts.common import interleaved, parse_kv, spread, write_bench
 
 CASES = [
-    dict(width=1000, depth=4, n=256, methods=("layerwise", "ntk_vp", "jacobian")),
-    dict(width=2000, depth=4, n=256, methods=("layerwise", "ntk_vp", "jacobian")),
-    dict(width=4000, depth=4, n=128, methods=("layerwise", "ntk_vp", "jacobian")),
-    dict(width=10000, depth=5, n=512, methods=("layerwise", "ntk_vp", "jacobian")),
+    dict(width=1000, depth=4, n=256),
+    dict(width=2000, depth=4, n=256),
+    dict(width=4000, depth=4, n=128),
+    dict(width=10000, depth=5, n=512),
 ]
-SLOW_LIMIT_S = 120.0  # methods whose single run would take longer are not repeated
+METHODS = ("layerwise", "ntk_vp", "jacobian")
 
 
 def layerwise_flops(widths: list[int], n: int) -> float:
@@ -43,80 +50,82 @@ def layerwise_flops(widths: list[int], n: int) -> float:
     return float(forward + backward + grams)
 
 
-def gemm_rate(n: int, width: int, device: torch.device, repeats: int) -> float:
-    a = torch.randn(n, width, device=device)
-    w = torch.randn(width, width, device=device)
-    return 2 * n * width * width / best_time(lambda: a @ w, device, repeats) / 1e9
+def breakdown(fn, arch: str, n: int) -> list[dict]:
+    """Per-operator time and FLOPs of one call of `fn` (torch profiler), largest first."""
+    with torch.profiler.profile(with_flops=True) as prof:
+        fn()
+    rows = []
+    for event in prof.key_averages():
+        if event.self_cpu_time_total <= 0:
+            continue
+        seconds = event.self_cpu_time_total / 1e6
+        gflop = (event.flops or 0) / 1e9
+        rows.append(
+            dict(model=arch, N=n, op=event.key, calls=event.count, time_s=seconds, gflop=gflop, gflops=gflop / seconds if gflop else None)
+        )
+    rows.sort(key=lambda r: -r["time_s"])
+    total = sum(r["time_s"] for r in rows)
+    for r in rows:
+        r["share"] = r["time_s"] / total
+    return rows[:8]
 
 
 def main(argv: list[str]) -> None:
-    args = parse_kv(argv, dict(cases=list(range(len(CASES))), repeats=3, device="auto", dtype="float32"))
+    args = parse_kv(argv, dict(cases=list(range(len(CASES))), rounds=5, slow_limit=10.0, device="auto", dtype="float32"))
     device = resolve_device(args["device"])
     dtype = {"float32": torch.float32, "float64": torch.float64}[args["dtype"]]
-    rows = []
+    rows, parts = [], []
     for index in args["cases"]:
         case = CASES[index]
         n, width, depth = case["n"], case["width"], case["depth"]
         model = NTKMLP(784, width, depth, generator=torch.Generator(device).manual_seed(0), device=device)
         x = torch.rand(n, 784, generator=torch.Generator().manual_seed(1)).to(device)
-        rate = gemm_rate(n, width, device, args["repeats"])
+        a, w = torch.randn(n, width, device=device), torch.randn(width, width, device=device)
         flops = layerwise_flops(model.widths, n)
         arch = "-".join(map(str, model.widths))
         budget = available_memory(device)
-        times = {}
-        for method in case["methods"]:
-            row = dict(model=arch, N=n, method=method, dtype=args["dtype"], device=str(device))
-            n_params = sum(p.numel() for p in model.parameters())
-            if method == "ntk_vp" and (guess := 4 * n * n * n_params / (rate * 1e9)) > SLOW_LIMIT_S:
-                rows.append(
-                    row
-                    | dict(
-                        time_s=None, memory_estimate="", note=f"skipped: N jvp passes over N inputs, about {guess:.0f} s at the GEMM rate"
-                    )
-                )
-                print(f"{arch} N={n} {method}: skipped (about {guess:.0f} s)")
-                continue
+        contenders = {"gemm": lambda: a @ w}
+        notes = {}
+        for method in METHODS:
             try:
                 plan_method(model, x, n, n, True, method, None, dtype, budget)
             except NTKMemoryError as err:
                 est = memory_estimate(model, method, n, n, True, dtype, 1 if method == "ntk_vp" else None, x[:1])
-                rows.append(row | dict(time_s=None, memory_estimate=fmt_bytes(est), note=f"refused: {err}"))
-                print(f"{arch} N={n} {method}: refused ({fmt_bytes(est)})")
+                notes[method] = (fmt_bytes(est), f"refused: {err}")
                 continue
-            first = best_time(lambda: empirical_ntk(model, x, method=method, dtype=dtype), device, 1, warmup=0)
-            reps = 1 if first > SLOW_LIMIT_S / args["repeats"] else args["repeats"]
-            t = min(first, best_time(lambda: empirical_ntk(model, x, method=method, dtype=dtype), device, reps, 0)) if reps > 1 else first
-            times[method] = t
-            print(f"{arch} N={n} {method}: {t:.4g} s")
-            rows.append(
-                row | dict(time_s=t, memory_estimate=fmt_bytes(memory_estimate(model, method, n, n, True, dtype, None, x[:1])), note="")
-            )
-        for row in rows[-len(case["methods"]) :]:
-            t = row["time_s"]
-            row["speedup_vs_jacobian"] = times["jacobian"] / t if t and "jacobian" in times else None
-            row["layerwise_gflop"] = flops / 1e9
-            row["gflops"] = flops / t / 1e9 if t and row["method"] == "layerwise" else None
-            row["gemm_gflops"] = rate
-            row["fraction_of_gemm"] = row["gflops"] / rate if row["gflops"] else None
-        model = None  # free the weights before the next case
-    table = pd.DataFrame(rows)[
-        [
-            "model",
-            "N",
-            "method",
-            "dtype",
-            "device",
-            "time_s",
-            "speedup_vs_jacobian",
-            "layerwise_gflop",
-            "gflops",
-            "gemm_gflops",
-            "fraction_of_gemm",
-            "memory_estimate",
-            "note",
-        ]
-    ]
-    write_bench(table, "ntk", argv)
+            fn = functools.partial(empirical_ntk, model, x, method=method, dtype=dtype)
+            if method != "layerwise":
+                guess = 4 * n * n * sum(p.numel() for p in model.parameters()) / 300e9 if method == "ntk_vp" else 0.0
+                first = guess if guess > args["slow_limit"] else best_time(fn, device, 1, warmup=0)
+                if first > args["slow_limit"]:
+                    notes[method] = ("", f"not in the rounds: one call takes about {first:.0f} s (> slow_limit={args['slow_limit']:g} s)")
+                    continue
+            contenders[method] = fn
+        times = interleaved(contenders, args["rounds"], device)
+        gemm = 2 * n * width * width / np.median(times["gemm"]) / 1e9
+        for method in METHODS:
+            row = dict(model=arch, N=n, method=method, dtype=args["dtype"], device=str(device))
+            if method in times:
+                row |= spread(times[method])
+                if "jacobian" in times:
+                    row["speedup_vs_jacobian"] = np.median(times["jacobian"]) / row["median_s"]
+                est = memory_estimate(model, method, n, n, True, dtype, None, x[:1])
+                row |= dict(memory_estimate=fmt_bytes(est), note="")
+            else:
+                row |= dict(memory_estimate=notes[method][0], note=notes[method][1])
+            row |= dict(layerwise_gflop=flops / 1e9, gemm_gflops=gemm)
+            if method == "layerwise":
+                row["gflops"] = flops / row["median_s"] / 1e9
+                row["fraction_of_gemm"] = row["gflops"] / gemm
+            rows.append(row)
+            if "median_s" in row:
+                print(f"{arch} N={n} {method}: median {row['median_s']:.4g} s [{row['min_s']:.4g}, {row['max_s']:.4g}]")
+        parts += breakdown(contenders["layerwise"], arch, n)
+        model = a = w = None  # free the weights before the next case
+    columns = ["model", "N", "method", "dtype", "device", "median_s", "min_s", "max_s", "rounds", "speedup_vs_jacobian"]
+    columns += ["layerwise_gflop", "gflops", "gemm_gflops", "fraction_of_gemm", "memory_estimate", "note"]
+    write_bench(pd.DataFrame(rows).reindex(columns=columns), "ntk", argv)
+    write_bench(pd.DataFrame(parts), "ntk_breakdown", argv)
 
 
 if __name__ == "__main__":

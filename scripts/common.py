@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import ast
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from experiments.provenance import atomic_write_json, atomic_write_text, provenance
+from ntk.utils import synchronize
 
 BENCH_DIR = Path("results/bench")
 
@@ -37,3 +42,26 @@ def write_bench(table: pd.DataFrame, name: str, argv: list[str], out_dir: Path =
     module = sys.modules["__main__"].__spec__.name if getattr(sys.modules["__main__"], "__spec__", None) else f"scripts.bench_{name}"
     prov = provenance(command=["python", "-m", module, *argv])
     atomic_write_json(out_dir / f"{name}.provenance.json", prov)
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> dict[str, list[float]]:
+    """Wall times of every contender over `rounds` rounds, alternating them within each round
+    (the order rotates from round to round) after one warm-up call each: on a shared machine
+    whose speed drifts, every contender sees the same conditions."""
+    names = list(contenders)
+    for name in names:
+        contenders[name]()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            contenders[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def spread(times: list[float]) -> dict[str, float]:
+    """Median, min and max of a list of times (the columns every comparing benchmark reports)."""
+    return dict(median_s=float(np.median(times)), min_s=float(min(times)), max_s=float(max(times)), rounds=len(times))
