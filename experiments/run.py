@@ -35,6 +35,7 @@ from experiments import (
     mnist_pca,
 )
 from ntk.memory import NTKMemoryError, check_fits
+from ntk.model import NTKMLP
 from ntk.train import DivergenceError
 from ntk.utils import resolve_device, resolve_dtype
 
@@ -97,7 +98,7 @@ def check_model_fits(cfg: DictConfig) -> None:
     if model is None or "widths" not in model or "depth" not in model:
         return
     for width in model.widths:
-        hidden = (model.depth - 2) * width * width + (model.depth - 1) * width  # at least the hidden layers
+        hidden = NTKMLP.parameter_count([0, *[width] * (model.depth - 1), 0])  # the hidden layers alone
         itemsize = resolve_dtype(cfg.get("dtype", "float32")).itemsize
         check_fits(
             f"an NTK MLP of width {width} and depth {model.depth} (at least {hidden:,} parameters)",
