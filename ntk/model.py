@@ -196,8 +196,10 @@ def backward_factors(model: NTKMLP, acts: list[Tensor], derivs: list[Tensor], de
         below = None
         if l > 0:
             layer = model.layers[l]
-            below = (delta @ layer.weight.to(delta.dtype)) * layer.scale  # (N, [O,] n_l)
-            deriv = derivs[l - 1] if delta.dim() == 2 else derivs[l - 1].unsqueeze(1)
-            below.mul_(deriv)
+            weight = layer.weight.to(delta.dtype)
+            # scale folded into the GEMM (alpha; beta = 0 ignores the scalar input): no extra pass
+            below = torch.addmm(delta.new_zeros(()), delta.reshape(-1, delta.shape[-1]), weight, beta=0, alpha=layer.scale)
+            below = below.view(*delta.shape[:-1], weight.shape[1])  # (N, [O,] n_l)
+            below.mul_(derivs[l - 1] if delta.dim() == 2 else derivs[l - 1].unsqueeze(1))
         yield l, acts[l], delta
         delta = below

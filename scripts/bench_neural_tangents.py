@@ -12,9 +12,11 @@ environment,
 The worker (this file run with `--worker` by that interpreter; it imports only jax, neural_tangents
 and the standard library) builds the same NTK-parameterised MLPs with
 `stax.Dense(parameterization="ntk")` and the empirical NTK (N, N) by structured derivatives under
-`jax.jit`. Per case both sides are warmed up (JAX's compilation excluded); then in every round the
-worker computes its kernel once on request, and this process computes ours (`empirical_ntk`,
-layer-wise) and a float32 GEMM (N x n) @ (n x n), the order alternating between rounds. The two
+`jax.jit`. Per case both sides are warmed up (JAX's compilation excluded) and one timed call of
+each contender sets its calls per round, enough for a round to last `min_time` (0.25 s) seconds;
+then in every round the worker computes its kernels on request, and this process computes ours
+(`empirical_ntk`, layer-wise) and a float32 GEMM (N x n) @ (n x n), the order alternating between
+rounds; a round's time is the mean over its calls. The two
 processes never compute at the same time. Reported: medians with min and max, the speed-up as the
 ratio of the medians and the range of the per-round ratios, and the GEMM rate of the same rounds.
 Writes results/bench/neural_tangents.csv and .md.
@@ -31,7 +33,7 @@ CASES = [(1000, 4, 256), (2000, 4, 256), (4000, 4, 128), (10000, 5, 512)]
 
 
 def worker() -> None:
-    """Serve `<case index>` requests on stdin with one timed kernel each (the first is the warm-up)."""
+    """Serve `<case index> <calls>` requests on stdin: `calls` kernels, timed together (mean per call)."""
     import jax
     import jax.numpy as jnp
     import neural_tangents as nt
@@ -39,7 +41,7 @@ def worker() -> None:
 
     built = {}
     for line in sys.stdin:
-        index = int(line)
+        index, calls = map(int, line.split())
         if index not in built:
             width, depth, n = CASES[index]
             layers = []
@@ -55,8 +57,9 @@ def worker() -> None:
             built = {index: (kernel_fn, x, params)}  # one case at a time in memory
         kernel_fn, x, params = built[index]
         start = time.perf_counter()
-        kernel_fn(x, None, params).block_until_ready()
-        elapsed = time.perf_counter() - start
+        for _ in range(calls):
+            kernel_fn(x, None, params).block_until_ready()
+        elapsed = (time.perf_counter() - start) / calls
         print(json.dumps(dict(time_s=elapsed, jax=jax.__version__, neural_tangents=getattr(nt, "__version__", "?"))), flush=True)
 
 
@@ -67,13 +70,13 @@ def main(argv: list[str]) -> None:
 
     from ntk.empirical import empirical_ntk
     from ntk.model import NTKMLP
-    from scripts.common import parse_kv, write_bench
+    from scripts.common import calls_per_round, parse_kv, write_bench
 
-    args = parse_kv(argv, dict(nt_python="/tmp/nt/bin/python", cases=[0, 1, 2], rounds=5))
+    args = parse_kv(argv, dict(nt_python="/tmp/nt/bin/python", cases=[0, 1, 2], rounds=5, min_time=0.25))
     proc = subprocess.Popen([args["nt_python"], __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
 
-    def neural_tangents(index: int) -> dict:
-        proc.stdin.write(f"{index}\n")
+    def neural_tangents(index: int, calls: int) -> dict:
+        proc.stdin.write(f"{index} {calls}\n")
         proc.stdin.flush()
         reply = proc.stdout.readline()
         if not reply:
@@ -88,27 +91,32 @@ def main(argv: list[str]) -> None:
             x = torch.rand(n, 784, generator=torch.Generator().manual_seed(1))
             a, w = torch.randn(n, width), torch.randn(width, width)
 
-            def ours() -> float:
+            def ours(calls: int) -> float:
                 start = time.perf_counter()
-                empirical_ntk(model, x, method="layerwise", dtype=torch.float32)
-                return time.perf_counter() - start
+                for _ in range(calls):
+                    empirical_ntk(model, x, method="layerwise", dtype=torch.float32)
+                return (time.perf_counter() - start) / calls
 
-            def gemm() -> float:
+            def gemm(calls: int) -> float:
                 start = time.perf_counter()
-                a @ w
-                return time.perf_counter() - start
+                for _ in range(calls):
+                    a @ w
+                return (time.perf_counter() - start) / calls
 
-            info = neural_tangents(index)  # warm-up: JAX compiles here
-            ours(), gemm()
+            neural_tangents(index, 1)  # warm-up: JAX compiles here
+            ours(1), gemm(1)
+            # one timed call each sets the calls per round (each round lasts at least min_time)
+            calls = dict(neural_tangents=neural_tangents(index, 1)["time_s"], ours=ours(1), gemm=gemm(1))
+            calls = {name: calls_per_round(args["min_time"], seconds) for name, seconds in calls.items()}
             times = dict(neural_tangents=[], ours=[], gemm=[])
             for r in range(args["rounds"]):
                 order = ["neural_tangents", "ours", "gemm"] if r % 2 == 0 else ["ours", "gemm", "neural_tangents"]
                 for name in order:
                     if name == "neural_tangents":
-                        info = neural_tangents(index)
+                        info = neural_tangents(index, calls[name])
                         times[name].append(info["time_s"])
                     else:
-                        times[name].append(ours() if name == "ours" else gemm())
+                        times[name].append((ours if name == "ours" else gemm)(calls[name]))
             ratios = np.array(times["neural_tangents"]) / np.array(times["ours"])
             med = {k: float(np.median(v)) for k, v in times.items()}
             arch = "-".join(map(str, model.widths))
@@ -117,6 +125,7 @@ def main(argv: list[str]) -> None:
                     model=arch,
                     N=n,
                     rounds=args["rounds"],
+                    calls_per_round=f"{calls['neural_tangents']} / {calls['ours']}",
                     neural_tangents_s=med["neural_tangents"],
                     neural_tangents_min_s=min(times["neural_tangents"]),
                     neural_tangents_max_s=max(times["neural_tangents"]),

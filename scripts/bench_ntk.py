@@ -10,11 +10,12 @@ Cases (widths n_0-n_1-...-n_L, N inputs, full kernel, scalar output):
   3: 784-10000 x 4-1 (depth 5), N = 512
 Per case the contenders (the layer-wise kernel, NTK-vector products and Jacobian contraction where
 they fit and take under `slow_limit` seconds, and a float32 GEMM (N x n) @ (n x n) as the rate
-reference) alternate over `rounds` rounds (`scripts.common.interleaved`); the table gives median,
+reference) alternate over `rounds` rounds (`scripts.common.interleaved`: each round of a contender
+repeats it for at least 0.25 s and counts the mean per call); the table gives median,
 min and max, the speed-up over the Jacobian contraction (medians), the layer-wise FLOP count
 (forward, input-gradient pass, Gram products) and its rate as a fraction of the GEMM rate of the
 same rounds. Where the time of the layer-wise kernel goes is in ntk_breakdown: torch's profiler
-over one call, per operator (calls, time, GFLOP, GFLOP/s). Writes results/bench/ntk.csv, .md and
+over one round's calls, per operator and per kernel call (calls, time, GFLOP, GFLOP/s). Writes results/bench/ntk.csv, .md and
 ntk_breakdown.csv, .md.
 """
 
@@ -50,18 +51,27 @@ def layerwise_flops(widths: list[int], n: int) -> float:
     return float(forward + backward + grams)
 
 
-def breakdown(fn, arch: str, n: int) -> list[dict]:
-    """Per-operator time and FLOPs of one call of `fn` (torch profiler), largest first."""
+def breakdown(fn, arch: str, n: int, calls: int) -> list[dict]:
+    """Per-operator time and FLOPs of a call of `fn` (torch profiler, mean over `calls` calls), largest first."""
     with torch.profiler.profile(with_flops=True) as prof:
-        fn()
+        for _ in range(calls):
+            fn()
     rows = []
     for event in prof.key_averages():
         if event.self_cpu_time_total <= 0:
             continue
-        seconds = event.self_cpu_time_total / 1e6
-        gflop = (event.flops or 0) / 1e9
+        seconds = event.self_cpu_time_total / 1e6 / calls
+        gflop = (event.flops or 0) / 1e9 / calls
         rows.append(
-            dict(model=arch, N=n, op=event.key, calls=event.count, time_s=seconds, gflop=gflop, gflops=gflop / seconds if gflop else None)
+            dict(
+                model=arch,
+                N=n,
+                op=event.key,
+                calls=event.count // calls,
+                time_s=seconds,
+                gflop=gflop,
+                gflops=gflop / seconds if gflop else None,
+            )
         )
     rows.sort(key=lambda r: -r["time_s"])
     total = sum(r["time_s"] for r in rows)
@@ -101,12 +111,12 @@ def main(argv: list[str]) -> None:
                     notes[method] = ("", f"not in the rounds: one call takes about {first:.0f} s (> slow_limit={args['slow_limit']:g} s)")
                     continue
             contenders[method] = fn
-        times = interleaved(contenders, args["rounds"], device)
+        times, calls = interleaved(contenders, args["rounds"], device)
         gemm = 2 * n * width * width / np.median(times["gemm"]) / 1e9
         for method in METHODS:
             row = dict(model=arch, N=n, method=method, dtype=args["dtype"], device=str(device))
             if method in times:
-                row |= spread(times[method])
+                row |= spread(times[method]) | dict(calls_per_round=calls[method])
                 if "jacobian" in times:
                     row["speedup_vs_jacobian"] = np.median(times["jacobian"]) / row["median_s"]
                 est = memory_estimate(model, method, n, n, True, dtype, None, x[:1])
@@ -120,9 +130,9 @@ def main(argv: list[str]) -> None:
             rows.append(row)
             if "median_s" in row:
                 print(f"{arch} N={n} {method}: median {row['median_s']:.4g} s [{row['min_s']:.4g}, {row['max_s']:.4g}]")
-        parts += breakdown(contenders["layerwise"], arch, n)
+        parts += breakdown(contenders["layerwise"], arch, n, calls["layerwise"])
         model = a = w = None  # free the weights before the next case
-    columns = ["model", "N", "method", "dtype", "device", "median_s", "min_s", "max_s", "rounds", "speedup_vs_jacobian"]
+    columns = ["model", "N", "method", "dtype", "device", "median_s", "min_s", "max_s", "rounds", "calls_per_round", "speedup_vs_jacobian"]
     columns += ["layerwise_gflop", "gflops", "gemm_gflops", "fraction_of_gemm", "memory_estimate", "note"]
     write_bench(pd.DataFrame(rows).reindex(columns=columns), "ntk", argv)
     write_bench(pd.DataFrame(parts), "ntk_breakdown", argv)

@@ -70,12 +70,15 @@ def main(argv: list[str]) -> None:
         a_ref = torch.randn(n, args["width"], device=device)
         w_ref = torch.randn(args["width"], args["width"], device=device)
         contenders = dict(products=all_products, fused=fused, autograd_sgd=autograd_sgd, gemm=lambda: a_ref @ w_ref)
-        times = interleaved(contenders, args["rounds"], device)
+        times, calls = interleaved(contenders, args["rounds"], device)
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            sys.exit(f"error: the steps at N={n} diverged during the rounds; the times would be of non-finite arithmetic")
         opt.zero_grad(set_to_none=True)
         a_ref = w_ref = None  # free the operands
         med = {name: float(np.median(t)) for name, t in times.items()}
         gemm = 2 * n * args["width"] ** 2 / med["gemm"] / 1e9
         row = dict(width=args["width"], depth=args["depth"], N=n, device=str(device), dtype="float32", rounds=args["rounds"])
+        row |= {f"{name}_calls_per_round": calls[name] for name in ("products", "fused", "autograd_sgd")}
         for name in ("products", "fused", "autograd_sgd"):
             row |= {f"{name}_s": med[name], f"{name}_min_s": min(times[name]), f"{name}_max_s": max(times[name])}
         row |= dict(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -44,22 +45,43 @@ def write_bench(table: pd.DataFrame, name: str, argv: list[str], out_dir: Path =
     atomic_write_json(out_dir / f"{name}.provenance.json", prov)
 
 
-def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> dict[str, list[float]]:
-    """Wall times of every contender over `rounds` rounds, alternating them within each round
-    (the order rotates from round to round) after one warm-up call each: on a shared machine
-    whose speed drifts, every contender sees the same conditions."""
+def interleaved(
+    contenders: dict[str, Callable[[], object]], rounds: int, device: torch.device, min_time: float = 0.25
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Wall time per call of every contender over `rounds` rounds, alternating them within each
+    round (the order rotates from round to round): on a shared machine whose speed drifts, every
+    contender sees the same conditions.
+
+    After a warm-up call, one timed call per contender sets its calls per round, enough to last
+    `min_time` seconds (`calls_per_round`), so that a round of a 20 ms kernel is not one sample of
+    the scheduler's noise; a round's time is the mean over its calls.
+
+    Returns:
+        The times per contender (one per round) and the calls per round of each.
+    """
     names = list(contenders)
+    calls = {}
     for name in names:
         contenders[name]()
-    synchronize(device)
+        synchronize(device)
+        start = time.perf_counter()
+        contenders[name]()
+        synchronize(device)
+        calls[name] = calls_per_round(min_time, time.perf_counter() - start)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
-            contenders[name]()
+            for _ in range(calls[name]):
+                contenders[name]()
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return times
+            times[name].append((time.perf_counter() - start) / calls[name])
+    return times, calls
+
+
+def calls_per_round(min_time: float, seconds: float) -> int:
+    """Calls that make a round of a `seconds`-long call last at least `min_time` seconds."""
+    return max(1, math.ceil(min_time / max(seconds, 1e-9)))
 
 
 def spread(times: list[float]) -> dict[str, float]:
