@@ -32,10 +32,21 @@ class Activation:
     fn: Callable[[Tensor], Tensor]
     deriv: Callable[[Tensor], Tensor]
     gaussian: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+    fused: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
+
+    def value_and_deriv(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(sigma(z), sigma'(z)) for a pre-activation that is not needed afterwards: `fused`, where
+        given, may overwrite z and share passes (ReLU: one in-place pass and one sign)."""
+        return self.fused(z) if self.fused is not None else (self.fn(z), self.deriv(z))
 
 
 def _step(z: Tensor) -> Tensor:
-    return torch.relu(z).sign_()  # 1 where z > 0, else 0; one pass each, 4x faster than (z > 0).to(dtype) on CPU
+    return torch.relu(z).sign_()  # 1 where z > 0, else 0; 4x faster than (z > 0).to(dtype) on CPU
+
+
+def _relu_fused(z: Tensor) -> tuple[Tensor, Tensor]:
+    a = z.relu_()
+    return a, torch.sign(a)
 
 
 def _erf_deriv(z: Tensor) -> Tensor:
@@ -59,7 +70,7 @@ def _sigmoid_deriv(z: Tensor) -> Tensor:
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
-        Activation("relu", torch.relu, _step, gaussian.relu_expectations),
+        Activation("relu", torch.relu, _step, gaussian.relu_expectations, _relu_fused),
         Activation(
             "leaky_relu",
             lambda z: F.leaky_relu(z, gaussian.LEAKY_SLOPE),

@@ -171,8 +171,8 @@ def forward_with_cache(model: NTKMLP, x: Tensor, dtype: torch.dtype | None = Non
     acts, derivs = [], []
     for l, layer in enumerate(model.layers):
         if l > 0:
-            derivs.append(model.act.deriv(a))
-            a = model.act.fn(a)
+            a, deriv = model.act.value_and_deriv(a)  # a is this layer's fresh GEMM output
+            derivs.append(deriv)
         acts.append(a)
         a = dense(a, layer.weight.to(dtype), layer.bias.to(dtype), layer.scale, layer.beta)
     return a, acts, derivs

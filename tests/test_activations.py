@@ -60,6 +60,14 @@ def test_derivatives_match_autograd(name):
     torch.testing.assert_close(act.deriv(z.detach()), grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_value_and_deriv_is_fn_and_deriv(name):
+    act = ACTIVATIONS[name]
+    z = torch.cat([torch.linspace(-5, 5, 101, dtype=torch.float64), torch.tensor([0.0, -0.0])])
+    value, deriv = act.value_and_deriv(z.clone())  # may overwrite its argument
+    assert torch.equal(value, act.fn(z)) and torch.equal(deriv, act.deriv(z))
+
+
 @pytest.mark.parametrize("name", CLOSED)
 @pytest.mark.parametrize("depth", [2, 4])
 def test_closed_forms_match_the_quadrature(name, depth):
