@@ -7,6 +7,8 @@ mnist_generalization.png: (a) test accuracy at the final time T against width: e
 n = inf predictors as horizontal lines (NTK at T and at t = inf, NNGP); (b) the distances at T on
 log-log axes with their fitted exponents [95% interval] and n^-1/2, n^-1 guides; (c) test accuracy
 against t for the widest networks and their linearisations with the n = inf NTK predictor.
+Linearisations trained above their stability bound (lr >= lin_lr_max, where table.csv has it) are
+left out of every linearisation curve and point, as they are from the fits, and counted in the legend.
 Reads table.csv, mean.csv, limits.csv and fits.csv.
 """
 
@@ -44,12 +46,17 @@ def render(run_dir: str | Path) -> list[Path]:
     t_end = table.t.max()
     at_end = table[table.t == t_end]
     widths = np.array(sorted(at_end.width.unique()), float)
+    unstable = table.lr >= table.lin_lr_max if {"lr", "lin_lr_max"} <= set(table.columns) else table.t < 0
+    stable_end = at_end[~unstable[at_end.index]]
+    left_out = int(unstable[at_end.index].sum())
+    note = f" ({left_out} left out: lr above its stability bound)" if left_out else ""
     fig, (ax_a, ax_b, ax_c) = plt.subplots(1, 3, figsize=(15, 4.2))
 
     per_width = at_end.groupby("width")
     ax_a.scatter(at_end.width, at_end.test_accuracy, s=10, color="C0", alpha=0.5, label="networks")
     ax_a.plot(widths, per_width.test_accuracy.mean(), "o-", color="C0", ms=4, label="networks, mean over seeds")
-    ax_a.plot(widths, per_width.lin_test_accuracy.mean(), "s--", color="C1", ms=4, label="linearisations, mean")
+    lin = stable_end.groupby("width").lin_test_accuracy.mean()
+    ax_a.plot(lin.index, lin.values, "s--", color="C1", ms=4, label="linearisations, mean" + note)
     seed_mean = mean[mean.t == t_end].sort_values("width")
     ax_a.plot(seed_mean.width, seed_mean.test_accuracy, "^-", color="C2", ms=4, label="seed-mean network")
     lines = [
@@ -68,7 +75,7 @@ def render(run_dir: str | Path) -> list[Path]:
 
     fits_end = fits[fits.t == t_end].set_index("quantity")
     for k, (quantity, (source, column, marker, label)) in enumerate(DISTANCES.items()):
-        frame = tables[source]
+        frame = stable_end if quantity == "dist_to_linearised" else tables[source]
         sel = frame[(frame.t == t_end) & (frame[column] > 0)]
         if sel.empty:
             continue
@@ -78,10 +85,10 @@ def render(run_dir: str | Path) -> list[Path]:
             fit = fits_end.loc[quantity]
             ax_b.plot(widths, np.exp(fit.intercept) * widths**fit.exponent, color=colour, lw=1)
             label += f": {fit.exponent:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]"
-        ax_b.plot([], [], marker=marker, color=colour, lw=1, label=label)
+        ax_b.plot([], [], marker=marker, color=colour, lw=1, label=label + (note if quantity == "dist_to_linearised" else ""))
     floor = mean[mean.t == t_end].sort_values("width")
     ax_b.plot(floor.width, floor.noise_floor, color="C2", ls=":", lw=1, label="seed-noise floor of the mean")
-    anchor = at_end.groupby("width").dist_to_linearised.mean().iloc[0]
+    anchor = stable_end.groupby("width").dist_to_linearised.mean().iloc[0]
     for power, style in ((0.5, "--"), (1.0, "-.")):
         ax_b.plot(widths, anchor * (widths / widths[0]) ** -power, color="grey", ls=style, lw=0.8, label=rf"$\propto n^{{-{power:g}}}$")
     ax_b.set(xscale="log", yscale="log", xlabel="width n", ylabel=f"RMS distance on test digits at t = {t_end:g}")
@@ -92,7 +99,8 @@ def render(run_dir: str | Path) -> list[Path]:
     for seed, run in widest.groupby("seed"):
         first = seed == widest.seed.min()
         ax_c.plot(run.t, run.test_accuracy, "o-", color="C0", ms=3, lw=1, label=f"n = {widths[-1]:g} networks" if first else None)
-        ax_c.plot(run.t, run.lin_test_accuracy, "s--", color="C1", ms=3, lw=1, label="their linearisations" if first else None)
+        if not unstable[run.index].any():
+            ax_c.plot(run.t, run.lin_test_accuracy, "s--", color="C1", ms=3, lw=1, label="their linearisations" if first else None)
     for predictor, style in (("ntk_gd", "-"), ("ntk_flow", ":")):
         sel = limits[(limits.predictor == predictor) & np.isfinite(limits.t) & (limits.t > 0)].sort_values("t")
         ax_c.plot(sel.t, sel.test_accuracy, color="k", ls=style, lw=1, label=rf"$n=\infty$ NTK mean ({predictor[4:]})")
