@@ -1,6 +1,6 @@
 """Benchmark of the empirical-NTK engine: every method on the same model and inputs, one process.
 
-    python -m scripts.bench_ntk                   # the cases below, float32, 5 rounds
+    python -m scripts.bench_ntk                   # the cases below, float32, 11 rounds
     python -m scripts.bench_ntk cases=[0] rounds=7
 
 Cases (widths n_0-n_1-...-n_L, N inputs, full kernel, scalar output):
@@ -14,7 +14,8 @@ reference) alternate over `rounds` rounds (`scripts.common.interleaved`: each ro
 repeats it for at least 0.25 s and counts the mean per call); the table gives median,
 min and max, the speed-up over the Jacobian contraction (medians), the layer-wise FLOP count
 (forward, input-gradient pass, Gram products) and its rate as a fraction of the GEMM rate of the
-same rounds. Where the time of the layer-wise kernel goes is in ntk_breakdown: torch's profiler
+same round: the median over rounds of that paired ratio, with its range, so that the machine's
+drift between rounds (2x here) cancels. Where the time of the layer-wise kernel goes is in ntk_breakdown: torch's profiler
 over one round's calls, per operator and per kernel call (calls, time, GFLOP, GFLOP/s). Writes results/bench/ntk.csv, .md and
 ntk_breakdown.csv, .md.
 """
@@ -81,7 +82,7 @@ def breakdown(fn, arch: str, n: int, calls: int) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    args = parse_kv(argv, dict(cases=list(range(len(CASES))), rounds=5, slow_limit=10.0, device="auto", dtype="float32"))
+    args = parse_kv(argv, dict(cases=list(range(len(CASES))), rounds=11, slow_limit=10.0, device="auto", dtype="float32"))
     device = resolve_device(args["device"])
     dtype = {"float32": torch.float32, "float64": torch.float64}[args["dtype"]]
     rows, parts = [], []
@@ -126,14 +127,15 @@ def main(argv: list[str]) -> None:
             row |= dict(layerwise_gflop=flops / 1e9, gemm_gflops=gemm)
             if method == "layerwise":
                 row["gflops"] = flops / row["median_s"] / 1e9
-                row["fraction_of_gemm"] = row["gflops"] / gemm
+                paired = np.array(times["gemm"]) / (2 * n * width * width) * flops / np.array(times["layerwise"])
+                row |= dict(fraction_of_gemm=np.median(paired), fraction_min=paired.min(), fraction_max=paired.max())
             rows.append(row)
             if "median_s" in row:
                 print(f"{arch} N={n} {method}: median {row['median_s']:.4g} s [{row['min_s']:.4g}, {row['max_s']:.4g}]")
         parts += breakdown(contenders["layerwise"], arch, n, calls["layerwise"])
         model = a = w = None  # free the weights before the next case
     columns = ["model", "N", "method", "dtype", "device", "median_s", "min_s", "max_s", "rounds", "calls_per_round", "speedup_vs_jacobian"]
-    columns += ["layerwise_gflop", "gflops", "gemm_gflops", "fraction_of_gemm", "memory_estimate", "note"]
+    columns += ["layerwise_gflop", "gflops", "gemm_gflops", "fraction_of_gemm", "fraction_min", "fraction_max", "memory_estimate", "note"]
     write_bench(pd.DataFrame(rows).reindex(columns=columns), "ntk", argv)
     write_bench(pd.DataFrame(parts), "ntk_breakdown", argv)
 
