@@ -135,11 +135,19 @@ def test_blocked_kernel_of_many_points_matches_unblocked():
         (torch.randn(3, 2), None, "auto", "x1 has input dimension 2, the model expects 3"),
         (torch.randn(3), None, "auto", r"x1 must have shape \(N, input_dim\)"),
         (torch.randn(3, 3), torch.full((2, 3), float("nan")), "auto", "x2 contains non-finite values"),
+        (torch.tensor([[0.0, 1.0, float("inf")], [0.0, 0.0, 0.0]]), None, "auto", "x1 contains non-finite values"),
+        (torch.tensor([[float("inf"), float("-inf"), 0.0]]), None, "auto", "x1 contains non-finite values"),
     ],
 )
 def test_bad_inputs(x1, x2, method, message):
     with pytest.raises(ValueError, match=message):
         empirical_ntk(make(2, 4), x1, x2, method=method)
+
+
+def test_finite_inputs_whose_sum_overflows_are_accepted():
+    x = torch.full((2, 3), 3e38)  # float32: finite entries, infinite sum
+    assert not torch.isfinite(x.sum())
+    assert empirical_ntk(make(2, 4, dtype=torch.float32), x, method="jacobian").shape == (2, 2)
 
 
 def test_ntk_vector_product_refuses_beyond_the_memory_limit(monkeypatch):
