@@ -19,7 +19,8 @@ then in every round the worker computes its kernels on request, and this process
 rounds; a round's time is the mean over its calls. The two
 processes never compute at the same time. Reported: medians with min and max, the speed-up as the
 median of the per-round ratios (each round's two times are adjacent, so the machine's drift between
-rounds cancels) with their range, and the GEMM rate of the same rounds.
+rounds cancels) with their range, the GEMM rate of the same rounds, and both kernels' rates at the
+layer-wise FLOP count as fractions of it: the ceiling of the speed-up is their ratio at 100%.
 Writes results/bench/neural_tangents.csv and .md.
 """
 
@@ -71,6 +72,7 @@ def main(argv: list[str]) -> None:
 
     from ntk.empirical import empirical_ntk
     from ntk.model import NTKMLP
+    from scripts.bench_ntk import layerwise_flops
     from scripts.common import calls_per_round, parse_kv, write_bench
 
     args = parse_kv(argv, dict(nt_python="/tmp/nt/bin/python", cases=[0, 1, 2], rounds=11, min_time=0.25))
@@ -121,6 +123,7 @@ def main(argv: list[str]) -> None:
                     else:
                         times[name].append((ours if name == "ours" else gemm)(calls[name]))
             ratios = np.array(times["neural_tangents"]) / np.array(times["ours"])
+            gemm = 2 * n * width * width / float(np.median(times["gemm"])) / 1e9
             med = {k: float(np.median(v)) for k, v in times.items()}
             arch = "-".join(map(str, model.widths))
             rows.append(
@@ -138,7 +141,10 @@ def main(argv: list[str]) -> None:
                     speedup=float(np.median(ratios)),
                     speedup_min=float(ratios.min()),
                     speedup_max=float(ratios.max()),
-                    gemm_gflops=2 * n * width * width / med["gemm"] / 1e9,
+                    gemm_gflops=gemm,
+                    # both at the layer-wise FLOP count (forward, input-gradient pass, Gram products)
+                    ours_fraction_of_gemm=layerwise_flops(model.widths, n) / med["ours"] / 1e9 / gemm,
+                    neural_tangents_fraction_of_gemm=layerwise_flops(model.widths, n) / med["neural_tangents"] / 1e9 / gemm,
                     jax=info["jax"],
                     neural_tangents=info["neural_tangents"],
                 )
