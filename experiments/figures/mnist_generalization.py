@@ -19,6 +19,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from experiments.figures.registry import register
 from experiments.figures.style import read_table, save_figure
@@ -46,7 +47,10 @@ def render(run_dir: str | Path) -> list[Path]:
     t_end = table.t.max()
     at_end = table[table.t == t_end]
     widths = np.array(sorted(at_end.width.unique()), float)
-    unstable = table.lr >= table.lin_lr_max if {"lr", "lin_lr_max"} <= set(table.columns) else table.t < 0
+    if {"lr", "lin_lr_max"} <= set(table.columns):
+        unstable = table.lr >= table.lin_lr_max
+    else:  # tables from before lin_lr_max was recorded
+        unstable = pd.Series(False, index=table.index)
     stable_end = at_end[~unstable[at_end.index]]
     left_out = int(unstable[at_end.index].sum())
     note = f" ({left_out} left out: lr above its stability bound)" if left_out else ""
