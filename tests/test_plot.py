@@ -85,3 +85,20 @@ def test_regression_figure_renders_from_a_small_table(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
     paths = render("circle_regression", tmp_path)
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_generalisation_figure_leaves_out_unstable_linearisations(tmp_path, monkeypatch):
+    import experiments.figures.mnist_generalization as figure
+
+    for name in ("table.csv", "mean.csv", "limits.csv", "fits.csv"):
+        (tmp_path / name).write_bytes((ROOT / "results" / "mnist_generalization" / name).read_bytes())
+    table = pd.read_csv(tmp_path / "table.csv")
+    assert (table.lr >= table.lin_lr_max).any() and table.dist_to_linearised.max() > 1e6  # the committed run has one
+    captured = {}
+    monkeypatch.setattr(figure, "save_figure", lambda fig, stem: captured.setdefault("fig", fig) and [])
+    figure.render(tmp_path)
+    ax_a, ax_b, _ = captured["fig"].axes
+    points = np.concatenate([c.get_offsets()[:, 1] for c in ax_b.collections])
+    assert points.max() < 10  # the diverged linearisation (distance ~1e10) is not drawn
+    labels = [t.get_text() for t in ax_b.get_legend().get_texts()] + [t.get_text() for t in ax_a.get_legend().get_texts()]
+    assert sum("1 left out" in label for label in labels) == 2
