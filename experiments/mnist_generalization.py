@@ -52,7 +52,7 @@ from experiments.validation import check_choice, check_int, check_model_and_trai
 from ntk.analytic import limiting_kernels
 from ntk.data import MNIST_SOURCES, mnist_split
 from ntk.empirical import empirical_ntk
-from ntk.predict import flow_matrix, gaussian_prediction, kernel_gradient_descent
+from ntk.predict import flow_matrix, kernel_gradient_descent, prediction_covariance
 from ntk.spectrum import power_iteration
 from ntk.train import TrainState
 from ntk.utils import resolve_device, resolve_dtype
@@ -121,8 +121,8 @@ def prepare(cfg: DictConfig) -> Split:
     rows, gain = [], {}
     for t in record_times(cfg) + [math.inf]:
         for predictor, lr in (("ntk_gd", cfg.train.lr), ("ntk_flow", None)):
-            mean, cov = gaussian_prediction(k_test, k_train, nngp_test, s_test, s_train, y_train[:, 0], t, lr=lr)
-            b = k_test @ flow_matrix(k_train, t, lr=lr)  # (M, N)
+            b = k_test @ flow_matrix(k_train, t, lr=lr)  # k(x) A_t, (M, N)
+            cov = prediction_covariance(b, nngp_test, s_test, s_train)  # the same for every output
             if predictor == "ntk_gd":
                 gain[t] = b
             mse, acc = scores(b @ y_train, y_test, l_test)

@@ -97,9 +97,9 @@ def check_model_fits(cfg: DictConfig) -> None:
     model = cfg.get("model")
     if model is None or "widths" not in model or "depth" not in model:
         return
+    itemsize = resolve_dtype(cfg.get("dtype", "float32")).itemsize
     for width in model.widths:
         hidden = NTKMLP.parameter_count([0, *[width] * (model.depth - 1), 0])  # the hidden layers alone
-        itemsize = resolve_dtype(cfg.get("dtype", "float32")).itemsize
         check_fits(
             f"an NTK MLP of width {width} and depth {model.depth} (at least {hidden:,} parameters)",
             hidden * itemsize,
@@ -185,9 +185,14 @@ def _interrupted(cfg: DictConfig, exc: BaseException) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this line short
     parts = Path(cfg.out_dir) / ".parts"
     kept = sum(1 for p in parts.rglob("*") if p.is_file() and not p.name.startswith(".")) if parts.is_dir() else 0
-    name = "SIGTERM" if isinstance(exc, Interrupted) else "SIGINT"
+    name, status = _signal_of(exc)
     _say(f"interrupted ({name}): {kept} finished part(s) kept under {parts}; run the same command again to resume")
-    sys.exit(143 if name == "SIGTERM" else 130)
+    sys.exit(status)
+
+
+def _signal_of(exc: BaseException) -> tuple[str, int]:
+    """The signal behind an interruption and the exit status that reports it (128 + its number)."""
+    return ("SIGTERM", 143) if isinstance(exc, Interrupted) else ("SIGINT", 130)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -202,8 +207,9 @@ def main() -> None:
     except USER_ERRORS as exc:
         _fail(exc)
     except KeyboardInterrupt as exc:  # before a config exists (while Hydra composes)
-        _say(f"interrupted ({'SIGTERM' if isinstance(exc, Interrupted) else 'SIGINT'}) before the run started; nothing was written")
-        sys.exit(143 if isinstance(exc, Interrupted) else 130)
+        name, status = _signal_of(exc)
+        _say(f"interrupted ({name}) before the run started; nothing was written")
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -47,19 +47,20 @@ class Circle4DataSchema:
 
 
 @dataclass
-class MnistDataSchema:
+class MnistSourceSchema:
     source: str = "auto"
     root: str = "data"
     download: bool = False
+
+
+@dataclass
+class MnistDataSchema(MnistSourceSchema):
     batch_size: int = 512
     batch_seed: int = 0
 
 
 @dataclass
-class MnistSplitDataSchema:
-    source: str = "auto"
-    root: str = "data"
-    download: bool = False
+class MnistSplitDataSchema(MnistSourceSchema):
     n_train: int = 1000
     n_test: int = 1000
     seed: int = 0

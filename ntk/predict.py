@@ -129,10 +129,14 @@ def gaussian_prediction(
         lr: gradient descent at this learning rate instead of the gradient flow (`flow_matrix`).
     """
     b = ntk_test_train @ flow_matrix(ntk_train, t, lr=lr)  # k(x) A_t, (M, N)
-    mean = b @ y_train.reshape(-1)
-    cross = b @ nngp_test_train.T  # k(x) A_t Sigma(X, x'), (M, M)
-    cov = nngp_test - cross - cross.T + b @ nngp_train @ b.T
-    return mean, 0.5 * (cov + cov.T)
+    return b @ y_train.reshape(-1), prediction_covariance(b, nngp_test, nngp_test_train, nngp_train)
+
+
+def prediction_covariance(gain: Tensor, nngp_test: Tensor, nngp_test_train: Tensor, nngp_train: Tensor) -> Tensor:
+    """The covariance (M, M) of `gaussian_prediction` from its gain k(x) A_t, (M, N), when that is known."""
+    cross = gain @ nngp_test_train.T  # k(x) A_t Sigma(X, x'), (M, M)
+    cov = nngp_test - cross - cross.T + gain @ nngp_train @ gain.T
+    return 0.5 * (cov + cov.T)
 
 
 def linearised_gradient_descent(

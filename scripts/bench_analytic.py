@@ -4,8 +4,8 @@
 
 For every name of `ntk.activations.ACTIVATIONS`, the full (N, N) NNGP + NTK pair in float64 by the
 default method (closed form, Hermite series, or the quadrature where the series does not converge),
-timed over `rounds` rounds that alternate the activations (median and range; the ReLU closed form
-is the reference in the same rounds). Activations that fall back to the quadrature are timed once.
+timed over `rounds` rounds that alternate the activations (`scripts.common.interleaved`: median and
+range; the ReLU closed form is the reference in the same rounds). Activations that fall back to the quadrature are timed once.
 Error: relative Frobenius error of both kernels on the first `check_rows` rows against the 2-D
 quadrature of order `reference_order` (and, for the closed forms, the quadrature's own error).
 Writes results/bench/analytic.csv and .md.
@@ -13,17 +13,19 @@ Writes results/bench/analytic.csv and .md.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
 import numpy as np
 import pandas as pd
+import torch
 
 from experiments.circle_activations import method_used
 from ntk.activations import ACTIVATIONS
 from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
-from scripts.common import parse_kv, write_bench
+from scripts.common import interleaved, parse_kv, spread, write_bench
 
 
 def main(argv: list[str]) -> None:
@@ -31,20 +33,17 @@ def main(argv: list[str]) -> None:
     x, _ = mnist_batch(args["n"], 0, source=args["source"])
     depth = args["depth"]
     methods = {name: method_used(name, x[:8], depth, 0.1) for name in ACTIVATIONS}
-    fast = [name for name in ACTIVATIONS if not methods[name].startswith("quadrature")]
-    times: dict[str, list[float]] = {name: [] for name in ACTIVATIONS}
-    for name in fast:  # warm-up
-        limiting_kernels(x, None, depth, activation=name)
-    for _ in range(args["rounds"]):
-        for name in fast:
-            start = time.perf_counter()
-            limiting_kernels(x, None, depth, activation=name)
-            times[name].append(time.perf_counter() - start)
+    fast = {  # the quadrature (a fallback) takes minutes: timed once, outside the rounds
+        name: functools.partial(limiting_kernels, x, None, depth, activation=name)
+        for name in ACTIVATIONS
+        if not methods[name].startswith("quadrature")
+    }
+    times, _ = interleaved(fast, args["rounds"], torch.device("cpu"))
     for name in ACTIVATIONS:
         if name not in fast:
             start = time.perf_counter()
             limiting_kernels(x, None, depth, activation=name)
-            times[name].append(time.perf_counter() - start)
+            times[name] = [time.perf_counter() - start]
     rows = []
     check = x[: args["check_rows"]]
     relu_median = float(np.median(times["relu"]))
@@ -58,10 +57,7 @@ def main(argv: list[str]) -> None:
                 method=methods[name],
                 N=args["n"],
                 depth=depth,
-                median_s=float(np.median(times[name])),
-                min_s=min(times[name]),
-                max_s=max(times[name]),
-                rounds=len(times[name]),
+                **spread(times[name]),
                 vs_relu=float(np.median(times[name])) / relu_median,
                 nngp_rel_error=errors[0],
                 ntk_rel_error=errors[1],
