@@ -26,7 +26,7 @@ lambda_inf, rate_ratio, kernel_drift, lr_max_t), loss.csv, spectrum.csv (compone
 deviation.csv (per network: max_t | ||g_t|| - A exp(-lambda_j t) |, max_t ||h_t||, the kernel-rate
 prediction's error, the largest rate ratio), fits.csv (exponent of each deviation against width,
 95% interval), config.yaml, provenance.json and the figures (`experiments.figures.mnist_convergence`).
-Networks are checkpointed every `checkpoint_every` steps, so an interrupted run resumes mid-network.
+Networks are checkpointed every `checkpoint_minutes` of training, so an interrupted run resumes mid-network.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from omegaconf import DictConfig
 from experiments.common import Checkpoint, build_model, loss_table, train
 from experiments.fits import fit_exponent
 from experiments.runner import Experiment, per_network, run_experiment
-from experiments.validation import check_int, check_mnist, check_model_and_training, check_positive
+from experiments.validation import check_int, check_mnist, check_model_and_training, check_nonnegative, check_positive
 from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
 from ntk.drift import kernel_drift
@@ -65,7 +65,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"target_components must list components in [1, k={cfg.k}], got {list(cfg.target_components)}")
     if not 1 <= cfg.tracked_component <= cfg.k:
         raise ValueError(f"tracked_component must be in [1, k={cfg.k}], got {cfg.tracked_component}")
-    check_int("checkpoint_every", cfg.checkpoint_every)
+    check_nonnegative("checkpoint_minutes", cfg.checkpoint_minutes)
     if "narrow_width" in cfg:  # (the lr check trains every width at each of its lrs instead)
         check_int("narrow_width", cfg.narrow_width, low=0)
         check_positive("narrow_lr", cfg.narrow_lr)

@@ -23,7 +23,7 @@ Distances are RMS over test digits of the Euclidean norm over the O outputs; tes
 over test digits of ||f(x) - y||^2; accuracy is argmax f(x) = label.
 
 A linearisation is linear gradient descent on Theta_0 and diverges when lr exceeds its stability
-bound 2 / lambda_max(Theta_0 / N) (`lin_lr_max`), which narrow networks' kernels can push below the
+bound 2 / lambda_max(Theta_0 / N) (`lin_lr_max`, by Lanczos), which narrow networks' kernels can push below the
 training lr while the network itself, whose kernel moves, still converges; such networks are kept
 in table.csv and left out of the dist_to_linearised fits (`excluded_networks` in fits.csv).
 
@@ -48,12 +48,12 @@ from experiments.common import Checkpoint, build_model, loss_table, train
 from experiments.fits import fit_exponent
 from experiments.mnist_convergence import time_grid
 from experiments.runner import Experiment, per_network, run_experiment
-from experiments.validation import check_choice, check_int, check_model_and_training
+from experiments.validation import check_choice, check_int, check_model_and_training, check_nonnegative
 from ntk.analytic import limiting_kernels
 from ntk.data import MNIST_SOURCES, mnist_split
 from ntk.empirical import empirical_ntk
 from ntk.predict import flow_matrix, kernel_gradient_descent, prediction_covariance
-from ntk.spectrum import power_iteration
+from ntk.spectrum import top_eigenvalue as lanczos_top_eigenvalue
 from ntk.train import TrainState
 from ntk.utils import resolve_device, resolve_dtype
 
@@ -68,7 +68,7 @@ def check_config(cfg: DictConfig) -> None:
     check_int("data.n_train", cfg.data.n_train)
     check_int("data.n_test", cfg.data.n_test)
     check_int("data.seed", cfg.data.seed, low=0)
-    check_int("checkpoint_every", cfg.checkpoint_every)
+    check_nonnegative("checkpoint_minutes", cfg.checkpoint_minutes)
     record_times(cfg)
 
 
@@ -145,7 +145,7 @@ def network_job(cfg: DictConfig, split: Split, width: int, seed: int, checkpoint
         f0_train, f0_test = model(x_train).to(kernel_dtype), model(x_test).to(kernel_dtype)
     kernel = empirical_ntk(model, torch.cat([x_train, x_test]), x_train, dtype=kernel_dtype)  # Theta_0, (N + M, N, O, O)
     linearised = kernel_gradient_descent(
-        kernel[:n], kernel[n:], f0_train, f0_test, split.y_train, cfg.train.lr, cfg.train.steps, times
+        kernel[:n], kernel[n:], f0_train, f0_test, split.y_train.to(device, kernel_dtype), cfg.train.lr, cfg.train.steps, times
     )  # t -> (M, O)
     lin_lr_max = 2 / top_eigenvalue(kernel[:n])  # the linearisation's stability bound 2 / lambda_max(Theta_0 / N)
     del kernel
@@ -191,11 +191,9 @@ def network_job(cfg: DictConfig, split: Split, width: int, seed: int, checkpoint
 
 
 def top_eigenvalue(ntk_train: torch.Tensor) -> float:
-    """lambda_max(Theta_0 / N) of a (N, N, O, O) training kernel, by subspace iteration on its (N O, N O) matrix."""
+    """lambda_max(Theta_0 / N) of a (N, N, O, O) training kernel, by Lanczos on its (N O, N O) matrix."""
     n, _, out, _ = ntk_train.shape
-    matrix = ntk_train.permute(0, 2, 1, 3).reshape(n * out, n * out)
-    values, _ = power_iteration(lambda v: matrix @ v, n * out, k=2, iters=300, tol=1e-10, generator=torch.Generator().manual_seed(0))
-    return values.max().item() * out  # power_iteration divides by the matrix size N O
+    return lanczos_top_eigenvalue(ntk_train.permute(0, 2, 1, 3).reshape(n * out, n * out)) / n
 
 
 def seed_means(cfg: DictConfig, split: Split, outputs: pd.DataFrame) -> pd.DataFrame:

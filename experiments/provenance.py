@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ntk.utils import synchronize
+
 
 def git_revision() -> str:
     """Current commit, with '+dirty' when tracked code differs from it; 'unknown' outside git.
@@ -41,6 +43,7 @@ def provenance(command: list[str] | None = None, **extra: object) -> dict:
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cuda_version": torch.version.cuda,
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
@@ -52,15 +55,16 @@ def gemm_gflops(size: int = 2048, dtype: torch.dtype = torch.float32, device: st
     Long runs record it at their start and end, so that their wall times can be compared across
     machines and across runs of one machine (whose speed varies).
     """
+    device = torch.device(device)
     a = torch.randn(size, size, dtype=dtype, device=device)
     b = torch.randn(size, size, dtype=dtype, device=device)
-    a @ b  # warm-up
+    a @ b  # warm-up (on CUDA: the cuBLAS handle and kernel choice), finished before the clock starts
+    synchronize(device)
     times = []
     for _ in range(rounds):
         begin = time.perf_counter()
         a @ b
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - begin)
     return round(2 * size**3 / sorted(times)[rounds // 2] / 1e9, 1)
 

@@ -3,8 +3,9 @@
 Hydra composes configs/ into one config; `main` resolves nothing itself but dispatches to the
 plain `run(cfg)` of the chosen experiment (tests call those directly with a composed config).
 Errors a user can make (a misspelled key, an unknown experiment, a value out of range, an out_dir
-that cannot be written, a model or kernel that does not fit in memory) end in one line on stderr
-starting with "error:" and exit status 2, before anything is written. Progress bars are closed
+that cannot be written, a model or kernel that does not fit in memory, an unavailable CUDA device,
+a CUDA out-of-memory error) end in one line on stderr starting with "error:" and exit status 2,
+before anything is written. Progress bars are closed
 first, so the line stands on its own. Ctrl-C (SIGINT) or SIGTERM stops the run: the jobs already
 finished stay under out_dir/.parts (every file is written through a rename, so none is left half
 written), one line says how to resume, and the exit status is 130 (SIGINT) or 143 (SIGTERM).
@@ -20,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -41,7 +43,15 @@ from ntk.utils import resolve_device, resolve_dtype
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-USER_ERRORS = (ValueError, DivergenceError, NTKMemoryError, ConfigCompositionException, MissingConfigException, OmegaConfBaseException)
+USER_ERRORS = (
+    ValueError,
+    DivergenceError,
+    NTKMemoryError,
+    torch.OutOfMemoryError,
+    ConfigCompositionException,
+    MissingConfigException,
+    OmegaConfBaseException,
+)
 
 EXPERIMENTS = {
     "circle_activations": circle_activations.run,
@@ -147,6 +157,8 @@ def _validation_error(exc: BaseException | None) -> ValidationError | None:
 def one_line(exc: BaseException) -> str:
     """A one-line description of a user error raised by Hydra, OmegaConf or an experiment."""
     text = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError):
+        return _out_of_memory_message(text)
     if isinstance(exc, MissingConfigException):
         found = re.search(r"Could not find '([^']+)'", text)
         what = found.group(1) if found else text.splitlines()[0]
@@ -164,6 +176,18 @@ def one_line(exc: BaseException) -> str:
         if found and isinstance(exc.__cause__, (ConfigKeyError, ConfigAttributeError)):  # key not in struct / schema
             return _unknown_key_message(found.group(1))
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _out_of_memory_message(text: str) -> str:
+    """One line for PyTorch's out-of-memory paragraph: what it tried to allocate, out of what, and what to do."""
+    facts = re.findall(
+        r"Tried to allocate [^.]+\.\d+ \w+|GPU \d+ has a total capacity of [^.]+\.\d+ \w+ of which [^.]+\.\d+ \w+ is free", text
+    )
+    detail = f" ({'; '.join(facts)})" if facts else ""
+    return (
+        f"CUDA out of memory{detail}; the memory guard underestimated this step: use smaller widths or fewer inputs, "
+        "or set a lower NTK_MEMORY_LIMIT so that kernels are computed in smaller blocks"
+    )
 
 
 def _say(line: str) -> None:

@@ -45,7 +45,7 @@ class Experiment:
         check: raises a one-line ValueError for any value out of range.
         prepare: cfg -> state shared by all jobs (data, limits, ...).
         jobs: (cfg, shared) -> [(job name, function(checkpoint=...) -> {table: DataFrame})], in run
-            order; `checkpoint` is the job's `Checkpoint` (None unless cfg has checkpoint_every).
+            order; `checkpoint` is the job's `Checkpoint` (None unless cfg has checkpoint_minutes).
         tables: the tables every job returns; the first one marks the job as done.
         assemble: (cfg, shared, job tables) -> the final tables (default: the job tables).
         provenance: (cfg, shared) -> extra provenance fields.
@@ -79,8 +79,8 @@ def run_experiment(exp: Experiment, cfg: DictConfig) -> Tables:
 
     def timed(name: str, fn: Callable[..., Tables]) -> Tables:
         begin = time.time()
-        every = cfg.get("checkpoint_every")  # experiments with long networks checkpoint them mid-training
-        out = fn(checkpoint=parts.checkpoint(name, every) if every else None)
+        minutes = cfg.get("checkpoint_minutes")  # experiments with long networks checkpoint them mid-training
+        out = fn(checkpoint=parts.checkpoint(name, minutes) if minutes is not None else None)
         timings[name] = round(time.time() - begin, 1)
         return out
 

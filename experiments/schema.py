@@ -99,7 +99,7 @@ class ComponentTargetSchema:
     target_components: list[int] = MISSING
     tracked_component: int = MISSING
     target_amplitude: float = MISSING
-    checkpoint_every: int = MISSING
+    checkpoint_minutes: float = MISSING
 
 
 @dataclass
@@ -118,7 +118,7 @@ class MnistLrEquivalenceSchema(ComponentTargetSchema):
 @dataclass
 class MnistGeneralizationSchema:
     record_t: list[float] = MISSING
-    checkpoint_every: int = MISSING
+    checkpoint_minutes: float = MISSING
 
 
 @dataclass

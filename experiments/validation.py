@@ -30,6 +30,12 @@ def check_positive(name: str, value: object) -> float:
     return float(value)
 
 
+def check_nonnegative(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def check_choice(what: str, value: object, allowed: Iterable[str]) -> str:
     """`value` must be one of `allowed`: "unknown <what> <value>; allowed: <allowed, in the given order>"."""
     allowed = list(allowed)

@@ -26,7 +26,9 @@ The Gaussian expectations (`method`):
   converge to HERMITE_TOL, as for a user pair with a kink) quadrature, per layer.
 
 Everything is computed in float64 and batched over all pairs of inputs (over the upper triangle
-when x2 is None and the expectations are closed forms or the quadrature).
+when x2 is None and the expectations are closed forms or the quadrature), on the device of the
+inputs, and returned there. The experiments compute these kernels once, on the CPU in float64
+(they are shared by every network and cost seconds), and move what a network needs onto its device.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def limiting_kernels(
     else:
         expect = _quadrature(act, quadrature_order)
     may_integrate = method == "quadrature" or (method == "auto" and act.gaussian is None)  # (the series' fallback)
-    rows = _rows_per_block(x1.shape[0], x2.shape[0], quadrature_order if may_integrate else 0, memory_limit)
+    rows = _rows_per_block(x1.shape[0], x2.shape[0], quadrature_order if may_integrate else 0, memory_limit, x1.device)
     if rows < x1.shape[0]:  # pairs are independent: do the rows of x1 in blocks that fit
         parts = [_recursion(x1[i : i + rows], x2, depth, beta, expect) for i in range(0, x1.shape[0], rows)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -115,13 +117,13 @@ def limiting_kernels(
     return _recursion(x1, x2, depth, beta, expect)
 
 
-def _rows_per_block(n1: int, n2: int, order: int, memory_limit: int | None) -> int:
+def _rows_per_block(n1: int, n2: int, order: int, memory_limit: int | None, device: torch.device) -> int:
     """Rows of x1 per block so that the recursion's temporaries fit the memory budget.
 
     About 16 float64 arrays of the block's size for the closed forms, plus 6 arrays of
     4 x order angles per pair for the quadrature; the two (N1, N2) results must fit as well.
     """
-    budget = memory_limit if memory_limit is not None else available_memory("cpu")
+    budget = memory_limit if memory_limit is not None else available_memory(device)
     result = 2 * n1 * n2 * 8
     per_row = n2 * 8 * (16 + 6 * 4 * order)
     if result + per_row > budget:

@@ -23,7 +23,8 @@ estimate exceeds the budget of `ntk.memory.available_memory`.
 
 The backends live in `ntk.backends`, the memory planning in `ntk.planning`; this module is the
 public API. Kernels are computed in float64 by default, whatever the dtype of the parameters (the parameters
-are cast for the computation, never modified).
+are cast for the computation, never modified). Every function computes on the model's device: inputs
+on another device are moved there, and the result is returned there.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def empirical_ntk(
     """
     if method not in METHODS:
         raise ValueError(f"unknown NTK method {method!r}; allowed: {', '.join(METHODS)}")
+    x1, x2 = on_model_device(model, x1), None if x2 is None else on_model_device(model, x2)
     _check_inputs(model, x1, x2)
     if method == "layerwise" and not isinstance(model, NTKMLP):
         raise ValueError(f"method='layerwise' needs an NTKMLP, got {type(model).__name__}; use method='ntk_vp' or 'jacobian'")
@@ -115,6 +117,7 @@ def empirical_nngp(model: NTKMLP, x1: Tensor, x2: Tensor | None = None, dtype: t
     """
     if not isinstance(model, NTKMLP):
         raise ValueError(f"empirical_nngp needs an NTKMLP, got {type(model).__name__}")
+    x1, x2 = on_model_device(model, x1), None if x2 is None else on_model_device(model, x2)
     _check_inputs(model, x1, x2)
     with torch.no_grad():
         a1 = forward_with_cache(model, x1, dtype)[1][-1]  # (N1, n_{L-1})
@@ -140,8 +143,10 @@ def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor, dtype: torch.dtyp
     Args:
         model: any module mapping (N, d) to (N, O).
         x: inputs, (N, d).
-        v: (N,) for a scalar output or (N, O); returned in the same shape.
+        v: (N,) for a scalar output or (N, O); returned in the same shape, on the model's device
+            (v and x may be on another device: they are moved there).
     """
+    x = on_model_device(model, x)
     _check_inputs(model, x, None)
     need = memory_estimate(model, "ntk_vp", x.shape[0], 1, False, dtype, 1, x[:1])
     budget = available_memory(x.device)
@@ -159,9 +164,15 @@ def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor, dtype: torch.dtyp
     out, pull = vjp(f, params)
     if v.shape[0] != x.shape[0] or v.numel() != out.numel():
         raise ValueError(f"v must have shape ({x.shape[0]},) or {tuple(out.shape)}, got {tuple(v.shape)}")
-    (tangent,) = pull(v.to(dtype).reshape(out.shape))
+    (tangent,) = pull(v.to(x.device, dtype).reshape(out.shape))
     _, product = jvp(f, (params,), (tangent,))
     return product.reshape(v.shape)
+
+
+def on_model_device(model: nn.Module, x: Tensor) -> Tensor:
+    """`x` on the device of the model's parameters (unchanged for a module without parameters)."""
+    param = next(model.parameters(), None)
+    return x if param is None or x.device == param.device else x.to(param.device)
 
 
 def _check_inputs(model: nn.Module, x1: Tensor, x2: Tensor | None) -> None:
@@ -172,8 +183,9 @@ def _check_inputs(model: nn.Module, x1: Tensor, x2: Tensor | None) -> None:
             raise ValueError(f"{name} must have shape (N, input_dim), got {tuple(x.shape)}")
         if isinstance(model, NTKMLP) and x.shape[1] != model.in_dim:
             raise ValueError(f"{name} has input dimension {x.shape[1]}, the model expects {model.in_dim}")
-        # a NaN or inf makes the sum non-finite (one fast pass); only an overflowing sum needs the full check
-        if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+        # a NaN or inf makes the sum non-finite (one fast pass and one host sync per kernel, not per
+        # block); only an overflowing sum needs the full check. Meta tensors carry no values to check.
+        if x.device.type != "meta" and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
             raise ValueError(f"{name} contains non-finite values")
     if x2 is not None and x2.shape[1] != x1.shape[1]:
         raise ValueError(f"x1 and x2 have different input dimensions: {x1.shape[1]} and {x2.shape[1]}")

@@ -1,7 +1,9 @@
 """Memory available to a kernel computation, and the guard that refuses what would not fit.
 
-The available memory is read from the system, not guessed: on CUDA `torch.cuda.mem_get_info`, on
-the CPU `MemAvailable` of /proc/meminfo (Linux), else 8 GiB. A fraction (`SAFETY`) of it is the
+The available memory is read from the system, not guessed: on CUDA the device's free memory
+(`torch.cuda.mem_get_info`) plus what PyTorch's caching allocator holds reserved but unallocated
+(freed blocks it keeps for reuse, which `mem_get_info` counts as taken), on the CPU `MemAvailable`
+of /proc/meminfo (Linux), else 8 GiB. A fraction (`SAFETY`) of it is the
 budget. The environment variable NTK_MEMORY_LIMIT (bytes, or with a K/M/G suffix) or an explicit
 `memory_limit` argument replaces the measurement, for tests and shared machines.
 """
@@ -38,7 +40,8 @@ def available_memory(device: torch.device | str = "cpu") -> int:
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(SAFETY * free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(SAFETY * (free + cached))
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:

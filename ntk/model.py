@@ -34,7 +34,9 @@ class NTKDense(nn.Module):
         in_features: n_l, the fan-in.
         out_features: n_{l+1}.
         beta: bias scale of the paper (0.1 in every experiment).
-        generator: source of the N(0, 1) draws; weight first, then bias.
+        generator: source of the N(0, 1) draws; weight first, then bias. The draws are made on
+            the generator's device (the CPU for `torch.Generator()`) and then moved to `device`,
+            so a CPU generator gives the same network on every device.
     """
 
     def __init__(
@@ -51,9 +53,10 @@ class NTKDense(nn.Module):
         self.out_features = out_features
         self.beta = float(beta)
         self.scale = 1.0 / math.sqrt(in_features)
-        kw = dict(generator=generator, device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.randn(out_features, in_features, **kw))  # (n_{l+1}, n_l)
-        self.bias = nn.Parameter(torch.randn(out_features, **kw))  # (n_{l+1},)
+        source = generator.device if generator is not None else device  # where the numbers are drawn
+        kw = dict(generator=generator, device=source, dtype=dtype)
+        self.weight = nn.Parameter(torch.randn(out_features, in_features, **kw).to(device))  # (n_{l+1}, n_l)
+        self.bias = nn.Parameter(torch.randn(out_features, **kw).to(device))  # (n_{l+1},)
 
     def forward(self, a: Tensor) -> Tensor:
         return dense(a, self.weight, self.bias, self.scale, self.beta)
@@ -81,7 +84,9 @@ class NTKMLP(nn.Module):
         activation: a name of `ntk.activations.ACTIVATIONS`, an `Activation`, or a pair (sigma, sigma')
             of elementwise torch functions.
         generator: explicit `torch.Generator` for the N(0, 1) initialisation, drawn layer by
-            layer (weight then bias). Same generator state, device and dtype: same network.
+            layer (weight then bias) on the generator's device, then moved to `device`. Same CPU
+            generator state and dtype: the same network on every device (a CUDA generator draws
+            other numbers, which also differ between GPU models).
         device, dtype: where and in which precision the parameters live.
 
     Parameters are named `layers.{l}.weight` (n_{l+1}, n_l) and `layers.{l}.bias`, so the module

@@ -15,6 +15,9 @@ t = inf needs K positive definite and says so when it is not. Gradient descent w
 lr (t = lr k after k steps) has A_t = K^{-1} (I - (I - lr K / N)^k) instead (`lr=`), which tends to
 the flow's as lr -> 0.
 
+Every function computes on the device of its kernels (or of the model): targets and initial
+outputs given on another device are moved there, and the results are returned there.
+
 `linearised_gradient_descent` trains the linearised network f_lin = f0 + J (theta - theta0) by the
 same gradient descent as the real one, through torch.func `jvp` (Jacobian-vector products) and
 `vjp`, without forming J. `kernel_gradient_descent` gives the same outputs from the network's
@@ -104,9 +107,10 @@ def kernel_regression(
     Returns:
         (M,) or (M, O).
     """
-    residual = y_train if f0_train is None else y_train - f0_train
+    device = ntk_train.device
+    residual = y_train.to(device) if f0_train is None else y_train.to(device) - f0_train.to(device)
     pred = ntk_test_train @ (flow_matrix(ntk_train, t, lr=lr) @ residual)
-    return pred if f0_test is None else f0_test + pred
+    return pred if f0_test is None else f0_test.to(device) + pred
 
 
 def gaussian_prediction(
@@ -129,7 +133,7 @@ def gaussian_prediction(
         lr: gradient descent at this learning rate instead of the gradient flow (`flow_matrix`).
     """
     b = ntk_test_train @ flow_matrix(ntk_train, t, lr=lr)  # k(x) A_t, (M, N)
-    return b @ y_train.reshape(-1), prediction_covariance(b, nngp_test, nngp_test_train, nngp_train)
+    return b @ y_train.to(b.device, b.dtype).reshape(-1), prediction_covariance(b, nngp_test, nngp_test_train, nngp_train)
 
 
 def prediction_covariance(gain: Tensor, nngp_test: Tensor, nngp_test_train: Tensor, nngp_train: Tensor) -> Tensor:
@@ -160,7 +164,8 @@ def linearised_gradient_descent(
     """
     to_record = record_steps(record_t, lr, steps)
     params = {k: v.detach().to(dtype) for k, v in model.named_parameters()}
-    x, y, x_eval = x.to(dtype), y.to(dtype).reshape(x.shape[0], -1), x_eval.to(dtype)
+    device = next(iter(params.values())).device
+    x, y, x_eval = x.to(device, dtype), y.to(device, dtype).reshape(x.shape[0], -1), x_eval.to(device, dtype)
 
     def f_train(p):
         return functional_call(model, p, (x,))
@@ -212,16 +217,17 @@ def kernel_gradient_descent(
         ntk_train: Theta_0(X, X), (N, N, O, O) (or (N, N) for O = 1), as `ntk.empirical.empirical_ntk`.
         ntk_eval_train: Theta_0(x, X), (M, N, O, O) (or (M, N)).
         f0_train, f0_eval: the network at initialisation, (N, O) and (M, O).
-        y: targets, (N, O).
+        y: targets, (N, O). These three are moved to the device and dtype of `ntk_train`.
         lr, steps, record_t: as in `linearised_gradient_descent` (t = lr * steps).
 
     Returns:
-        {t: f_lin(x_eval) at t, shape (M, O)} for every t in `record_t`, in the kernels' dtype.
+        {t: f_lin(x_eval) at t, shape (M, O)} for every t in `record_t`, in the dtype and on the
+        device of `ntk_train`.
     """
     to_record = record_steps(record_t, lr, steps)
     n, m = ntk_train.shape[0], ntk_eval_train.shape[0]
-    dtype = ntk_train.dtype
-    f, y = f0_train.to(dtype).reshape(n, -1).clone(), y.to(dtype).reshape(n, -1)
+    dtype, device = ntk_train.dtype, ntk_train.device
+    f, y = f0_train.to(device, dtype).reshape(n, -1).clone(), y.to(device, dtype).reshape(n, -1)
     out_dim = f.shape[1]
     if ntk_train.shape != (n, n) + ((out_dim, out_dim) if ntk_train.dim() == 4 else ()):
         raise ValueError(f"ntk_train must be (N, N) or (N, N, O, O) with N = {n}, O = {out_dim}, got {tuple(ntk_train.shape)}")
@@ -234,7 +240,8 @@ def kernel_gradient_descent(
         return kernel.permute(0, 2, 1, 3).reshape(rows * out_dim, n * out_dim)
 
     k_train, k_eval = as_matrix(ntk_train, n), as_matrix(ntk_eval_train, m)
-    f_eval0 = f0_eval.to(dtype).reshape(m, -1)
+    k_eval = k_eval.to(device)
+    f_eval0 = f0_eval.to(device, dtype).reshape(m, -1)
     moved = torch.zeros(n * out_dim, dtype=dtype, device=f.device)  # sum over past steps of (f(X) - y)
     out = {}
     for k in range(steps + 1):

@@ -7,6 +7,11 @@ For an `NTKMLP` the step is fused: one forward pass that keeps the layer inputs,
 that propagates per-sample cotangents, and an in-place rank-N update of every weight matrix
 (``W -= lr / sqrt(n_l) * d(l+1)^T a(l)``). No gradient buffers and no optimizer state exist, so a
 step costs three matrix products per layer. Any other module falls back to autograd.
+
+The loss stays on the device between steps: it is read back to the host (one synchronisation)
+every `LOSS_SYNC_STEPS` steps, at every recorded time and at the end, so that a GPU can queue
+steps ahead instead of waiting for each loss. The divergence check runs on every loss when it is
+read back; the step it names is the first one that diverged.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from tqdm.auto import tqdm
 from ntk.empirical import empirical_ntk
 from ntk.memory import check_fits
 from ntk.model import NTKMLP, backward_factors, forward_with_cache
+from ntk.spectrum import top_eigenvalue
 
 Tensor = torch.Tensor
 
 TRAIN_METHODS = ("auto", "fused", "autograd")
+LOSS_SYNC_STEPS = 32  # steps between reads of the losses back to the host
 
 
 class DivergenceError(RuntimeError):
@@ -64,12 +71,16 @@ def mse_cost(f: Tensor, y: Tensor) -> Tensor:
 
 
 def largest_stable_lr(model: nn.Module, x: Tensor, dtype: torch.dtype | None = None) -> float:
-    """2 / lambda_max(Theta(X, X) / N): gradient descent on the squared loss diverges above it."""
+    """2 / lambda_max(Theta(X, X) / N): gradient descent on the squared loss diverges above it.
+
+    The kernel is computed in `dtype` (default the parameters'), its top eigenvalue in float64 by
+    Lanczos (`ntk.spectrum.top_eigenvalue`, a few dozen kernel-vector products) on its device.
+    """
     kernel = empirical_ntk(model, x, dtype=dtype or next(model.parameters()).dtype)
     n = x.shape[0]
     if kernel.dim() == 4:  # (N, N, O, O) -> (N O, N O)
         kernel = kernel.permute(0, 2, 1, 3).reshape(n * kernel.shape[2], -1)
-    lam = torch.linalg.eigvalsh(kernel.double() / n)[-1].item()
+    lam = top_eigenvalue(kernel.double()) / n
     return 2.0 / lam
 
 
@@ -153,32 +164,47 @@ def gradient_descent(
 
     if start_step > 0:
         result = TrainResult(t=list(history.t), loss=list(history.loss), lr_max=history.lr_max)
-        loss0 = history.loss[0]
     else:
         result = TrainResult(lr_max=largest_stable_lr(model, x))
-        loss0 = None
     bar = tqdm(
         range(start_step, steps + 1), desc="gradient descent", disable=not progress, leave=False, initial=start_step, total=steps + 1
     )
+    pending: list[tuple[int, Tensor]] = []  # (step, loss on the device) not yet read back
+    loss0 = history.loss[0] if start_step > 0 else None
+
+    def flush() -> None:
+        """Read the pending losses back (one synchronisation), append them, check each for divergence."""
+        nonlocal loss0
+        if not pending:
+            return
+        values = torch.stack([v.double() for _, v in pending]).tolist()
+        done = list(zip([k for k, _ in pending], values))
+        pending.clear()
+        for k, loss in done:
+            t = k * lr
+            loss0 = loss if loss0 is None else loss0
+            result.t.append(t)
+            result.loss.append(loss)
+            if not math.isfinite(loss) or loss > divergence_factor * max(loss0, 1e-30):
+                what = "is not finite" if not math.isfinite(loss) else f"exceeds {divergence_factor:g} x the initial loss {loss0:.3g}"
+                raise DivergenceError(
+                    f"gradient descent diverged: loss {loss:.3g} at t={t:g} (step {k}) {what}; "
+                    f"lr={lr:g} but the largest stable learning rate at initialisation is "
+                    f"2 / lambda_max(Theta(X,X)/N) = {result.lr_max:.4g}"
+                )
+        if progress:
+            bar.set_postfix(t=f"{done[-1][0] * lr:g}", loss=f"{done[-1][1]:.3e}")
+
     for k in bar:
-        t = k * lr
         loss, f, update = step_fn(model, x, y)
-        loss0 = loss if loss0 is None else loss0
-        result.t.append(t)
-        result.loss.append(loss)
-        if not math.isfinite(loss) or loss > divergence_factor * max(loss0, 1e-30):
-            what = "is not finite" if not math.isfinite(loss) else f"exceeds {divergence_factor:g} x the initial loss {loss0:.3g}"
-            raise DivergenceError(
-                f"gradient descent diverged: loss {loss:.3g} at t={t:g} (step {k}) {what}; "
-                f"lr={lr:g} but the largest stable learning rate at initialisation is "
-                f"2 / lambda_max(Theta(X,X)/N) = {result.lr_max:.4g}"
-            )
-        if k in to_record and callback is not None:
-            callback(TrainState(t=to_record[k], step=k, loss=loss, model=model, f=f, result=result))
+        pending.append((k, loss))
+        recorded = k in to_record and callback is not None
+        if recorded or k == steps or len(pending) >= LOSS_SYNC_STEPS:
+            flush()
+        if recorded:
+            callback(TrainState(t=to_record[k], step=k, loss=result.loss[-1], model=model, f=f, result=result))
         if k < steps:
             update(lr)
-        if progress and k % 10 == 0:
-            bar.set_postfix(t=f"{t:g}", loss=f"{loss:.3e}")
     return result
 
 
@@ -186,12 +212,13 @@ def gradient_descent(
 def fused_step(model: NTKMLP, x: Tensor, y: Tensor) -> tuple[float, Tensor, Callable[[float], None]]:
     """One gradient-descent step of an NTKMLP without autograd (module docstring).
 
-    Returns the loss and the outputs f (N, O) at the current parameters, and a closure `update(lr)`
-    that applies the step in place: W(l) -= lr / sqrt(n_l) d(l+1)^T a(l), b(l) -= lr beta sum d(l+1).
+    Returns the loss (a 0-dim tensor on the model's device: reading it is a host synchronisation)
+    and the outputs f (N, O) at the current parameters, and a closure `update(lr)` that applies the
+    step in place: W(l) -= lr / sqrt(n_l) d(l+1)^T a(l), b(l) -= lr beta sum d(l+1).
     """
     f, acts, derivs = forward_with_cache(model, x)
     residual = f - y  # (N, O)
-    loss = 0.5 * residual.square().sum().item() / x.shape[0]
+    loss = residual.square().sum().double().mul_(0.5).div_(x.shape[0])  # C in float64, rounded as 0.5 * sum / N on the host
 
     @torch.no_grad()
     def update(lr: float) -> None:
@@ -216,4 +243,4 @@ def _autograd_step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, Tenso
         for p, g in zip(params, grads):
             p.sub_(g, alpha=lr)
 
-    return loss.item(), f.detach(), update
+    return loss.detach(), f.detach(), update

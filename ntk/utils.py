@@ -18,10 +18,13 @@ def resolve_device(device: str) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:<index>") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device=auto or device=cpu")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {device!r}; allowed: auto, cpu, cuda, cuda:<index>")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device=auto or device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device {device!r} requested but this machine has {count} CUDA device(s); allowed: cuda:0 ... cuda:{count - 1}")
     return dev
 
 
@@ -34,6 +37,7 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a no-op on the CPU): needed before reading a clock."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

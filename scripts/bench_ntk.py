@@ -17,13 +17,15 @@ min and max, the speed-up over the Jacobian contraction (medians), the layer-wis
 same round: the median over rounds of that paired ratio, with its range, so that the machine's
 drift between rounds (2x here) cancels. Where the time of the layer-wise kernel goes is in ntk_breakdown: torch's profiler
 over one round's calls, per operator and per kernel call (calls, time, GFLOP, GFLOP/s). Writes results/bench/ntk.csv, .md and
-ntk_breakdown.csv, .md.
+ntk_breakdown.csv, .md (on CUDA the breakdown reads the GPU's own time per kernel), or the same
+under out_dir=<dir>.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,8 +34,8 @@ import torch
 from ntk.empirical import empirical_ntk, memory_estimate, plan_method
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 from ntk.model import NTKMLP
-from ntk.utils import best_time, resolve_device
-from scripts.common import interleaved, parse_kv, spread, write_bench
+from ntk.utils import best_time, resolve_device, synchronize
+from scripts.common import BENCH_DIR, interleaved, parse_kv, spread, write_bench
 
 CASES = [
     dict(width=1000, depth=4, n=256),
@@ -52,22 +54,36 @@ def layerwise_flops(widths: list[int], n: int) -> float:
     return float(forward + backward + grams)
 
 
-def breakdown(fn, arch: str, n: int, calls: int) -> list[dict]:
-    """Per-operator time and FLOPs of a call of `fn` (torch profiler, mean over `calls` calls), largest first."""
-    with torch.profiler.profile(with_flops=True) as prof:
+def breakdown(fn, arch: str, n: int, calls: int, device: torch.device) -> list[dict]:
+    """Per-operator time and FLOPs of a call of `fn` (torch profiler, mean over `calls` calls), largest first.
+
+    On the CPU the time is the operators' self CPU time; on CUDA it is their self time on the GPU
+    (the CPU time there would be the launch overhead, not the work).
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities, with_flops=True) as prof:
         for _ in range(calls):
             fn()
+        synchronize(device)
     rows = []
     for event in prof.key_averages():
-        if event.self_cpu_time_total <= 0:
+        if device.type == "cuda":
+            total = getattr(event, "self_device_time_total", None)
+            total = total if total is not None else getattr(event, "self_cuda_time_total", 0)
+        else:
+            total = event.self_cpu_time_total
+        if total <= 0:
             continue
-        seconds = event.self_cpu_time_total / 1e6 / calls
+        seconds = total / 1e6 / calls
         gflop = (event.flops or 0) / 1e9 / calls
         rows.append(
             dict(
                 model=arch,
                 N=n,
                 op=event.key,
+                clock="gpu" if device.type == "cuda" else "cpu",
                 calls=event.count // calls,
                 time_s=seconds,
                 gflop=gflop,
@@ -82,14 +98,16 @@ def breakdown(fn, arch: str, n: int, calls: int) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    args = parse_kv(argv, dict(cases=list(range(len(CASES))), rounds=11, slow_limit=10.0, device="auto", dtype="float32"))
+    args = parse_kv(
+        argv, dict(cases=list(range(len(CASES))), rounds=11, slow_limit=10.0, device="auto", dtype="float32", out_dir=str(BENCH_DIR))
+    )
     device = resolve_device(args["device"])
     dtype = {"float32": torch.float32, "float64": torch.float64}[args["dtype"]]
     rows, parts = [], []
     for index in args["cases"]:
         case = CASES[index]
         n, width, depth = case["n"], case["width"], case["depth"]
-        model = NTKMLP(784, width, depth, generator=torch.Generator(device).manual_seed(0), device=device)
+        model = NTKMLP(784, width, depth, generator=torch.Generator().manual_seed(0), device=device)
         x = torch.rand(n, 784, generator=torch.Generator().manual_seed(1)).to(device)
         a, w = torch.randn(n, width, device=device), torch.randn(width, width, device=device)
         flops = layerwise_flops(model.widths, n)
@@ -132,12 +150,12 @@ def main(argv: list[str]) -> None:
             rows.append(row)
             if "median_s" in row:
                 print(f"{arch} N={n} {method}: median {row['median_s']:.4g} s [{row['min_s']:.4g}, {row['max_s']:.4g}]")
-        parts += breakdown(contenders["layerwise"], arch, n, calls["layerwise"])
+        parts += breakdown(contenders["layerwise"], arch, n, calls["layerwise"], device)
         model = a = w = None  # free the weights before the next case
     columns = ["model", "N", "method", "dtype", "device", "median_s", "min_s", "max_s", "rounds", "calls_per_round", "speedup_vs_jacobian"]
     columns += ["layerwise_gflop", "gflops", "gemm_gflops", "fraction_of_gemm", "fraction_min", "fraction_max", "memory_estimate", "note"]
-    write_bench(pd.DataFrame(rows).reindex(columns=columns), "ntk", argv)
-    write_bench(pd.DataFrame(parts), "ntk_breakdown", argv)
+    write_bench(pd.DataFrame(rows).reindex(columns=columns), "ntk", argv, Path(args["out_dir"]))
+    write_bench(pd.DataFrame(parts), "ntk_breakdown", argv, Path(args["out_dir"]))
 
 
 if __name__ == "__main__":

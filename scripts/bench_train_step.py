@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,14 +27,16 @@ import torch
 from ntk.model import NTKMLP, forward_with_cache
 from ntk.train import fused_step, mse_cost
 from ntk.utils import resolve_device
-from scripts.common import interleaved, parse_kv, write_bench
+from scripts.common import BENCH_DIR, interleaved, parse_kv, write_bench
 
 
 def main(argv: list[str]) -> None:
-    args = parse_kv(argv, dict(width=10000, depth=4, in_dim=2, batches=[16, 64], device="auto", rounds=5, name="train_step"))
+    args = parse_kv(
+        argv, dict(width=10000, depth=4, in_dim=2, batches=[16, 64], device="auto", rounds=5, name="train_step", out_dir=str(BENCH_DIR))
+    )
     device = resolve_device(args["device"])
     torch.manual_seed(0)
-    model = NTKMLP(args["in_dim"], args["width"], args["depth"], generator=torch.Generator(device).manual_seed(0), device=device)
+    model = NTKMLP(args["in_dim"], args["width"], args["depth"], generator=torch.Generator().manual_seed(0), device=device)
     rows = []
     for n in args["batches"]:
         x = torch.randn(n, args["in_dim"], device=device)
@@ -90,7 +93,7 @@ def main(argv: list[str]) -> None:
             fused_over_flop_time=med["fused"] / (flops / gemm / 1e9),
         )
         rows.append(row)
-    write_bench(pd.DataFrame(rows), args["name"], argv)
+    write_bench(pd.DataFrame(rows), args["name"], argv, Path(args["out_dir"]))
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ def test_lr_equivalence_run_compares_equal_times(compose_cfg, tmp_path):
 
 
 def test_checkpoint_resume_mid_network_gives_the_same_tables(compose_cfg, tmp_path, monkeypatch):
-    args = [*CONVERGENCE, "model.widths=[40,60]", "train.lr=1", "train.steps=12", "record_dt=2", "kernel_dt=4", "checkpoint_every=5"]
+    args = [*CONVERGENCE, "model.widths=[40,60]", "train.lr=1", "train.steps=12", "record_dt=2", "kernel_dt=4", "checkpoint_minutes=0"]
+    monkeypatch.setattr(common, "CHECKPOINT_GRID", 5)  # candidate steps 5 and 10; minutes=0 saves at each
     mnist_convergence.run(compose_cfg([*args, f"out_dir={tmp_path / 'whole'}"]))
 
     saves, starts = [], []
@@ -159,3 +160,34 @@ def test_time_grid_includes_the_end_and_refuses_off_grid_steps():
     assert mnist_convergence.time_grid("record_dt", 8, 2.0, 10) == [0.0, 8.0, 16.0, 20.0]
     with pytest.raises(ValueError, match="record_dt=3 must be a positive multiple of train.lr=2"):
         mnist_convergence.time_grid("record_dt", 3, 2.0, 10)
+
+
+def test_checkpoints_are_spaced_by_wall_clock_time(compose_cfg, tmp_path, monkeypatch):
+    """With checkpoint_minutes > 0 a candidate step saves only once that much time has passed."""
+    clock = [1000.0]
+    monkeypatch.setattr(common, "clock", lambda: clock[0])
+    saves = []
+    original_save = common.Checkpoint.save
+
+    def save_and_note(self, state):
+        original_save(self, state)
+        saves.append(state["step"])
+
+    original_gd = common.gradient_descent
+
+    def slow_steps(*a, **kw):  # every recorded time (each candidate step among them) advances the clock 1 minute
+        callback = kw["callback"]
+
+        def tick(state):
+            clock[0] += 60.0
+            callback(state)
+
+        return original_gd(*a, **{**kw, "callback": tick})
+
+    monkeypatch.setattr(common.Checkpoint, "save", save_and_note)
+    monkeypatch.setattr(common, "gradient_descent", slow_steps)
+    monkeypatch.setattr(common, "CHECKPOINT_GRID", 2)
+    args = [*CONVERGENCE, "model.widths=[40]", "train.lr=1", "train.steps=12", "record_dt=12", "kernel_dt=0"]
+    mnist_convergence.run(compose_cfg([*args, "checkpoint_minutes=2.5", f"out_dir={tmp_path}"]))
+    # candidates 2, 4, ..., 10 are reached 1 minute apart (from step 0): saved once 2.5 minutes have passed since the last save
+    assert saves == [4, 10]

