@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from ntk.model import NTKMLP, forward_with_cache
-from ntk.train import fused_step, mse_cost
+from ntk.train import fused_step, largest_stable_lr, mse_cost
 from ntk.utils import resolve_device
 from scripts.common import BENCH_DIR, interleaved, parse_kv, write_bench
 
@@ -52,18 +52,23 @@ def main(argv: list[str]) -> None:
             if l > 0:
                 products.append(functools.partial(torch.matmul, d, w))
                 flops += 2 * n * w.numel()
-            products.append(functools.partial(w.addmm_, d.T, a, alpha=-1e-3))
+            scratch = w.clone()  # the rank-N update on a copy: repeating it thousands of times must not move the model
+            products.append(functools.partial(scratch.addmm_, d.T, a, alpha=-1e-3))
             flops += 2 * n * w.numel()
 
         def all_products() -> None:
             for product in products:
                 product()
 
+        # a real step at half the stability bound: alpha = 0 may skip the GEMM, tiny alpha hits subnormals, and
+        # a step above the bound diverges over the thousands of calls of a fast device's rounds
+        lr = 0.5 * largest_stable_lr(model, x)
+
         def fused() -> None:
             _, _, update = fused_step(model, x, y)
-            update(1.0)  # a real step (alpha = 0 may skip the GEMM, tiny alpha hits subnormals)
+            update(lr)
 
-        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
 
         def autograd_sgd() -> None:
             opt.zero_grad(set_to_none=False)

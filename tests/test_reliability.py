@@ -32,10 +32,10 @@ TINY = {name: (MODULES[name], overrides) for name, overrides in TINY_OVERRIDES.i
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_same_command_and_seed_give_identical_tables(name, compose_cfg, tmp_path):
+def test_same_command_and_seed_give_identical_tables(name, device, compose_cfg, tmp_path):
     module, overrides = TINY[name]
     for run in ("a", "b"):
-        module.run(compose_cfg([f"+exp={name}", "progress=false", f"out_dir={tmp_path / run}", *overrides]))
+        module.run(compose_cfg([f"+exp={name}", "progress=false", f"out_dir={tmp_path / run}", f"device={device}", *overrides]))
     tables = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.csv"))
     assert tables
     for rel in tables:
