@@ -273,6 +273,14 @@ def test_unavailable_device_index_on_the_command_line(monkeypatch, capsys, tmp_p
     assert not out.exists()
 
 
+def test_cuda_without_cuda_on_the_command_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    status, err = main_exits(monkeypatch, capsys, ["+exp=mnist_generalization", "device=cuda", f"out_dir={out}"])
+    assert (status, err) == (2, "error: device 'cuda' requested but CUDA is not available; use device=auto or device=cpu\n")
+    assert not out.exists()
+
+
 def test_cuda_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path):
     message = (
         "CUDA out of memory. Tried to allocate 4.00 GiB. GPU 0 has a total capacity of 139.81 GiB of which 2.31 GiB is free. "
