@@ -13,19 +13,25 @@ provenance.json (with each activation's wall time) and circle_activations.png/.p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-from experiments.runner import Experiment, run_experiment
+from experiments.runner import Experiment
 from experiments.validation import check_choice, check_int, check_odd_grid, check_run
 from ntk.activations import ACTIVATIONS
 from ntk.analytic import HermiteSeriesError, limiting_kernels
 from ntk.data import circle_grid
 
 TABLES = ("table", "summary")
+
+
+@dataclass
+class CircleActivationsSchema:
+    activations: list[str] = MISSING
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -51,7 +57,7 @@ def method_used(name: str, x: torch.Tensor, depth: int, beta: float) -> str:
         return "quadrature"
 
 
-def activation_job(cfg: DictConfig, shared: tuple, name: str, checkpoint=None) -> dict[str, pd.DataFrame]:
+def job(cfg: DictConfig, shared: tuple, name: str, checkpoint=None) -> dict[str, pd.DataFrame]:
     gamma, grid = shared
     x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     nngp, ntk = limiting_kernels(x0, grid, cfg.model.depth, cfg.model.beta, name)
@@ -79,12 +85,10 @@ EXPERIMENT = Experiment(
     name="circle_activations",
     check=check_config,
     prepare=lambda cfg: circle_grid(cfg.data.n_gamma),
-    jobs=lambda cfg, shared: [(name, partial(activation_job, cfg, shared, name)) for name in cfg.activations],
+    jobs=lambda cfg, shared: [(name, partial(job, cfg, shared, name)) for name in cfg.activations],
     tables=TABLES,
     desc="activations",
+    schema=CircleActivationsSchema,
+    tiny=("activations=[relu,tanh,elu]", "data.n_gamma=11"),
 )
-
-
-def run(cfg: DictConfig) -> pd.DataFrame:
-    """Compute the limiting kernels on the circle for every activation; return table.csv's table."""
-    return run_experiment(EXPERIMENT, cfg)["table"]
+run = EXPERIMENT.run  # the limiting kernels on the circle for every activation: table.csv's table

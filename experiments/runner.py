@@ -1,4 +1,13 @@
-"""The one path from a config to tables and figures, shared by every figure experiment.
+"""Experiments: how one is declared, found, and run from a config to tables and figures.
+
+An experiment is three files and a test, found by their names (no list of experiments exists):
+  configs/exp/<name>.yaml          its values (and the command that runs it, on its second line);
+  experiments/<name>.py            `EXPERIMENT = Experiment(...)`: its schema, checks, jobs, tiny settings;
+  experiments/figures/<name>.py    `render(run_dir)`, its figures from the saved tables;
+  tests/test_<name>.py             its tiny run checked against an independent computation.
+`experiment_names` lists configs/exp, `load_experiment` imports the module of one, and
+`register_schemas` puts every experiment's schema into Hydra's config store (as exp_schema/<name>,
+which its YAML file starts from).
 
 An experiment declares what it computes (`Experiment`): how its config is checked, what its jobs
 share (data, limiting kernels), its jobs (one network, one kernel, ...) and how their tables are
@@ -13,25 +22,31 @@ assembled into the final ones. `run_experiment` does the rest, the same way for 
   5. remove the parts.
 
 The drift sweep is the exception: each of its jobs is a separate Hydra process (possibly on another
-node), so it writes one file per job and its tables are assembled when the multirun ends
-(`experiments.drift`), with the same atomic writes, provenance and renderer registry.
+node), so it declares its own `entry` (one job), writes one file per job, and its tables are
+assembled when the multirun ends (`experiments.drift_sweep`), with the same atomic writes,
+provenance and renderers.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from experiments.common import Parts, network_jobs, run_start, write_outputs
 from experiments.figures import render
-from experiments.provenance import gemm_gflops
+from experiments.persistence import Parts, gemm_gflops, run_start, write_outputs
+from experiments.training import network_jobs
 from ntk.utils import resolve_device
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 Tables = dict[str, pd.DataFrame]
 
@@ -41,7 +56,7 @@ class Experiment:
     """What one experiment computes.
 
     Attributes:
-        name: the experiment name (configs/exp/<name>.yaml, and its renderer's key).
+        name: the experiment name: configs/exp/<name>.yaml, experiments/<name>.py, experiments/figures/<name>.py.
         check: raises a one-line ValueError for any value out of range.
         prepare: cfg -> state shared by all jobs (data, limits, ...).
         jobs: (cfg, shared) -> [(job name, function(checkpoint=...) -> {table: DataFrame})], in run
@@ -50,16 +65,58 @@ class Experiment:
         assemble: (cfg, shared, job tables) -> the final tables (default: the job tables).
         provenance: (cfg, shared) -> extra provenance fields.
         desc: progress-bar label.
+        schema: the dataclass of the keys the experiment adds to the config (types only: the values
+            are in its YAML file), registered as exp_schema/<name>.
+        tiny: command-line overrides that make the full run a tiny one (seconds on a CPU, every code
+            path): the determinism test and the GPU check run them.
+        result: the table `run` returns.
+        entry: cfg -> result, for an experiment that does not go through `run_experiment` (the drift
+            sweep's one job); check, prepare, jobs and tables are then unused.
     """
 
     name: str
-    check: Callable[[DictConfig], None]
-    prepare: Callable[[DictConfig], Any]
-    jobs: Callable[[DictConfig, Any], list[tuple[str, Callable[..., Tables]]]]
-    tables: tuple[str, ...]
+    check: Callable[[DictConfig], None] | None = None
+    prepare: Callable[[DictConfig], Any] | None = None
+    jobs: Callable[[DictConfig, Any], list[tuple[str, Callable[..., Tables]]]] | None = None
+    tables: tuple[str, ...] = ("table",)
     assemble: Callable[[DictConfig, Any, Tables], Tables] | None = None
     provenance: Callable[[DictConfig, Any], dict] = field(default=lambda cfg, shared: {})
     desc: str = "networks (width, seed)"
+    schema: type | None = None
+    tiny: tuple[str, ...] = ()
+    result: str = "table"
+    entry: Callable[[DictConfig], Any] | None = None
+
+    def run(self, cfg: DictConfig) -> Any:
+        """Run the experiment as configured; return its `result` table (all tables are written to cfg.out_dir)."""
+        if self.entry is not None:
+            return self.entry(cfg)
+        return run_experiment(self, cfg)[self.result]
+
+
+def experiment_names() -> list[str]:
+    """Every experiment: the files of configs/exp."""
+    return sorted(p.stem for p in (CONFIG_DIR / "exp").glob("*.yaml"))
+
+
+def load_experiment(name: str) -> Experiment:
+    """The `EXPERIMENT` of experiments/<name>.py (ValueError for a name that is not in configs/exp)."""
+    if name not in experiment_names():
+        raise ValueError(f"no experiment chosen (name={name}); add +exp=<name>, allowed: {', '.join(experiment_names())}")
+    module = importlib.import_module(f"experiments.{name}")
+    exp = getattr(module, "EXPERIMENT", None)
+    if not isinstance(exp, Experiment) or exp.name != name:
+        raise TypeError(f"experiments/{name}.py must define EXPERIMENT = Experiment(name={name!r}, ...)")
+    return exp
+
+
+def register_schemas() -> None:
+    """Put every experiment's schema into Hydra's config store as exp_schema/<name>."""
+    store = ConfigStore.instance()
+    for name in experiment_names():
+        schema = load_experiment(name).schema
+        if schema is not None:
+            store.store(group="exp_schema", name=name, node=schema)
 
 
 def per_network(job: Callable[..., Tables]) -> Callable[[DictConfig, Any], list[tuple[str, Callable[..., Tables]]]]:

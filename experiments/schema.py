@@ -1,9 +1,9 @@
 """Typed schemas of every config (Hydra structured configs).
 
 Each YAML file of configs/model, configs/train and configs/data starts from one of the group
-dataclasses (its defaults list names `<file>_schema`), and each configs/exp/<name>.yaml from
-`exp_schema/<name>` (the keys that experiment adds, with no
-values: the YAML file holds them). Hydra thus rejects a misspelled key or a value of the wrong type
+dataclasses here (its defaults list names `<file>_schema`), and each configs/exp/<name>.yaml from
+`exp_schema/<name>`, the schema its experiment module declares (`Experiment.schema`, registered by
+`experiments.runner.register_schemas`). Schemas hold types only: every value is in a YAML file. Hydra thus rejects a misspelled key or a value of the wrong type
 while composing, before any work; the ranges (width >= 1, lr > 0, ...) are checked once by the
 experiment's `check_config` (`experiments.runner` calls it first), also before any work.
 Importing this module registers the schemas.
@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+
+from experiments.runner import register_schemas
 
 
 @dataclass
@@ -66,78 +67,7 @@ class MnistSplitDataSchema(MnistSourceSchema):
     seed: int = 0
 
 
-@dataclass
-class CircleWidthSchema:
-    kernel_t: list[float] | None = MISSING
-
-
-@dataclass
-class CircleRegressionSchema:
-    limit_t: float | None = MISSING
-    approx_width: int = MISSING
-    approx_seed: int = MISSING
-
-
-@dataclass
-class CircleActivationsSchema:
-    activations: list[str] = MISSING
-
-
-@dataclass
-class MnistPcaSchema:
-    n_batches: int = MISSING
-    k: int = MISSING
-
-
-@dataclass
-class ComponentTargetSchema:
-    """The Figure 3 target and what is logged along the kernel principal components."""
-
-    record_dt: float = MISSING
-    kernel_dt: float = MISSING
-    k: int = MISSING
-    target_components: list[int] = MISSING
-    tracked_component: int = MISSING
-    target_amplitude: float = MISSING
-    checkpoint_minutes: float = MISSING
-
-
-@dataclass
-class MnistConvergenceSchema(ComponentTargetSchema):
-    narrow_width: int = MISSING
-    narrow_lr: float = MISSING
-
-
-@dataclass
-class MnistLrEquivalenceSchema(ComponentTargetSchema):
-    lrs: list[float] = MISSING
-    t_max: float = MISSING
-    tolerance: float = MISSING
-
-
-@dataclass
-class MnistGeneralizationSchema:
-    record_t: list[float] = MISSING
-    checkpoint_minutes: float = MISSING
-
-
-@dataclass
-class DriftSweepSchema:
-    width: int = MISSING
-    n_probe: int = MISSING
-    overwrite: bool = MISSING
-    threads: int | None = MISSING
-
-
 SCHEMAS = {
-    ("exp_schema", "circle_width"): CircleWidthSchema,
-    ("exp_schema", "circle_regression"): CircleRegressionSchema,
-    ("exp_schema", "circle_activations"): CircleActivationsSchema,
-    ("exp_schema", "mnist_pca"): MnistPcaSchema,
-    ("exp_schema", "mnist_convergence"): MnistConvergenceSchema,
-    ("exp_schema", "mnist_lr_equivalence"): MnistLrEquivalenceSchema,
-    ("exp_schema", "mnist_generalization"): MnistGeneralizationSchema,
-    ("exp_schema", "drift_sweep"): DriftSweepSchema,
     ("model", "ntk_mlp_schema"): ModelSchema,
     ("train", "gd_schema"): TrainSchema,
     ("data", "circle_schema"): CircleDataSchema,
@@ -149,3 +79,4 @@ SCHEMAS = {
 store = ConfigStore.instance()
 for (group, name), node in SCHEMAS.items():
     store.store(group=group, name=name, node=node)
+register_schemas()

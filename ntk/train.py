@@ -109,8 +109,7 @@ def gradient_descent(
     method: str = "auto",
     divergence_factor: float = 1e4,
     progress: bool = False,
-    start_step: int = 0,
-    history: TrainResult | None = None,
+    resume: TrainResult | None = None,
 ) -> TrainResult:
     """Train `model` in place by full-batch gradient descent on `mse_cost` up to t = lr * steps.
 
@@ -125,11 +124,10 @@ def gradient_descent(
         method: "auto", "fused" (NTKMLP only) or "autograd".
         divergence_factor: stop when the loss exceeds this multiple of the initial loss.
         progress: show a tqdm bar over steps.
-        start_step: continue an interrupted run: `model` holds the parameters after `start_step`
-            steps, and the first step taken is step start_step (t = lr * start_step).
-        history: with start_step > 0, the `TrainResult` of steps 0 ... start_step - 1 of that run
-            (`TrainResult.until`); its lr_max and initial loss are kept, so the continued run
-            returns what an uninterrupted one would.
+        resume: continue a run from its state: the `TrainResult` of its steps 0 ... k - 1
+            (`TrainResult.until(k)`), with `model` holding the parameters after those k steps. The
+            first step taken is then step k (t = lr * k); lr_max and the initial loss are kept, so
+            the continued run returns what an uninterrupted one would.
 
     Returns:
         A `TrainResult` with the loss at every step (t = 0, lr, ..., lr * steps) and
@@ -152,25 +150,24 @@ def gradient_descent(
     fused = method == "fused" or (method == "auto" and isinstance(model, NTKMLP))
     if fused and not isinstance(model, NTKMLP):
         raise ValueError(f"method='fused' needs an NTKMLP, got {type(model).__name__}; use method='autograd'")
-    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step <= steps:
-        raise ValueError(f"start_step must be an integer in [0, steps={steps}], got {start_step!r}")
-    if start_step > 0 and (history is None or len(history.loss) != start_step):
-        raise ValueError(f"continuing at start_step={start_step} needs the history of steps 0 ... {start_step - 1}")
+    start_step = len(resume.loss) if resume is not None else 0
+    if resume is not None and (len(resume.t) != start_step or not 0 < start_step <= steps):
+        raise ValueError(f"resume must hold the losses of steps 0 ... k - 1 for some k in [1, steps={steps}], got {start_step} losses")
     if isinstance(model, NTKMLP):  # a step keeps every layer's pre-activations, activations and deltas
         working = 3 * x.shape[0] * sum(model.widths[1:]) * x.element_size()
         check_fits(f"a gradient-descent step on {x.shape[0]} inputs at widths {model.widths}", working, x.device)
     to_record = record_steps(record_t, lr, steps)
     step_fn = fused_step if fused else _autograd_step
 
-    if start_step > 0:
-        result = TrainResult(t=list(history.t), loss=list(history.loss), lr_max=history.lr_max)
+    if resume is not None:
+        result = TrainResult(t=list(resume.t), loss=list(resume.loss), lr_max=resume.lr_max)
     else:
         result = TrainResult(lr_max=largest_stable_lr(model, x))
     bar = tqdm(
         range(start_step, steps + 1), desc="gradient descent", disable=not progress, leave=False, initial=start_step, total=steps + 1
     )
     pending: list[tuple[int, Tensor]] = []  # (step, loss on the device) not yet read back
-    loss0 = history.loss[0] if start_step > 0 else None
+    loss0 = resume.loss[0] if resume is not None else None
 
     def flush() -> None:
         """Read the pending losses back (one synchronisation), append them, check each for divergence."""

@@ -3,7 +3,7 @@
     python -m scripts.aggregate_drift                    # results/drift_sweep/
     python -m scripts.aggregate_drift dir=path/to/sweep
 
-Runs `experiments.drift.aggregate` (what a finished `-m +exp=drift_sweep` multirun does by itself),
+Runs `experiments.drift_sweep.aggregate` (what a finished `-m +exp=drift_sweep` multirun does by itself),
 also on a half-finished sweep: reads only <dir>/jobs/*.csv and writes table.csv, fits.csv,
 spread.csv and the figures atomically.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from experiments.drift import aggregate
+from experiments.drift_sweep import aggregate
 from scripts.common import parse_kv
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from experiments.provenance import atomic_write_json, atomic_write_text, provenance
+from experiments.persistence import atomic_write_json, atomic_write_text, provenance
 from ntk.utils import synchronize
 
 BENCH_DIR = Path("results/bench")

@@ -5,7 +5,7 @@
 
 Each experiment runs in a fresh process as
     python -m experiments.run +exp=<name> <its tiny overrides> device=<device> progress=false out_dir=<out_dir>/<device>/<name>
-(`experiments.tiny`). The networks are the same on every device (drawn on the CPU, then moved), so
+(`Experiment.tiny`, declared by each experiment module). The networks are the same on every device (drawn on the CPU, then moved), so
 the two runs differ only by floating-point arithmetic. Every CSV of one run is compared with the
 same CSV of the other: the same columns and rows; strings, integers and booleans equal; floating
 columns by their largest |a - b| relative to the column's largest |a| (`rel_diff`). A floating column
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.provenance import atomic_write_json, atomic_write_text, provenance
-from experiments.tiny import TINY_OVERRIDES
+from experiments.persistence import atomic_write_json, atomic_write_text, provenance
+from experiments.runner import experiment_names, load_experiment
 from scripts.common import parse_kv
 
 NOT_HELD = ("accuracy",)  # substrings of column names reported but not held to rtol
@@ -39,7 +39,7 @@ def run_tiny(name: str, device: str, out: Path) -> float:
         "-m",
         "experiments.run",
         f"+exp={name}",
-        *TINY_OVERRIDES[name],
+        *load_experiment(name).tiny,
         f"device={device}",
         "progress=false",
         f"out_dir={out}",
@@ -117,14 +117,14 @@ def main(argv: list[str]) -> int:
     import torch
 
     default_devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu", "cpu"]
-    args = parse_kv(argv, dict(devices=default_devices, names=sorted(TINY_OVERRIDES), out_dir="gpu_check/compare", rtol=1e-3))
+    args = parse_kv(argv, dict(devices=default_devices, names=experiment_names(), out_dir="gpu_check/compare", rtol=1e-3))
     devices, names = as_list(args["devices"]), as_list(args["names"])
     out_dir, rtol = Path(args["out_dir"]), float(args["rtol"])
     if len(devices) != 2:
         sys.exit(f"error: devices must name two devices, got {devices}")
-    unknown = sorted(set(names) - set(TINY_OVERRIDES))
+    unknown = sorted(set(names) - set(experiment_names()))
     if unknown:
-        sys.exit(f"error: unknown experiment(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TINY_OVERRIDES))}")
+        sys.exit(f"error: unknown experiment(s) {', '.join(unknown)}; allowed: {', '.join(experiment_names())}")
     tags = [f"{i}_{d.replace(':', '')}" for i, d in enumerate(devices)]
     rows, failures = [], []
     for name in names:

@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from experiments.provenance import atomic_write_json, atomic_write_text, git_revision
+from experiments.persistence import atomic_write_json, atomic_write_text, git_revision
 
 
 def environment() -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from experiments.figures import RENDERERS, render
+from experiments.figures import has_renderer, render
 from scripts.common import parse_kv
 
 
@@ -31,7 +31,7 @@ def experiment_of(run_dir: Path) -> str | None:
 def render_dir(run_dir: Path) -> bool:
     """Render one run directory; False when it holds no experiment's tables."""
     name = experiment_of(run_dir)
-    if name not in RENDERERS or not (run_dir / "table.csv").exists():
+    if not has_renderer(name) or not (run_dir / "table.csv").exists():
         print(f"skip {run_dir}: no experiment table")
         return False
     for path in render(name, run_dir):

@@ -18,8 +18,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-import experiments.common as common
+import experiments.persistence as common
 import experiments.run as run
+from experiments.runner import Experiment
 from ntk.empirical import empirical_nngp, empirical_ntk, ntk_vector_product
 from ntk.memory import available_memory
 from ntk.model import NTKMLP
@@ -292,7 +293,7 @@ def test_cuda_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path):
     def out_of_memory(cfg):
         raise torch.OutOfMemoryError(message)
 
-    monkeypatch.setitem(run.EXPERIMENTS, "circle_width", out_of_memory)
+    monkeypatch.setattr(run, "load_experiment", lambda name: Experiment(name=name, entry=out_of_memory))
     out = tmp_path / "out"
     status, err = main_exits(monkeypatch, capsys, ["+exp=circle_width", f"out_dir={out}"])
     assert status == 2 and err.count("\n") == 1

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-import experiments.drift as drift
-from experiments.drift import aggregate
+import experiments.drift_sweep as drift
+from experiments.drift_sweep import aggregate
 from experiments.fits import fit_exponent
 from ntk.drift import DriftLogger, kernel_drift, weight_drift
 from ntk.empirical import empirical_ntk

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-import experiments.common as common
 import experiments.mnist_convergence as mnist_convergence
 import experiments.mnist_lr_equivalence as mnist_lr_equivalence
+import experiments.persistence as persistence
+import experiments.training as training
 from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
 from ntk.empirical import empirical_ntk
@@ -104,11 +105,11 @@ def test_lr_equivalence_run_compares_equal_times(compose_cfg, tmp_path):
 
 def test_checkpoint_resume_mid_network_gives_the_same_tables(compose_cfg, tmp_path, monkeypatch):
     args = [*CONVERGENCE, "model.widths=[40,60]", "train.lr=1", "train.steps=12", "record_dt=2", "kernel_dt=4", "checkpoint_minutes=0"]
-    monkeypatch.setattr(common, "CHECKPOINT_GRID", 5)  # candidate steps 5 and 10; minutes=0 saves at each
+    monkeypatch.setattr(persistence, "CHECKPOINT_GRID", 5)  # candidate steps 5 and 10; minutes=0 saves at each
     mnist_convergence.run(compose_cfg([*args, f"out_dir={tmp_path / 'whole'}"]))
 
     saves, starts = [], []
-    original_save = common.Checkpoint.save
+    original_save = persistence.Checkpoint.save
 
     def crash_after_second_save(self, state):
         original_save(self, state)
@@ -116,19 +117,19 @@ def test_checkpoint_resume_mid_network_gives_the_same_tables(compose_cfg, tmp_pa
         if len(saves) == 2:  # w40 saved at step 5 and 10: stop in the middle of that network
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(common.Checkpoint, "save", crash_after_second_save)
+    monkeypatch.setattr(persistence.Checkpoint, "save", crash_after_second_save)
     with pytest.raises(KeyboardInterrupt):
         mnist_convergence.run(compose_cfg([*args, f"out_dir={tmp_path / 'cut'}"]))
     assert saves == [5, 10]
     assert not (tmp_path / "cut" / "table.csv").exists()
-    monkeypatch.setattr(common.Checkpoint, "save", original_save)
-    original_gd = common.gradient_descent
+    monkeypatch.setattr(persistence.Checkpoint, "save", original_save)
+    original_gd = training.gradient_descent
 
     def spy(*a, **kw):
-        starts.append(kw["start_step"])
+        starts.append(len(kw["resume"].loss) if kw["resume"] is not None else 0)
         return original_gd(*a, **kw)
 
-    monkeypatch.setattr(common, "gradient_descent", spy)
+    monkeypatch.setattr(training, "gradient_descent", spy)
     mnist_convergence.run(compose_cfg([*args, f"out_dir={tmp_path / 'cut'}"]))
     assert starts == [10, 0]  # width 40 continued from step 10, width 60 from scratch
     for name in ("table", "components", "kernel", "loss", "deviation"):
@@ -165,15 +166,15 @@ def test_time_grid_includes_the_end_and_refuses_off_grid_steps():
 def test_checkpoints_are_spaced_by_wall_clock_time(compose_cfg, tmp_path, monkeypatch):
     """With checkpoint_minutes > 0 a candidate step saves only once that much time has passed."""
     clock = [1000.0]
-    monkeypatch.setattr(common, "clock", lambda: clock[0])
+    monkeypatch.setattr(persistence, "clock", lambda: clock[0])
     saves = []
-    original_save = common.Checkpoint.save
+    original_save = persistence.Checkpoint.save
 
     def save_and_note(self, state):
         original_save(self, state)
         saves.append(state["step"])
 
-    original_gd = common.gradient_descent
+    original_gd = training.gradient_descent
 
     def slow_steps(*a, **kw):  # every recorded time (each candidate step among them) advances the clock 1 minute
         callback = kw["callback"]
@@ -184,9 +185,9 @@ def test_checkpoints_are_spaced_by_wall_clock_time(compose_cfg, tmp_path, monkey
 
         return original_gd(*a, **{**kw, "callback": tick})
 
-    monkeypatch.setattr(common.Checkpoint, "save", save_and_note)
-    monkeypatch.setattr(common, "gradient_descent", slow_steps)
-    monkeypatch.setattr(common, "CHECKPOINT_GRID", 2)
+    monkeypatch.setattr(persistence.Checkpoint, "save", save_and_note)
+    monkeypatch.setattr(training, "gradient_descent", slow_steps)
+    monkeypatch.setattr(persistence, "CHECKPOINT_GRID", 2)
     args = [*CONVERGENCE, "model.widths=[40]", "train.lr=1", "train.steps=12", "record_dt=12", "kernel_dt=0"]
     mnist_convergence.run(compose_cfg([*args, "checkpoint_minutes=2.5", f"out_dir={tmp_path}"]))
     # candidates 2, 4, ..., 10 are reached 1 minute apart (from step 0): saved once 2.5 minutes have passed since the last save

@@ -6,36 +6,17 @@ from pathlib import Path
 
 import pytest
 
-import experiments.circle_activations as circle_activations
-import experiments.circle_regression as circle_regression
-import experiments.circle_width as circle_width
-import experiments.drift as drift
-import experiments.mnist_convergence as mnist_convergence
-import experiments.mnist_generalization as mnist_generalization
-import experiments.mnist_lr_equivalence as mnist_lr_equivalence
-import experiments.mnist_pca as mnist_pca
-from experiments.tiny import TINY_OVERRIDES
+from experiments.runner import experiment_names, load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 
-MODULES = {
-    "circle_activations": circle_activations,
-    "circle_width": circle_width,
-    "circle_regression": circle_regression,
-    "mnist_pca": mnist_pca,
-    "mnist_convergence": mnist_convergence,
-    "mnist_lr_equivalence": mnist_lr_equivalence,
-    "mnist_generalization": mnist_generalization,
-    "drift_sweep": drift,
-}
-TINY = {name: (MODULES[name], overrides) for name, overrides in TINY_OVERRIDES.items()}
 
-
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", experiment_names())
 def test_same_command_and_seed_give_identical_tables(name, device, compose_cfg, tmp_path):
-    module, overrides = TINY[name]
+    experiment = load_experiment(name)
+    assert experiment.tiny, f"experiments/{name}.py declares no tiny settings"
     for run in ("a", "b"):
-        module.run(compose_cfg([f"+exp={name}", "progress=false", f"out_dir={tmp_path / run}", f"device={device}", *overrides]))
+        experiment.run(compose_cfg([f"+exp={name}", "progress=false", f"out_dir={tmp_path / run}", f"device={device}", *experiment.tiny]))
     tables = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.csv"))
     assert tables
     for rel in tables:

@@ -77,7 +77,7 @@ def test_bad_training_arguments(kwargs, message):
 
 
 def test_continued_run_equals_uninterrupted_run():
-    """start_step + history: stopping after 6 steps and continuing gives the same losses and weights."""
+    """resume=: stopping after 6 steps and continuing from that state gives the same losses and weights."""
     x = torch.randn(12, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     y = torch.sin(x[:, :1])
     whole = NTKMLP(3, 30, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -105,12 +105,11 @@ def test_continued_run_equals_uninterrupted_run():
         steps=10,
         record_t=[0, 3, 5],
         callback=lambda s: seen_resumed.append(s.t),
-        start_step=6,
-        history=states["history"],
+        resume=states["history"],
     )
     assert rest.loss == full.loss and rest.t == full.t and rest.lr_max == full.lr_max
     assert seen_resumed == [3.0, 5.0]  # times before the start are not revisited
     for a, b in zip(resumed.parameters(), whole.parameters()):
         assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="continuing at start_step=6 needs the history of steps 0 ... 5"):
-        gradient_descent(resumed, x, y, lr=0.5, steps=10, start_step=6)
+    with pytest.raises(ValueError, match="resume must hold the losses of steps 0 ... k - 1 for some k in \\[1, steps=10\\], got 0 losses"):
+        gradient_descent(resumed, x, y, lr=0.5, steps=10, resume=full.until(0))

@@ -11,11 +11,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.figures.registry import register
 from experiments.figures.style import gamma_axis, read_table, save_figure
 
 
-@register("circle_activations")
 def render(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     table = read_table(run_dir / "table.csv", {"activation", "method", "gamma", "ntk", "ntk_normalised"}, "table.csv")

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from experiments.figures.registry import register
 from experiments.figures.style import gamma_axis, read_table, save_figure
 
 COLUMNS = {"kind", "width", "seed", "gamma", "f"}
 COLOURS = ["tab:green", "tab:red", "tab:blue", "tab:orange"]
 
 
-@register("circle_regression")
 def render(run_dir: str | Path) -> list[Path]:
     """circle_regression.png/.pdf from run_dir/table.csv."""
     run_dir = Path(run_dir)

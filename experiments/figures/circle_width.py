@@ -13,14 +13,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.figures.registry import register
 from experiments.figures.style import gamma_axis, read_table, save_figure
 
 COLUMNS = {"width", "seed", "t", "gamma", "ntk"}
 STYLES = ["-", "--", ":", "-."]
 
 
-@register("circle_width")
 def render(run_dir: str | Path) -> list[Path]:
     """circle_width.png/.pdf from run_dir/table.csv."""
     run_dir = Path(run_dir)

@@ -2,7 +2,7 @@
 
     python -m scripts.make_figures dir=results/drift_sweep
 
-Reads table.csv, fits.csv and spread.csv (written by `experiments.drift.aggregate`).
+Reads table.csv, fits.csv and spread.csv (written by `experiments.drift_sweep.aggregate`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from experiments.figures.registry import register
 from experiments.figures.style import save_figure
 
 
@@ -29,7 +28,6 @@ def _reference(ax, x: np.ndarray, y0: float) -> None:
         ax.plot(x, y0 * (x / x[0]) ** slope, style, color="grey", lw=1, label=f"slope {slope:g}")
 
 
-@register("drift_sweep")
 def render(run_dir: str | Path) -> list[Path]:
     """The three drift figures from the aggregated tables of `run_dir`."""
     run_dir = Path(run_dir)

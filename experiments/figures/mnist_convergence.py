@@ -21,13 +21,11 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from experiments.figures.registry import register
 from experiments.figures.style import read_table, save_figure
 
 COLOURS = ["tab:green", "tab:orange", "tab:red", "tab:blue", "tab:purple"]
 
 
-@register("mnist_convergence")
 def render(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     table = read_table(run_dir / "table.csv", {"width", "seed", "t", "g_norm", "h_norm"}, "table.csv")

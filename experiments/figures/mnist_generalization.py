@@ -21,7 +21,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from experiments.figures.registry import register
 from experiments.figures.style import read_table, save_figure
 
 DISTANCES = {  # quantity in fits.csv: (table, column, marker, label)
@@ -32,7 +31,6 @@ DISTANCES = {  # quantity in fits.csv: (table, column, marker, label)
 }
 
 
-@register("mnist_generalization")
 def render(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     tables = {

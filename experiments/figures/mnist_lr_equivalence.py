@@ -15,13 +15,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from omegaconf import OmegaConf
 
-from experiments.figures.registry import register
 from experiments.figures.style import read_table, save_figure
 
 MARKERS = {"g_diff": ("o", r"$\|g_t\|$"), "h_diff": ("s", r"$\|h_t\|$"), "amplitude_diff": ("^", r"$c_i(t)$")}
 
 
-@register("mnist_lr_equivalence")
 def render(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     summary = read_table(run_dir / "summary.csv", {"width", "lr", "g_diff", "h_diff", "amplitude_diff"}, "summary.csv")

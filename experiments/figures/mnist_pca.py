@@ -12,11 +12,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from experiments.figures.registry import register
 from experiments.figures.style import read_table, save_figure
 
 
-@register("mnist_pca")
 def render(run_dir: str | Path) -> list[Path]:
     """mnist_pca.png/.pdf from run_dir/components.csv and run_dir/table.csv."""
     run_dir = Path(run_dir)

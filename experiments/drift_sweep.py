@@ -18,22 +18,33 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from experiments.common import build_model, config_key, run_start, train
 from experiments.figures import render
 from experiments.fits import fit_exponent
-from experiments.provenance import atomic_write_json, atomic_write_text, provenance
+from experiments.persistence import atomic_write_json, atomic_write_text, config_key, provenance, run_start
+from experiments.runner import Experiment
+from experiments.training import build_model, train
 from experiments.validation import check_int, check_model_and_training, check_odd_grid
 from ntk.data import circle_grid, gaussian_inputs, product_target
 from ntk.empirical import empirical_ntk
 from ntk.utils import resolve_device, resolve_dtype
+
+
+@dataclass
+class DriftSweepSchema:
+    width: int = MISSING
+    n_probe: int = MISSING
+    overwrite: bool = MISSING
+    threads: int | None = MISSING
+
 
 QUANTITIES = ("ntk_drift_train", "ntk_drift_probe", "weight_drift")  # drifts whose width exponent is fitted
 
@@ -160,6 +171,14 @@ def aggregate(run_dir: Path) -> dict[str, pd.DataFrame]:
     )
     render("drift_sweep", run_dir)
     return out
+
+
+EXPERIMENT = Experiment(
+    name="drift_sweep",
+    entry=run,
+    schema=DriftSweepSchema,
+    tiny=("width=24", "model.depth=3", "train.steps=4", "drift_points=3", "n_probe=9", "data.n_train=6"),
+)
 
 
 class AggregateOnEnd(Callback):

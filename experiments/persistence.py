@@ -1,12 +1,14 @@
-"""What every experiment shares: config checks, resumable per-job parts, and the final write.
+"""Everything a run keeps on disk: resumable parts, checkpoints, atomic outputs and provenance.
 
 A run of experiment <name> writes to `out_dir` (default results/<name>):
-  table.csv         the tidy table behind the figure
+  <table>.csv       the tidy tables behind the figures
   config.yaml       the resolved config
   provenance.json   command, git revision, torch version, device, dtype, wall time
-  <name>.png/.pdf   the figure, rendered from table.csv by scripts/
-While it runs, every finished job (one network, say) is saved under out_dir/.parts/<config key>/,
-so that an interrupted run resumes where it stopped; the parts are removed once the table is final.
+  <name>.png/.pdf   the figures, rendered from the tables (`experiments.figures`)
+While it runs, every finished job (one network, say) is saved under out_dir/.parts/<config key>/
+(`Parts`), and a network in training is checkpointed there (`Checkpoint`), so that an interrupted
+run resumes where it stopped; the parts are removed once the tables are final. Every file is
+written through a temporary file and a rename, so none is ever left half written.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import hashlib
 import io
 import json
 import os
+import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -26,11 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from experiments.provenance import atomic_write_json, atomic_write_text, git_revision, provenance
-from ntk.drift import DriftLogger
-from ntk.model import NTKMLP
-from ntk.train import TrainResult, TrainState, gradient_descent, record_steps
-from ntk.utils import resolve_device, resolve_dtype
+from ntk.utils import resolve_device, synchronize
 
 # Keys that change where or how verbosely a run writes, not what it computes.
 NOT_IN_KEY = ("out_dir", "progress", "resume", "overwrite", "threads", "checkpoint_minutes")
@@ -40,41 +42,81 @@ CHECKPOINT_GRID = 8
 clock = time.monotonic  # the wall clock that spaces checkpoints
 
 
-def network_jobs(cfg: DictConfig) -> list[tuple[str, int, int]]:
-    """(job name, width, seed) for every width of cfg.model.widths and every seed."""
-    return [(f"w{w}_s{s}", w, s) for w in cfg.model.widths for s in range(cfg.seed, cfg.seed + cfg.n_seeds)]
+def git_revision() -> str:
+    """Current commit, with '+dirty' when tracked code differs from it; 'unknown' outside git.
+
+    Files under results/ do not count: rerunning an experiment rewrites them.
+    """
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
 
 
-def loss_table(result: TrainResult, drift: list[dict], **key: object) -> pd.DataFrame:
-    """The loss at every step of one training run, its stability bound lr_max, and the drift columns
-    (ntk_drift_train, weight_drift, ...) at the steps where drift was logged (empty elsewhere)."""
-    table = pd.DataFrame(dict(key, t=result.t, loss=result.loss, lr_max=result.lr_max))
-    if drift:
-        table = table.merge(pd.DataFrame(drift).drop(columns="loss"), on="t", how="left")
-    return table
+def provenance(command: list[str] | None = None, **extra: object) -> dict:
+    """Who made a result: command, git revision, versions, machine, time; plus `extra` fields."""
+    return {
+        "command": " ".join(command if command is not None else ["python", "-m", "experiments.run", *sys.argv[1:]]),
+        "git_revision": extra.pop("git_revision", None) or git_revision(),
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cuda_version": torch.version.cuda,
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
 
 
-def build_model(cfg: DictConfig, in_dim: int, width: int, seed: int, device: torch.device, dtype: torch.dtype, out_dim: int = 1) -> NTKMLP:
-    """The network of one job: NTK MLP of cfg.model with the given width, initialised from `seed`."""
-    return NTKMLP(
-        in_dim,
-        width,
-        cfg.model.depth,
-        out_dim=out_dim,
-        beta=cfg.model.beta,
-        activation=cfg.model.activation,
-        generator=torch.Generator().manual_seed(seed),  # drawn on the CPU: the same network on every device
-        device=device,
-        dtype=dtype,
-    )
+def gemm_gflops(size: int = 2048, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", rounds: int = 5) -> float:
+    """This machine's matrix-product rate now: the median GFLOP/s of `rounds` (size x size) products.
+
+    Long runs record it at their start and end, so that their wall times can be compared across
+    machines and across runs of one machine (whose speed varies).
+    """
+    device = torch.device(device)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    a @ b  # warm-up (on CUDA: the cuBLAS handle and kernel choice), finished before the clock starts
+    synchronize(device)
+    times = []
+    for _ in range(rounds):
+        begin = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - begin)
+    return round(2 * size**3 / sorted(times)[rounds // 2] / 1e9, 1)
 
 
-def drift_steps(cfg: DictConfig) -> list[int]:
-    """Steps at which drift is logged: `drift_points` evenly spaced steps from 0 to train.steps (0: none)."""
-    n = cfg.drift_points
-    if n == 0:
-        return []
-    return sorted({round(i * cfg.train.steps / (n - 1)) for i in range(n)}) if n > 1 else [0]
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path | str, obj: object) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 class Checkpoint:
@@ -113,83 +155,6 @@ class Checkpoint:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def train(
-    cfg: DictConfig,
-    model: NTKMLP,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    record_t,
-    callback,
-    probe: torch.Tensor | None = None,
-    checkpoint: Checkpoint | None = None,
-    job_state: dict[str, list] | None = None,
-) -> tuple[TrainResult, list[dict]]:
-    """Full-batch gradient descent as configured in cfg.train, with optional drift logging.
-
-    `callback` is called at the times `record_t`. When cfg.drift_points > 0, the kernel drift on
-    the training inputs (and on `probe`), the weight drift and the loss are also logged at
-    `drift_steps(cfg)` (`ntk.drift.DriftLogger`); they are returned as rows (t, loss, ...).
-
-    With a `checkpoint`, the parameters, the losses so far, the drift rows and the lists of
-    `job_state` (where the callback collects its rows) are saved at the first candidate step
-    (`Checkpoint.steps`) after every `checkpoint.minutes` of training;
-    if the checkpoint exists when training starts, `model` (freshly initialised: anything computed
-    from the initial network before this call stays valid) and those lists are restored from it
-    and training continues from its step, giving what an uninterrupted run gives.
-    """
-    lr = cfg.train.lr
-    steps = cfg.train.steps
-    wanted = set(record_steps(record_t, lr, steps))
-    logged = set(drift_steps(cfg))
-    logger = DriftLogger(model, x, probe, resolve_dtype(cfg.kernel_dtype)) if logged else None
-    drift: list[dict] = []
-    job_state = job_state or {}
-    start, history = 0, None
-    saved_at = checkpoint.steps(steps) if checkpoint is not None else set()
-    saved = checkpoint.load() if checkpoint is not None else None
-    if checkpoint is not None:
-        checkpoint.last = clock()  # the clock runs from the start of training
-    if saved is not None:
-        model.load_state_dict(saved["model"])  # (saved on the CPU; copied onto the model's device)
-        start, history = saved["step"], TrainResult(**saved["history"])
-        drift.extend(saved["drift"])
-        for key, rows in job_state.items():
-            rows[:] = saved["job_state"][key]
-
-    def on_record(state: TrainState) -> None:
-        if state.step in saved_at and state.step != start and checkpoint.due():  # before this step's rows: a resumed run records them again
-            history_now = state.result.until(state.step)
-            checkpoint.save(
-                dict(
-                    step=state.step,
-                    model={k: v.cpu() for k, v in state.model.state_dict().items()},
-                    drift=list(drift),
-                    history=dict(t=history_now.t, loss=history_now.loss, lr_max=history_now.lr_max),
-                    job_state={key: list(rows) for key, rows in job_state.items()},
-                )
-            )
-        if state.step in wanted and callback is not None:
-            callback(state)
-        if state.step in logged:
-            drift.append(logger(state))
-
-    result = gradient_descent(
-        model,
-        x,
-        y,
-        lr=lr,
-        steps=steps,
-        record_t=[lr * k for k in sorted(wanted | logged | saved_at)],
-        callback=on_record,
-        method=cfg.train.method,
-        divergence_factor=cfg.train.divergence_factor,
-        progress=cfg.progress,
-        start_step=start,
-        history=history,
-    )
-    return result, drift
 
 
 def config_key(cfg: DictConfig) -> str:
