@@ -21,7 +21,7 @@ import torch
 from omegaconf import MISSING, DictConfig
 
 from experiments.runner import Experiment
-from experiments.validation import check_choice, check_int, check_odd_grid, check_run
+from experiments.validation import check_choice, check_depth_and_beta, check_odd_grid, check_run
 from ntk.activations import ACTIVATIONS
 from ntk.analytic import HermiteSeriesError, limiting_kernels
 from ntk.data import circle_grid
@@ -39,9 +39,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError("activations must list at least one activation")
     for name in cfg.activations:
         check_choice("activation", name, sorted(ACTIVATIONS))
-    check_int("model.depth", cfg.model.depth)
-    if not cfg.model.beta >= 0:
-        raise ValueError(f"model.beta must be >= 0, got {cfg.model.beta!r}")
+    check_depth_and_beta(cfg)
     check_odd_grid("data.n_gamma", cfg.data.n_gamma)
     check_run(cfg)
 

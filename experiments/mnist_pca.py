@@ -22,8 +22,7 @@ from omegaconf import MISSING, DictConfig
 
 from experiments.runner import Experiment
 from experiments.training import build_model
-from experiments.validation import check_choice, check_int, check_mnist, check_run
-from ntk.activations import ACTIVATIONS
+from experiments.validation import check_int, check_mnist, check_model, check_run, check_seeds
 from ntk.analytic import limiting_kernels
 from ntk.data import mnist_batch
 from ntk.empirical import empirical_ntk
@@ -40,12 +39,9 @@ class MnistPcaSchema:
 
 
 def check_config(cfg: DictConfig) -> None:
-    for w in cfg.model.widths:
-        check_int("model.widths entries", w)
-    check_int("model.depth", cfg.model.depth)
-    check_choice("activation", cfg.model.activation, sorted(ACTIVATIONS))
+    check_model(cfg, allow_empty=True)  # widths=[]: the limit only
     check_int("n_batches", cfg.n_batches)
-    check_int("n_seeds", cfg.n_seeds)
+    check_seeds(cfg)
     check_int("k", cfg.k)
     check_mnist(cfg, min_batch=cfg.k)
     check_run(cfg)

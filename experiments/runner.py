@@ -29,6 +29,7 @@ provenance and renderers.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from collections.abc import Callable
@@ -110,13 +111,14 @@ def load_experiment(name: str) -> Experiment:
     return exp
 
 
-def register_schemas() -> None:
-    """Put every experiment's schema into Hydra's config store as exp_schema/<name>."""
+def register_schemas(root: type) -> None:
+    """Put every experiment's schema, joined with the `root` keys' schema, into Hydra's config store
+    as exp_schema/<name> (the first entry of configs/exp/<name>.yaml's defaults)."""
     store = ConfigStore.instance()
     for name in experiment_names():
-        schema = load_experiment(name).schema
-        if schema is not None:
-            store.store(group="exp_schema", name=name, node=schema)
+        own = load_experiment(name).schema
+        bases = (own, root) if own is not None else (root,)
+        store.store(group="exp_schema", name=name, node=dataclasses.make_dataclass(f"{name}_schema", [], bases=bases))
 
 
 def per_network(job: Callable[..., Tables]) -> Callable[[DictConfig, Any], list[tuple[str, Callable[..., Tables]]]]:

@@ -11,60 +11,77 @@ Importing this module registers the schemas.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from experiments.runner import register_schemas
 
 
 @dataclass
+class RootSchema:
+    """The keys of configs/config.yaml, shared by every experiment (merged into each exp_schema/<name>)."""
+
+    name: str | None = MISSING
+    device: str = MISSING
+    dtype: str = MISSING
+    kernel_dtype: str = MISSING
+    seed: int = MISSING
+    n_seeds: int = MISSING
+    out_dir: str = MISSING
+    progress: bool = MISSING
+    resume: bool = MISSING
+    drift_points: int = MISSING
+
+
+@dataclass
 class ModelSchema:
-    widths: list[int] = field(default_factory=lambda: [500])  # one network per entry
-    depth: int = 4  # weight layers
-    beta: float = 0.1
-    activation: str = "relu"
+    widths: list[int] = MISSING
+    depth: int = MISSING  # weight layers
+    beta: float = MISSING
+    activation: str = MISSING
 
 
 @dataclass
 class TrainSchema:
-    lr: float = 1.0
-    steps: int = 200
-    method: str = "auto"
-    divergence_factor: float = 1.0e4
+    lr: float = MISSING
+    steps: int = MISSING
+    method: str = MISSING
+    divergence_factor: float = MISSING
 
 
 @dataclass
 class CircleDataSchema:
-    n_train: int = 64
-    seed: int = 1234
-    n_gamma: int = 201
+    n_train: int = MISSING
+    seed: int = MISSING
+    n_gamma: int = MISSING
 
 
 @dataclass
 class Circle4DataSchema:
-    train_gamma_over_pi: list[float] = field(default_factory=lambda: [-0.75, -0.25, 0.25, 0.75])
-    n_gamma: int = 201
+    train_gamma_over_pi: list[float] = MISSING
+    n_gamma: int = MISSING
 
 
 @dataclass
 class MnistSourceSchema:
-    source: str = "auto"
-    root: str = "data"
-    download: bool = False
+    source: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
 
 
 @dataclass
 class MnistDataSchema(MnistSourceSchema):
-    batch_size: int = 512
-    batch_seed: int = 0
+    batch_size: int = MISSING
+    batch_seed: int = MISSING
 
 
 @dataclass
 class MnistSplitDataSchema(MnistSourceSchema):
-    n_train: int = 1000
-    n_test: int = 1000
-    seed: int = 0
+    n_train: int = MISSING
+    n_test: int = MISSING
+    seed: int = MISSING
 
 
 SCHEMAS = {
@@ -79,4 +96,4 @@ SCHEMAS = {
 store = ConfigStore.instance()
 for (group, name), node in SCHEMAS.items():
     store.store(group=group, name=name, node=node)
-register_schemas()
+register_schemas(RootSchema)

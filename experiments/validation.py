@@ -58,22 +58,36 @@ def check_run(cfg: DictConfig) -> None:
     resolve_device(cfg.device)  # auto, cpu, cuda, cuda:<index>, and CUDA present when asked for
 
 
-def check_model_and_training(cfg: DictConfig) -> None:
-    """The checks every training experiment shares (model.*, train.*, seeds)."""
+def check_depth_and_beta(cfg: DictConfig) -> None:
+    """model.depth and model.beta, what a limiting kernel needs besides its activation."""
+    check_int("model.depth", cfg.model.depth)
+    if not cfg.model.beta >= 0:
+        raise ValueError(f"model.beta must be >= 0, got {cfg.model.beta!r}")
+
+
+def check_model(cfg: DictConfig, allow_empty: bool = False) -> None:
+    """model.*: the widths (at least one unless `allow_empty`), depth, activation and beta."""
     widths = cfg.model.widths
-    if not widths:
+    if not widths and not allow_empty:
         raise ValueError("model.widths must list at least one width")
     for w in widths:
         check_int("model.widths entries", w)
-    check_int("model.depth", cfg.model.depth)
+    check_depth_and_beta(cfg)
     check_choice("activation", cfg.model.activation, sorted(ACTIVATIONS))
-    if not cfg.model.beta >= 0:
-        raise ValueError(f"model.beta must be >= 0, got {cfg.model.beta!r}")
+
+
+def check_seeds(cfg: DictConfig) -> None:
+    check_int("n_seeds", cfg.n_seeds)
+    check_int("seed", cfg.seed, low=0)
+
+
+def check_model_and_training(cfg: DictConfig) -> None:
+    """The checks every training experiment shares (model.*, train.*, seeds)."""
+    check_model(cfg)
     check_positive("train.lr", cfg.train.lr)
     check_int("train.steps", cfg.train.steps, low=0)
     check_choice("train.method", cfg.train.method, TRAIN_METHODS)
-    check_int("n_seeds", cfg.n_seeds)
-    check_int("seed", cfg.seed, low=0)
+    check_seeds(cfg)
     check_int("drift_points", cfg.drift_points, low=0)
     check_run(cfg)
 
