@@ -134,6 +134,10 @@ class Checkpoint:
         """Steps at which a save is considered: every `CHECKPOINT_GRID` steps, not 0 and not the last."""
         return set(range(CHECKPOINT_GRID, total, CHECKPOINT_GRID))
 
+    def restart(self) -> None:
+        """Start the clock now (at the start of training)."""
+        self.last = clock()
+
     def due(self) -> bool:
         """Whether `minutes` have passed since the start or the last save."""
         return clock() - self.last >= 60 * self.minutes

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.persistence import Checkpoint, clock
+from experiments.persistence import Checkpoint
 from experiments.validation import check_positive
 from ntk.drift import DriftLogger
 from ntk.model import NTKMLP
@@ -89,7 +89,7 @@ def train(
     saved_at = checkpoint.steps(steps) if checkpoint is not None else set()
     saved = checkpoint.load() if checkpoint is not None else None
     if checkpoint is not None:
-        checkpoint.last = clock()  # the clock runs from the start of training
+        checkpoint.restart()  # the clock runs from the start of training
     if saved is not None:
         model.load_state_dict(saved["model"])  # (saved on the CPU; copied onto the model's device)
         start, history = saved["step"], TrainResult(**saved["history"])

@@ -5,7 +5,7 @@
 - ``"layerwise"`` (NTK MLP only; the fast path). The sum over parameters factorises layer by layer
   (the parameters of layer l are W(l) and b(l) of Section 2):
 
-      Theta(x, x') = sum_{l=0}^{L-1} [a(l)(x).a(l)(x') / n_l + beta^2] [d(l+1)(x).d(l+1)(x')]
+      `Theta(x, x') = sum_{l=0}^{L-1} [a(l)(x).a(l)(x') / n_l + beta^2] [d(l+1)(x).d(l+1)(x')]`
 
   with a(l) the layer inputs and d(l+1) = df/dz(l+1), obtained for a whole block of inputs from
   one forward and one backward pass, then one Gram product per factor and layer. Memory is

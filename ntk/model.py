@@ -87,7 +87,8 @@ class NTKMLP(nn.Module):
             layer (weight then bias) on the generator's device, then moved to `device`. Same CPU
             generator state and dtype: the same network on every device (a CUDA generator draws
             other numbers, which also differ between GPU models).
-        device, dtype: where and in which precision the parameters live.
+        device: where the parameters live.
+        dtype: the parameters' precision.
 
     Parameters are named `layers.{l}.weight` (n_{l+1}, n_l) and `layers.{l}.bias`, so the module
     works with `torch.func.functional_call`.
@@ -190,7 +191,9 @@ def backward_factors(model: NTKMLP, acts: list[Tensor], derivs: list[Tensor], de
     yielded, so the consumer may update W(l) in place (the fused GD step relies on this).
 
     Args:
-        model, acts, derivs: as returned by `forward_with_cache`.
+        model: the network.
+        acts: [a(0), ..., a(L-1)], as returned by `forward_with_cache`.
+        derivs: [sigma'(z(1)), ..., sigma'(z(L-1))], as returned by `forward_with_cache`.
         delta: cotangent at the output, (N, n_L), or (N, O, n_L) to carry O output
             directions at once (the per-output factors of a multi-output NTK).
 

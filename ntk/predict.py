@@ -100,8 +100,8 @@ def kernel_regression(
         ntk_train: Theta(X, X), (N, N).
         y_train: targets, (N,) or (N, O).
         t: training time (math.inf for the end of training).
-        f0_test, f0_train: the initial function at the test and training inputs, shaped like the
-            prediction and like y_train.
+        f0_test: the initial function at the test inputs, shaped like the prediction.
+        f0_train: the initial function at the training inputs, shaped like y_train.
         lr: gradient descent at this learning rate instead of the gradient flow (`flow_matrix`).
 
     Returns:
@@ -216,9 +216,12 @@ def kernel_gradient_descent(
     Args:
         ntk_train: Theta_0(X, X), (N, N, O, O) (or (N, N) for O = 1), as `ntk.empirical.empirical_ntk`.
         ntk_eval_train: Theta_0(x, X), (M, N, O, O) (or (M, N)).
-        f0_train, f0_eval: the network at initialisation, (N, O) and (M, O).
+        f0_train: the network at initialisation on the training inputs, (N, O).
+        f0_eval: the network at initialisation on the evaluation inputs, (M, O).
         y: targets, (N, O). These three are moved to the device and dtype of `ntk_train`.
-        lr, steps, record_t: as in `linearised_gradient_descent` (t = lr * steps).
+        lr: learning rate, as in `linearised_gradient_descent`.
+        steps: number of steps (t = lr * steps).
+        record_t: times at which the outputs are returned.
 
     Returns:
         {t: f_lin(x_eval) at t, shape (M, O)} for every t in `record_t`, in the dtype and on the

@@ -164,7 +164,8 @@ def top_eigenvalue(
         tol: relative residual at which the iteration stops.
         max_iter: largest Krylov dimension (the iteration also stops at N, where it is exact).
         seed: seed of the start vector.
-        dtype, device: of the vectors handed to a function (a tensor's own are used otherwise).
+        dtype: of the vectors handed to a function (a tensor's own is used otherwise).
+        device: of the vectors handed to a function (a tensor's own is used otherwise).
 
     Returns:
         theta, the largest Ritz value, as a float.

@@ -158,9 +158,9 @@ def test_narrow_networks_train_at_their_own_lr_to_the_same_time(compose_cfg, tmp
 
 
 def test_time_grid_includes_the_end_and_refuses_off_grid_steps():
-    assert mnist_convergence.time_grid("record_dt", 8, 2.0, 10) == [0.0, 8.0, 16.0, 20.0]
+    assert training.time_grid("record_dt", 8, 2.0, 10) == [0.0, 8.0, 16.0, 20.0]
     with pytest.raises(ValueError, match="record_dt=3 must be a positive multiple of train.lr=2"):
-        mnist_convergence.time_grid("record_dt", 3, 2.0, 10)
+        training.time_grid("record_dt", 3, 2.0, 10)
 
 
 def test_checkpoints_are_spaced_by_wall_clock_time(compose_cfg, tmp_path, monkeypatch):
