@@ -116,7 +116,9 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
         dtype=cfg.dtype,
         kernel_dtype=cfg.kernel_dtype,
         config_key=config_key(cfg),
+        started_unix=round(start["started"], 3),
         wall_time_s=round(time.time() - start["started"], 2),
+        pid=os.getpid(),
     )
     atomic_write_text(
         paths["config"], OmegaConf.to_yaml(OmegaConf.create({"config": OmegaConf.to_container(cfg, resolve=True), "provenance": prov}))

@@ -19,6 +19,13 @@ def device(request) -> torch.device:
     return torch.device(request.param)
 
 
+def mlp(in_dim: int, width, depth: int, seed: int = 0, dtype: torch.dtype = torch.float64, **kwargs) -> NTKMLP:
+    """The tests' network: an NTK MLP drawn from a CPU generator seeded `seed` (float64 by default)."""
+    from ntk.model import NTKMLP
+
+    return NTKMLP(in_dim, width, depth, generator=torch.Generator().manual_seed(seed), dtype=dtype, **kwargs)
+
+
 def rel_fro(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative Frobenius error ||a - b|| / ||b||."""
     return ((a - b).norm() / b.norm()).item()

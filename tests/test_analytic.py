@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from ntk.activations import ACTIVATIONS
 from ntk.analytic import limiting_kernels
 from ntk.data import circle_points
-from ntk.empirical import empirical_ntk
+from ntk.empirical import empirical_nngp, empirical_ntk
 from ntk.memory import NTKMemoryError
 from ntk.model import NTKMLP
 from tests.conftest import rel_fro
@@ -131,3 +132,27 @@ def test_closed_form_comes_with_the_activation_not_its_name():
     for a, b in zip(limiting_kernels(x, None, 3, activation=impostor), limiting_kernels(x, None, 3, activation="tanh")):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     assert get_activation("relu").gaussian is not None and tanh.gaussian is None
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_limits_equal_the_seed_mean_of_very_wide_one_hidden_layer_networks(activation):
+    """With one hidden layer the empirical NTK and NNGP are averages over n i.i.d. neurons whose
+    expectation is exactly the limit (the first layer's pre-activations are exactly Gaussian), so
+    the seed mean of 16 networks of width 2^17 must lie within the seed standard error of the
+    analytic kernels, entry by entry (|z| < 6, t with 15 degrees of freedom). The relative standard
+    error is 0.1-2%: a limit off by 1% gives |z| > 10 and fails (checked below)."""
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    nngp, ntk = limiting_kernels(x, None, 2, 0.1, activation)
+    seeds = 16
+    nets = [
+        NTKMLP(3, 2**17, 2, activation=activation, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in range(seeds)
+    ]
+    i, j = torch.triu_indices(6, 6)
+    for name, limit, samples in (
+        ("ntk", ntk, torch.stack([empirical_ntk(m, x) for m in nets])),
+        ("nngp", nngp, torch.stack([empirical_nngp(m, x) for m in nets])),
+    ):
+        mean, se = samples.mean(0), samples.std(0) / math.sqrt(seeds)
+        z = ((mean - limit) / se)[i, j]
+        assert z.abs().max() < 6, (name, z)
+        assert ((mean - 1.01 * limit) / se)[i, j].abs().max() > 6, name  # the test would catch a 1% error

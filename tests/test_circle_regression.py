@@ -34,7 +34,7 @@ def test_tiny_run_table_summary_and_independent_values(compose_cfg, tmp_path):
     for name in ("summary.csv", "loss.csv", "config.yaml", "provenance.json", "circle_regression.png", "circle_regression.pdf"):
         assert (tmp_path / name).exists(), name
     summary = pd.read_csv(tmp_path / "summary.csv")
-    assert list(summary.width) == [30, 60] and ((summary.inside_p10_p90 >= 0) & (summary.inside_p10_p90 <= 1)).all()
+    assert list(summary.width) == [30, 60] and (summary.seeds == 2).all()
 
     # Network curve of width 60, seed 1: retrain independently and compare.
     x = circle_points(math.pi * torch.tensor([-0.75, -0.25, 0.25, 0.75], dtype=torch.float64))
@@ -62,3 +62,24 @@ def test_bad_config_is_refused(compose_cfg, tmp_path):
     with pytest.raises(ValueError, match="distinct angles"):
         circle_regression.run(cfg)
     assert not (tmp_path / "x").exists()
+
+
+def test_summary_of_a_hand_made_table():
+    """Band p10/p50/p90 = -1/0/1 at 4 angles (zero width at a fifth, a training point: left out);
+    two seeds whose 8 points have 6 inside the band; their mean is off by 0.25 at every angle."""
+    gamma = [-2.0, -1.0, 0.0, 1.0, 2.0]
+    rows = [
+        dict(kind=f"limit_p{p}", width=np.inf, seed=-1, gamma=g, f=0.0 if g == 0.0 else v)
+        for p, v in ((10, -1.0), (50, 0.0), (90, 1.0))
+        for g in gamma
+    ]
+    seed0 = {-2.0: 0.5, -1.0: 0.5, 0.0: 9.0, 1.0: 1.5, 2.0: 0.5}  # one point above the band (and the ignored one)
+    seed1 = {-2.0: 0.0, -1.0: 0.0, 0.0: 0.0, 1.0: -1.0, 2.0: -1.5}  # on the lower edge (inside), one below
+    rows += [dict(kind="network", width=100, seed=s, gamma=g, f=curve[g]) for s, curve in enumerate((seed0, seed1)) for g in gamma]
+    summary = circle_regression.summarise(pd.DataFrame(rows)).iloc[0]
+    assert summary.grid_points == 4 and summary.seeds == 2
+    assert summary.inside_p10_p90 == 6 / 8
+    assert summary.curves_fully_inside == 0.0
+    mean_err = np.array([0.25, 0.25, 0.25, -0.5])  # seed means minus p50 at -2, -1, 1, 2
+    assert summary.mean_rms_error == pytest.approx(np.sqrt((mean_err**2).mean()))
+    assert summary.limit_sd_rms == pytest.approx(1 / circle_regression.Z90)

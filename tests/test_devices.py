@@ -28,7 +28,7 @@ from ntk.predict import kernel_gradient_descent, linearised_gradient_descent
 from ntk.spectrum import kernel_pca, kernel_pca_matrix_free, power_iteration, top_eigenvalue
 from ntk.train import fused_step, gradient_descent, largest_stable_lr
 from ntk.utils import resolve_device
-from tests.conftest import needs_cuda, rel_fro
+from tests.conftest import mlp, needs_cuda, rel_fro
 
 META = torch.device("meta")
 
@@ -127,7 +127,7 @@ def test_same_seed_same_network_on_cpu_and_gpu():
 
 
 def make(device, out_dim=1, depth=3, width=12, dtype=torch.float64):
-    return NTKMLP(3, width, depth, out_dim=out_dim, generator=torch.Generator().manual_seed(0), device=device, dtype=dtype)
+    return mlp(3, width, depth, 0, dtype, out_dim=out_dim, device=device)
 
 
 @pytest.mark.parametrize("out_dim", [1, 3])

@@ -4,12 +4,11 @@ import torch
 import ntk.backends
 from ntk.empirical import empirical_ntk, memory_estimate, ntk_row, ntk_vector_product
 from ntk.memory import NTKMemoryError, parse_bytes
-from ntk.model import NTKMLP
-from tests.conftest import rel_fro
+from tests.conftest import mlp, rel_fro
 
 
 def make(depth, width, activation="relu", out_dim=1, dtype=torch.float64, in_dim=3, seed=0):
-    return NTKMLP(in_dim, width, depth, out_dim=out_dim, activation=activation, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return mlp(in_dim, width, depth, seed, dtype, out_dim=out_dim, activation=activation)
 
 
 @pytest.mark.parametrize("activation", ["relu", "erf", "tanh", "identity"])

