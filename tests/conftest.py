@@ -7,6 +7,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from ntk.model import NTKMLP
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 HAS_CUDA = torch.cuda.is_available()
@@ -21,8 +23,6 @@ def device(request) -> torch.device:
 
 def mlp(in_dim: int, width, depth: int, seed: int = 0, dtype: torch.dtype = torch.float64, **kwargs) -> NTKMLP:
     """The tests' network: an NTK MLP drawn from a CPU generator seeded `seed` (float64 by default)."""
-    from ntk.model import NTKMLP
-
     return NTKMLP(in_dim, width, depth, generator=torch.Generator().manual_seed(seed), dtype=dtype, **kwargs)
 
 
