@@ -148,7 +148,10 @@ def say(line: str) -> None:
     from tqdm import tqdm
 
     for bar in list(getattr(tqdm, "_instances", ())):
-        bar.close()
+        try:
+            bar.close()
+        except AttributeError:  # a bar the signal interrupted in its constructor: nothing drawn to close
+            tqdm._instances.discard(bar)
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
 

@@ -3,7 +3,7 @@
 A job trains one NTK MLP (width, depth, seed) by full-batch gradient descent on the Figure 1 task
 (f*(x) = x1 x2 at data.n_train Gaussian inputs) and logs, at `drift_points` times t, the loss, the
 relative kernel drift ||Theta_t - Theta_0||_F / ||Theta_0||_F on the training inputs and on
-`n_probe` points of the unit circle, and the relative weight change (`experiments.common.train`
+`n_probe` points of the unit circle, and the relative weight change (`experiments.training.train`
 with `ntk.drift.DriftLogger`; any other experiment logs the same with drift_points > 0).
 It also keeps Theta_0(x0, probe) with x0 = (1, 0), for the spread of the initial kernel across seeds.
 

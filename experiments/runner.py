@@ -18,7 +18,7 @@ assembled into the final ones. `run_experiment` does the rest, the same way for 
      is saved atomically under out_dir/.parts/<config key>/, so a rerun resumes), timing each;
   3. assemble the final tables; write them, the resolved config and the provenance (command, git
      revision, device, dtypes, wall time, per-job times, the GEMM rate at start and end);
-  4. render the figures with the experiment's registered renderer (`experiments.figures`);
+  4. render the figures with the experiment's renderer (`experiments/figures/<name>.py`);
   5. remove the parts.
 
 The drift sweep is the exception: each of its jobs is a separate Hydra process (possibly on another

@@ -5,7 +5,7 @@
     python -m scripts.make_figures dir=results/circle_width # one run directory
 
 A run directory holds the tables of one run and its config.yaml, whose `name` is the experiment
-(a drift sweep is recognised by its fits.csv); its figures are drawn by the renderer registered for
+(a drift sweep is recognised by its fits.csv); its figures are drawn by the renderer of
 that experiment (`experiments.figures`), the same function the run itself used, into PNG and PDF
 beside the tables.
 """
