@@ -16,8 +16,21 @@ Tensor = torch.Tensor
 
 
 def cast_params(model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
-    """The parameters by name, detached and cast to `dtype` (the model itself is not touched)."""
-    return {k: v.detach().to(dtype) for k, v in model.named_parameters()}
+    """The trainable parameters (requires_grad) by name, detached and cast to `dtype` (the model
+    itself is not touched): the parameters the kernel differentiates by."""
+    return {k: v.detach().to(dtype) for k, v in model.named_parameters() if v.requires_grad}
+
+
+def cast_fixed(model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
+    """Everything else a forward pass reads, cast likewise: frozen parameters and floating buffers."""
+    fixed = {k: v.detach().to(dtype) for k, v in model.named_parameters() if not v.requires_grad}
+    fixed |= {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.named_buffers()}
+    return fixed
+
+
+def cast_input(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Floating inputs in `dtype`; integer inputs (token ids) as they are."""
+    return x.to(dtype) if x.is_floating_point() else x
 
 
 # ----------------------------------------------------------------------------- layerwise
@@ -96,16 +109,21 @@ def layerwise_kernel(model: NTKMLP, x1: Tensor, x2: Tensor | None, dtype, block:
 
 
 def jacobian_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.dtype, trace: bool) -> Tensor:
-    params = cast_params(model, dtype)
+    params, fixed = cast_params(model, dtype), cast_fixed(model, dtype)
 
     def f(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(model, p, (x.unsqueeze(0),)).reshape(-1)  # (O,)
+        return functional_call(model, {**fixed, **p}, (x.unsqueeze(0),)).reshape(-1)  # (O,)
 
     jac = vmap(jacrev(f), in_dims=(None, 0))
 
     def flat(x: Tensor) -> Tensor:
-        j = jac(params, x.to(dtype))  # {name: (N, O, *shape)}
-        return torch.cat([v.flatten(2) for v in j.values()], dim=2)  # (N, O, P)
+        x = cast_input(x, dtype)
+        try:
+            j = jac(params, x)  # {name: (N, O, *shape)}
+        except RuntimeError:  # a module vmap cannot batch (recurrent cells build their state per call): one input at a time
+            per = [jacrev(f)(params, xi) for xi in x]
+            j = {k: torch.stack([p[k] for p in per]) for k in params}
+        return torch.cat([v.reshape(v.shape[0], v.shape[1], -1) for v in j.values()], dim=2)  # (N, O, P)
 
     j1 = flat(x1)
     j2 = j1 if x2 is None else flat(x2)
@@ -118,16 +136,20 @@ def jacobian_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torc
 
 
 def ntk_vp_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.dtype, chunk: int, trace: bool) -> Tensor:
-    params = cast_params(model, dtype)
-    x1 = x1.to(dtype)
-    xs = x1 if x2 is None else x2.to(dtype)
+    params, fixed = cast_params(model, dtype), cast_fixed(model, dtype)
+    x1 = cast_input(x1, dtype)
+    xs = x1 if x2 is None else cast_input(x2, dtype)
     out_dim = output_dim(model, x1[:1])
+
+    def call(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        out = functional_call(model, {**fixed, **p}, (x,))
+        return out.reshape(x.shape[0], -1)  # (N, O)
 
     def column(xj: Tensor, e: Tensor) -> Tensor:
         """Theta(X1, x_j) e = J(X1) J(x_j)^T e, (N1, O)."""
-        _, pull = vjp(lambda p: functional_call(model, p, (xj.unsqueeze(0),))[0], params)
+        _, pull = vjp(lambda p: call(p, xj.unsqueeze(0))[0], params)
         (tangent,) = pull(e)
-        return jvp(lambda p: functional_call(model, p, (x1,)), (params,), (tangent,))[1]
+        return jvp(lambda p: call(p, x1), (params,), (tangent,))[1]
 
     eye = torch.eye(out_dim, dtype=dtype, device=x1.device)
     points = xs.repeat_interleave(out_dim, dim=0)  # (N2 O, d): column (j, b) at j O + b

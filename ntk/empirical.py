@@ -10,14 +10,20 @@
   with a(l) the layer inputs and d(l+1) = df/dz(l+1), obtained for a whole block of inputs from
   one forward and one backward pass, then one Gram product per factor and layer. Memory is
   O(N x width) for the factors, never O(N x parameters).
+- ``"structured"`` (any module; `ntk.structured`). Per-layer rules from each layer's inputs and
+  output cotangents (nn.Linear, convolutions, nn.Embedding, norms, biases), each the cheaper of the
+  Gram-of-Grams and the explicit per-sample-gradient contraction (Novak et al., ICML 2022); the
+  parameters no rule covers by Jacobian contraction restricted to them. Memory O(N x activations).
 - ``"ntk_vp"`` (any module). Jacobian-free: column j of Theta is J(X1) (J(x_j)^T e_b), one
   torch.func ``vjp`` at x_j and one ``jvp`` over X1, vectorised over a chunk of columns with
   ``vmap``. Memory O(chunk x (parameters + N1 x activations)).
 - ``"jacobian"`` (any module; the reference). torch.func ``vmap(jacrev)`` per-sample Jacobians
   through ``functional_call``, contracted over parameters. Memory O((N1 + N2) x O x parameters).
 
-``"auto"`` takes layerwise for an `NTKMLP`, otherwise the cheapest method whose memory estimate
-fits (jacobian, then ntk_vp). Every method first estimates its memory (`memory_estimate`, formulas
+``"auto"`` takes layerwise for an `NTKMLP`, otherwise the first method whose memory estimate fits
+(structured, jacobian, ntk_vp). Inputs may have any shape (N, ...) for a general module (images,
+sequences, integer token ids, which are never cast); its output must be (N, O) or (N,). Only
+trainable parameters (requires_grad) count: frozen ones are held fixed, in every method. Every method first estimates its memory (`memory_estimate`, formulas
 in its docstring) and refuses with `NTKMemoryError`, naming the methods that would fit, when the
 estimate exceeds the budget of `ntk.memory.available_memory`.
 
@@ -33,10 +39,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from ntk.backends import cast_params, jacobian_kernel, layerwise_factors, layerwise_kernel, ntk_vp_kernel
+from ntk.backends import cast_fixed, cast_input, cast_params, jacobian_kernel, layerwise_factors, layerwise_kernel, ntk_vp_kernel
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 from ntk.model import NTKMLP, forward_with_cache
 from ntk.planning import memory_estimate, plan_method
+from ntk.structured import check_independent_samples, structured_kernel
 
 __all__ = [
     "METHODS",
@@ -51,7 +58,7 @@ __all__ = [
 
 Tensor = torch.Tensor
 
-METHODS = ("auto", "layerwise", "ntk_vp", "jacobian")
+METHODS = ("auto", "layerwise", "structured", "ntk_vp", "jacobian")
 
 
 def empirical_ntk(
@@ -67,13 +74,13 @@ def empirical_ntk(
     """Empirical NTK Theta(x1, x2) of `model` at its current parameters.
 
     Args:
-        model: an `NTKMLP` (all methods) or any module mapping (N, d) to (N, O).
-        x1: inputs, (N1, d).
-        x2: inputs, (N2, d); None means x2 = x1: the factors of x1 are reused, only blocks on or
-            above the diagonal are computed, and the result is exactly symmetric.
-        method: "auto", "layerwise", "ntk_vp" or "jacobian" (module docstring).
-        block_size: rows of x1 (and x2) processed at once by "layerwise", or columns per
-            vectorised chunk for "ntk_vp"; None picks the largest that fits the memory budget.
+        model: an `NTKMLP` (all methods) or any module mapping (N, ...) to (N, O) or (N,).
+        x1: inputs, (N1, ...) ((N1, d) for an NTKMLP).
+        x2: inputs, (N2, ...) like x1; None means x2 = x1: the factors of x1 are reused, only blocks
+            on or above the diagonal are computed, and the result is exactly symmetric.
+        method: "auto", "layerwise", "structured", "ntk_vp" or "jacobian" (module docstring).
+        block_size: rows of x1 (and x2) processed at once by "layerwise" and "structured", or
+            columns per vectorised chunk for "ntk_vp"; None picks the largest that fits the budget.
         dtype: precision of the computation and of the result.
         trace: for O > 1 outputs, return the trace over outputs sum_a Theta[:, :, a, a], (N1, N2).
         memory_limit: bytes the computation may use; default `ntk.memory.available_memory`.
@@ -90,6 +97,8 @@ def empirical_ntk(
         raise ValueError(f"unknown NTK method {method!r}; allowed: {', '.join(METHODS)}")
     x1, x2 = on_model_device(model, x1), None if x2 is None else on_model_device(model, x2)
     _check_inputs(model, x1, x2)
+    if not isinstance(model, NTKMLP):
+        check_independent_samples(model)  # batch statistics: no kernel of input pairs, whatever the method
     if method == "layerwise" and not isinstance(model, NTKMLP):
         raise ValueError(f"method='layerwise' needs an NTKMLP, got {type(model).__name__}; use method='ntk_vp' or 'jacobian'")
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
@@ -100,6 +109,8 @@ def empirical_ntk(
     with torch.no_grad():
         if method == "layerwise":
             kernel = layerwise_kernel(model, x1, x2, dtype, block, trace)
+        elif method == "structured":
+            kernel = structured_kernel(model, x1, x2, dtype, block, trace)
         elif method == "jacobian":
             kernel = jacobian_kernel(model, x1, x2, dtype, trace)
         else:
@@ -155,11 +166,11 @@ def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor, dtype: torch.dtyp
             f"ntk_vector_product needs about {fmt_bytes(need)} for {x.shape[0]} inputs, more than the "
             f"{fmt_bytes(budget)} available; split the inputs or raise the limit (NTK_MEMORY_LIMIT)"
         )
-    params = cast_params(model, dtype)
-    x = x.to(dtype)
+    params, fixed = cast_params(model, dtype), cast_fixed(model, dtype)
+    x = cast_input(x, dtype)
 
     def f(p: dict[str, Tensor]) -> Tensor:
-        return functional_call(model, p, (x,))  # (N, O)
+        return functional_call(model, {**fixed, **p}, (x,)).reshape(x.shape[0], -1)  # (N, O)
 
     out, pull = vjp(f, params)
     if v.shape[0] != x.shape[0] or v.numel() != out.numel():
@@ -179,13 +190,16 @@ def _check_inputs(model: nn.Module, x1: Tensor, x2: Tensor | None) -> None:
     for name, x in (("x1", x1), ("x2", x2)):
         if x is None:
             continue
-        if x.dim() != 2:
-            raise ValueError(f"{name} must have shape (N, input_dim), got {tuple(x.shape)}")
-        if isinstance(model, NTKMLP) and x.shape[1] != model.in_dim:
-            raise ValueError(f"{name} has input dimension {x.shape[1]}, the model expects {model.in_dim}")
+        if isinstance(model, NTKMLP):
+            if x.dim() != 2:
+                raise ValueError(f"{name} must have shape (N, input_dim) for an NTKMLP, got {tuple(x.shape)}")
+            if x.shape[1] != model.in_dim:
+                raise ValueError(f"{name} has input dimension {x.shape[1]}, the model expects {model.in_dim}")
+        elif x.dim() < 1 or x.shape[0] < 1:
+            raise ValueError(f"{name} must have shape (N, ...) with N >= 1 inputs, got {tuple(x.shape)}")
         # a NaN or inf makes the sum non-finite (one fast pass and one host sync per kernel, not per
         # block); only an overflowing sum needs the full check. Meta tensors carry no values to check.
-        if x.device.type != "meta" and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+        if x.is_floating_point() and x.device.type != "meta" and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
             raise ValueError(f"{name} contains non-finite values")
-    if x2 is not None and x2.shape[1] != x1.shape[1]:
-        raise ValueError(f"x1 and x2 have different input dimensions: {x1.shape[1]} and {x2.shape[1]}")
+    if x2 is not None and x2.shape[1:] != x1.shape[1:]:
+        raise ValueError(f"x1 and x2 have different input shapes: {tuple(x1.shape[1:])} and {tuple(x2.shape[1:])} per input")

@@ -37,9 +37,12 @@ def memory_estimate(
       layerwise: b x B x (2 F + 2 B O^2) + (largest weight matrix x b if the dtype changes) + K,
                  B = rows per block (block_size, default max(n1, n2)), F = sum_l (2 n_l + O n_{l+1})
                  numbers per input for the cache and factors of one block.
+      structured: b x (2 B A (1 + O) + min(4 B^2 O^2 S^2, 2 B O P) + JACOBIAN_OVERHEAD x O x P_rest x 2 B) + K,
+                 A = numbers recorded per input (inputs and outputs of the covered module calls),
+                 S = the most positions of a covered call, P_rest = parameters left to the Jacobian.
     """
     b = torch.empty((), dtype=dtype).element_size()
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     out_dim = output_dim(model, x_example)
     result = n1 * n2 * out_dim**2 * b
     if method == "jacobian":
@@ -47,6 +50,16 @@ def memory_estimate(
     if method == "ntk_vp":
         chunk = block_size or 1
         return b * chunk * (2 * n_params + 3 * n1 * _activation_numel(model, x_example)) + b * n_params + result
+    if method == "structured":
+        from ntk import structured
+
+        rows = min(block_size or max(n1, n2), max(n1, n2))
+        per_input = structured.activation_numel(model, x_example)  # recorded inputs and outputs of covered calls
+        _, rest = structured.plan(model)
+        n_rest = sum(p.numel() for name, p in model.named_parameters() if name in set(rest))
+        grams = 4 * rows * rows * out_dim**2 * structured.largest_positions(model, x_example) ** 2  # Gram-of-Grams temporaries (bounded)
+        jac = JACOBIAN_OVERHEAD * out_dim * n_rest * 2 * rows
+        return b * (2 * rows * per_input * (1 + out_dim) + min(grams, 2 * rows * out_dim * n_params) + jac) + result
     if method == "layerwise":
         rows = min(block_size or max(n1, n2), max(n1, n2))
         widths = model.widths
@@ -76,13 +89,13 @@ def plan_method(
         NTKMemoryError: the method does not fit even one row at a time; the message names the
             methods that would.
     """
-    candidates = ["layerwise"] if isinstance(model, NTKMLP) else []
+    candidates = ["layerwise"] if isinstance(model, NTKMLP) else ["structured"]
     candidates += ["jacobian", "ntk_vp"]
     x_example = x1[:1]
 
     def fit(m: str) -> tuple[int | None, float]:
         """Block size that fits (None: none does) and the estimate at that size."""
-        top = max(n1, n2) if m == "layerwise" else n2 * output_dim(model, x_example)
+        top = max(n1, n2) if m in ("layerwise", "structured") else n2 * output_dim(model, x_example)
         if m == "jacobian":
             return (top, est) if (est := memory_estimate(model, m, n1, n2, symmetric, dtype, None, x_example)) <= budget else (None, est)
         if block_size is not None:
@@ -119,11 +132,17 @@ def plan_method(
 
 
 def output_dim(model: nn.Module, x_example: Tensor | None) -> int:
-    """O, the number of outputs (one forward pass on `x_example` for a module other than NTKMLP)."""
+    """O, the number of outputs (one forward pass on `x_example` for a module other than NTKMLP):
+    the model maps (N, ...) to (N, O), or to (N,) for O = 1."""
     if isinstance(model, NTKMLP):
         return model.out_dim
     with torch.no_grad():
-        return model(x_example).shape[-1]
+        out = model(x_example)
+    if out.dim() == 1 and out.shape[0] == x_example.shape[0]:
+        return 1
+    if out.dim() != 2 or out.shape[0] != x_example.shape[0]:
+        raise ValueError(f"the model's output must have shape (N, O) or (N,), got {tuple(out.shape)} for {x_example.shape[0]} input(s)")
+    return out.shape[1]
 
 
 def _activation_numel(model: nn.Module, x_example: Tensor | None) -> int:

@@ -73,13 +73,13 @@ def test_generic_module_methods_agree_and_auto_follows_memory():
     assert ref.shape == (6, 6, 2, 2)
     assert rel_fro(empirical_ntk(model, x, method="ntk_vp"), ref) < 1e-12
     assert rel_fro(empirical_ntk(model, x), ref) < 1e-12
-    # a budget that the Jacobians exceed but one ntk_vp column fits: auto falls back to ntk_vp
+    # a budget that the Jacobians exceed but one ntk_vp column fits: auto takes structured, ntk_vp where structured does not fit
     jac = memory_estimate(model, "jacobian", 6, 6, True, torch.float64, x_example=x[:1])
     vp = memory_estimate(model, "ntk_vp", 6, 6, True, torch.float64, 1, x_example=x[:1])
     assert vp < jac
     limit = int((vp + jac) / 2)
     assert rel_fro(empirical_ntk(model, x, memory_limit=limit), ref) < 1e-12
-    with pytest.raises(NTKMemoryError, match=r"method='jacobian' needs about .* use method='ntk_vp'"):
+    with pytest.raises(NTKMemoryError, match=r"method='jacobian' needs about .* use method='structured' \(from .*\) or method='ntk_vp'"):
         empirical_ntk(model, x, method="jacobian", memory_limit=limit)
     with pytest.raises(ValueError, match="method='layerwise' needs an NTKMLP"):
         empirical_ntk(model, x, method="layerwise")
@@ -129,7 +129,7 @@ def test_blocked_kernel_of_many_points_matches_unblocked():
 @pytest.mark.parametrize(
     "x1,x2,method,message",
     [
-        (torch.randn(3, 3), None, "fast", "unknown NTK method 'fast'; allowed: auto, layerwise, ntk_vp, jacobian"),
+        (torch.randn(3, 3), None, "fast", "unknown NTK method 'fast'; allowed: auto, layerwise, structured, ntk_vp, jacobian"),
         (torch.randn(3, 3), torch.randn(3, 2), "jacobian", "x2 has input dimension 2, the model expects 3"),
         (torch.randn(3, 2), None, "auto", "x1 has input dimension 2, the model expects 3"),
         (torch.randn(3), None, "auto", r"x1 must have shape \(N, input_dim\)"),

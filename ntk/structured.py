@@ -1,0 +1,467 @@
+"""Exact empirical NTK of any PyTorch module at structured-derivative cost (method="structured").
+
+    Theta(x, x')[a, b] = sum_p  df_a(x)/dtheta_p  df_b(x')/dtheta_p      over the trainable parameters
+
+For a layer whose output is linear in its weight, y_s = W a_s at positions s (the rows of a
+Linear layer's input with extra dimensions, the patches of a convolution, the tokens of an
+embedding), the gradient of f_a with respect to W is sum_s g_s a_s^T, with g_s = df_a / dy_s the
+cotangent at the layer's output. Its share of the kernel is computed by the cheaper of the two exact
+contractions of Novak et al. (ICML 2022, "Fast Finite Width Neural Tangent Kernel", Table 2):
+
+  - Gram of Grams:    sum_{s, s'} (g_s . g'_s') (a_s . a'_s')       cost ~ N1 N2 S^2 (in + O^2 out)
+  - explicit:         G = sum_s g_s a_s^T per sample and output, then G1 . G2    cost ~ N O S in out + N1 N2 O^2 in out
+
+Rules (`RULES`) cover nn.Linear, nn.Conv1d/2d/3d (zero padding, any stride, dilation, groups),
+nn.Embedding, nn.LayerNorm, nn.GroupNorm and nn.BatchNorm1d/2d/3d in eval mode, weight and bias.
+One forward pass records every covered module's inputs (forward hooks; a module called several
+times contributes every call, and the cross terms between calls); O backward passes give the
+cotangents at the outputs of those modules, through zero "taps" added to each output. Every
+trainable parameter no rule covers (a raw nn.Parameter used in a forward, nn.MultiheadAttention's
+packed projections, recurrent cells, custom layers, a parameter shared by two modules) is handled
+exactly by torch.func Jacobian contraction restricted to those parameters. Frozen parameters
+(requires_grad False) are left out: the kernel is that of the parameters that training moves.
+
+Samples must not interact: a BatchNorm in training mode is refused (put the model in eval mode).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+Tensor = torch.Tensor
+
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class Call:
+    """One call of a covered module: what its rule needs from the forward pass, and its output tap."""
+
+    inputs: Tensor  # per rule: Linear (N, S, in); conv patches (N, groups, S, in/groups * k); embedding ids (N, S); norm x_hat (N, S, C)
+    tap: Tensor  # zeros added to the output, (N, ...) like it
+    cotangents: list[Tensor] = field(default_factory=list)  # one (N, S, out) per output direction
+
+
+def covered(module: nn.Module) -> bool:
+    """Whether a rule covers `module` (its weight and bias)."""
+    if isinstance(module, nn.Linear):
+        return True
+    if isinstance(module, CONVS):
+        return module.padding_mode == "zeros"
+    if isinstance(module, nn.Embedding):
+        return module.max_norm is None
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        return module.affine and module.track_running_stats
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+        return getattr(module, "elementwise_affine", getattr(module, "affine", False))
+    return False
+
+
+def _own_params(module: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in module.named_parameters(recurse=False) if p is not None}
+
+
+def plan(model: nn.Module) -> tuple[dict[nn.Module, dict[str, str]], list[str]]:
+    """Which trainable parameters the rules cover (module -> its parameter names) and which are left
+    to Jacobian contraction (full names). A parameter shared by several modules, or one a rule does not
+    know (say a covered module with an extra parameter), goes to the Jacobian."""
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, p in _own_params(module).items():
+            owners.setdefault(id(p), []).append((module, name))
+    by_module: dict[nn.Module, dict[str, str]] = {}  # module -> {its parameter name: full name}
+    rest: list[str] = []
+    for full, p in model.named_parameters():  # (named_parameters lists a shared parameter once)
+        if not p.requires_grad:
+            continue
+        uses = owners[id(p)]
+        module, name = uses[0]
+        if len(uses) == 1 and covered(module) and name in ("weight", "bias"):
+            by_module.setdefault(module, {})[name] = full
+        else:
+            rest.append(full)
+    return by_module, rest
+
+
+# ----------------------------------------------------------------------------- what each rule records
+
+
+def _linear_inputs(module: nn.Linear, x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1, x.shape[-1])  # (N, S, in)
+
+
+def _conv_patches(module: nn.Module, x: Tensor) -> Tensor:
+    """The patches a convolution multiplies by its weight: (N, groups, S, in/groups * prod(kernel))."""
+    dims = x.dim() - 2
+    pad = [p for pair in zip(module._reversed_padding_repeated_twice[::2], module._reversed_padding_repeated_twice[1::2]) for p in pair]
+    x = F.pad(x, pad) if any(pad) else x
+    for d in range(dims):  # windows along each spatial dimension: (N, C, out_1, ..., out_d, k_1, ..., k_d)
+        span = module.dilation[d] * (module.kernel_size[d] - 1) + 1
+        x = x.unfold(2 + d, span, module.stride[d])
+        if module.dilation[d] > 1:
+            x = x[..., :: module.dilation[d]]
+    n, c = x.shape[:2]
+    spatial = x.shape[2 : 2 + dims]
+    s = math.prod(spatial)
+    k = math.prod(module.kernel_size)
+    g = module.groups
+    # (N, C, *out, *k) -> (N, groups, C/groups, S, k) -> (N, groups, S, C/groups * k), matching weight (out, C/groups, *k)
+    x = x.reshape(n, g, c // g, s, k).permute(0, 1, 3, 2, 4).reshape(n, g, s, (c // g) * k)
+    return x
+
+
+def _norm_inputs(module: nn.Module, x: Tensor) -> Tensor:
+    """x_hat (N, S, C): the normalised input that the affine weight multiplies, channel last."""
+    if isinstance(module, nn.LayerNorm):
+        xh = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
+        return xh.reshape(x.shape[0], -1, math.prod(module.normalized_shape))
+    if isinstance(module, nn.GroupNorm):
+        xh = F.group_norm(x, module.num_groups, None, None, module.eps)
+    else:
+        xh = F.batch_norm(x, module.running_mean, module.running_var, None, None, False, 0.0, module.eps)
+    return xh.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2)  # (N, S, C)
+
+
+def _record(module: nn.Module, x: Tensor) -> Tensor:
+    if isinstance(module, nn.Linear):
+        return _linear_inputs(module, x)
+    if isinstance(module, CONVS):
+        return _conv_patches(module, x)
+    if isinstance(module, nn.Embedding):
+        ids = x.reshape(x.shape[0], -1)  # (N, S)
+        return ids
+    return _norm_inputs(module, x)
+
+
+def _out_positions(module: nn.Module, y: Tensor) -> Tensor:
+    """A cotangent at the module's output as (N, S, out) (or (N, groups, S, out/groups) for a convolution)."""
+    n = y.shape[0]
+    if isinstance(module, CONVS):
+        g = module.groups
+        return y.reshape(n, g, y.shape[1] // g, -1).transpose(2, 3)  # (N, groups, S, out/groups)
+    if isinstance(module, (nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        return y.reshape(n, y.shape[1], -1).transpose(1, 2)  # channel last
+    if isinstance(module, nn.LayerNorm):
+        return y.reshape(n, -1, math.prod(module.normalized_shape))
+    return y.reshape(n, -1, y.shape[-1])  # Linear, Embedding
+
+
+# ----------------------------------------------------------------------------- contractions
+
+
+def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool) -> Tensor:
+    """Weight part of a linear-in-W layer: sum over shared positions, the cheaper exact form.
+
+    a: (N, S, in), g: (N, O, S, out). Returns (N1, N2, O, O), or (N1, N2) with trace.
+    """
+    n1, o, s1, out = g1.shape
+    n2, _, s2, _ = g2.shape
+    inp = a1.shape[-1]
+    explicit = (n1 + n2) * o * max(s1, s2) * inp * out + n1 * n2 * (o if trace else o * o) * inp * out
+    grams = n1 * n2 * s1 * s2 * (inp + (o if trace else o * o) * out)
+    if explicit <= grams:
+        w1 = torch.einsum("nosj,nsi->noji", g1, a1).reshape(n1, o, -1)  # per-sample gradients (N1, O, out in)
+        w2 = w1 if (a2 is a1 and g2 is g1) else torch.einsum("nosj,nsi->noji", g2, a2).reshape(n2, o, -1)
+        if trace:
+            return torch.einsum("aop,bop->ab", w1, w2)
+        return torch.einsum("aop,bqp->aboq", w1, w2)
+    aa = torch.einsum("asi,bti->abst", a1, a2)  # (N1, N2, S1, S2)
+    if trace:
+        gg = torch.einsum("aosj,botj->abst", g1, g2)
+        return (aa * gg).sum((2, 3))
+    gg = torch.einsum("aosj,bqtj->aboqst", g1, g2)  # (N1, N2, O, O, S1, S2)
+    return torch.einsum("aboqst,abst->aboq", gg, aa)
+
+
+def _gram_sum(g1: Tensor, g2: Tensor, trace: bool) -> Tensor:
+    """Bias part: (sum_s g_s) . (sum_s' g'_s'), g (N, O, S, out)."""
+    b1, b2 = g1.sum(2), g2.sum(2)  # (N, O, out)
+    if trace:
+        return torch.einsum("aoj,boj->ab", b1, b2)
+    return torch.einsum("aoj,bqj->aboq", b1, b2)
+
+
+def _gram_embedding(i1: Tensor, g1: Tensor, i2: Tensor, g2: Tensor, trace: bool, padding_idx: int | None) -> Tensor:
+    """Embedding weight: sum_{s, s'} [id_s = id'_s'] (g_s . g'_s'); positions at padding_idx have no gradient."""
+    same = (i1[:, None, :, None] == i2[None, :, None, :]).to(g1.dtype)  # (N1, N2, S1, S2)
+    if padding_idx is not None:
+        same = same * (i1 != padding_idx)[:, None, :, None].to(g1.dtype) * (i2 != padding_idx)[None, :, None, :].to(g1.dtype)
+    if trace:
+        return (same * torch.einsum("aosj,botj->abst", g1, g2)).sum((2, 3))
+    return torch.einsum("aboqst,abst->aboq", torch.einsum("aosj,bqtj->aboqst", g1, g2), same)
+
+
+def _gram_diagonal(x1: Tensor, g1: Tensor, x2: Tensor, g2: Tensor, trace: bool) -> Tensor:
+    """Norm weight (elementwise scale of x_hat): per-sample gradient sum_s g_s * x_hat_s, (N, O, C)."""
+    w1, w2 = torch.einsum("nosc,nsc->noc", g1, x1), torch.einsum("nosc,nsc->noc", g2, x2)
+    if trace:
+        return torch.einsum("aoc,boc->ab", w1, w2)
+    return torch.einsum("aoc,bqc->aboq", w1, w2)
+
+
+def _module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call], trace: bool) -> Tensor:
+    """The kernel share of one covered module's parameters `names`, all calls and their cross terms."""
+
+    def stacked(calls: list[Call], conv_group: int | None = None) -> tuple[Tensor, Tensor]:
+        """Inputs (N, S_total, ...) and cotangents (N, O, S_total, out) over every call, positions concatenated."""
+        if conv_group is None:
+            a = torch.cat([c.inputs for c in calls], dim=1)
+            g = torch.cat([torch.stack(c.cotangents, 1) for c in calls], dim=2)
+        else:
+            a = torch.cat([c.inputs[:, conv_group] for c in calls], dim=1)
+            g = torch.cat([torch.stack([t[:, conv_group] for t in c.cotangents], 1) for c in calls], dim=2)
+        return a, g
+
+    total = None
+
+    def add(term: Tensor) -> None:
+        nonlocal total
+        total = term if total is None else total + term
+
+    if isinstance(module, CONVS):
+        for group in range(module.groups):
+            a1, g1 = stacked(calls1, group)
+            a2, g2 = (a1, g1) if calls2 is calls1 else stacked(calls2, group)
+            if "weight" in names:
+                add(_gram_weight(a1, g1, a2, g2, trace))
+            if "bias" in names:
+                add(_gram_sum(g1, g2, trace))
+        return total
+    a1, g1 = stacked(calls1)
+    a2, g2 = (a1, g1) if calls2 is calls1 else stacked(calls2)
+    if "weight" in names:
+        if isinstance(module, nn.Linear):
+            add(_gram_weight(a1, g1, a2, g2, trace))
+        elif isinstance(module, nn.Embedding):
+            add(_gram_embedding(a1, g1, a2, g2, trace, module.padding_idx))
+        else:
+            add(_gram_diagonal(a1, g1, a2, g2, trace))
+    if "bias" in names:
+        add(_gram_sum(g1, g2, trace))
+    return total
+
+
+# ----------------------------------------------------------------------------- forward and backward passes
+
+
+def _cast(model: nn.Module, dtype: torch.dtype) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    params = {k: v.detach().to(dtype) for k, v in model.named_parameters()}
+    buffers = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.named_buffers()}
+    return params, buffers
+
+
+def _as_outputs(f: Tensor, n: int) -> Tensor:
+    if f.dim() == 1 and f.shape[0] == n:
+        return f[:, None]
+    if f.dim() != 2 or f.shape[0] != n:
+        raise ValueError(f"the model's output must have shape (N, O) or (N,) for N = {n} inputs, got {tuple(f.shape)}")
+    return f
+
+
+def check_independent_samples(model: nn.Module) -> None:
+    """Refuse a model whose samples interact (batch statistics), whose NTK per input pair is undefined."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or not module.track_running_stats):
+            raise ValueError(
+                f"{name or 'the model'} ({type(module).__name__}) normalises by the statistics of the batch, so the output for one input "
+                "depends on the others and the NTK is not a kernel of input pairs; call model.eval() (with running statistics) first"
+            )
+
+
+def factors(
+    model: nn.Module, x: Tensor, dtype: torch.dtype, by_module: dict[nn.Module, dict[str, str]], verify: bool = False
+) -> tuple[dict[nn.Module, list[Call]], int, set[str]]:
+    """One forward pass recording every covered module's calls, O backward passes for their cotangents.
+
+    With `verify`, the gradient of a random combination of all outputs at all inputs with respect to
+    every covered parameter is also taken by plain autograd and compared with what the module's rule
+    gives; the full names of the parameters whose rule does not account for their whole gradient (a
+    weight also used outside its module's forward, a module whose forward is bypassed, as
+    nn.MultiheadAttention does with its out_proj) are returned, for Jacobian contraction.
+    """
+    calls: dict[nn.Module, list[Call]] = {m: [] for m in by_module}
+
+    def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        x_in = args[0]
+        tap = torch.zeros_like(out, requires_grad=True)
+        calls[module].append(Call(inputs=_record(module, x_in.detach()), tap=tap))
+        return out + tap
+
+    handles = [m.register_forward_hook(hook) for m in by_module]
+    params, buffers = _cast(model, dtype)
+    checked = {full: params[full].requires_grad_(True) for names in by_module.values() for full in names.values()} if verify else {}
+    x = x.to(dtype) if x.is_floating_point() else x
+    wrong: set[str] = set()
+    try:
+        with torch.enable_grad():
+            f = _as_outputs(functional_call(model, (params, buffers), (x,)), x.shape[0])
+            taps = [c.tap for cs in calls.values() for c in cs]
+            out_dim = f.shape[1]
+            if checked:  # a random combination of every output at every input
+                mix = torch.randn(f.shape, generator=torch.Generator().manual_seed(0), dtype=f.dtype).to(f.device)
+                true = torch.autograd.grad((f * mix).sum(), list(checked.values()), retain_graph=True, allow_unused=True)
+                true = {full: (g if g is not None else torch.zeros_like(checked[full])) for full, g in zip(checked, true)}
+            for b in range(out_dim):
+                grads = torch.autograd.grad(f[:, b].sum(), taps, retain_graph=b < out_dim - 1, allow_unused=True)
+                k = 0
+                for module, cs in calls.items():
+                    for c in cs:
+                        grad = grads[k] if grads[k] is not None else torch.zeros_like(c.tap)
+                        c.cotangents.append(_out_positions(module, grad.detach()))
+                        k += 1
+    finally:
+        for h in handles:
+            h.remove()
+    for cs in calls.values():
+        for c in cs:
+            c.tap = None
+    if checked:
+        for module, names in by_module.items():
+            for name, full in names.items():
+                ruled = rule_gradient(module, name, calls[module], checked[full], mix)
+                scale = true[full].norm() + ruled.norm()
+                if scale > 0 and (true[full] - ruled).norm() > 1e-6 * scale:
+                    wrong.add(full)
+    return calls, out_dim, wrong
+
+
+def rule_gradient(module: nn.Module, name: str, calls: list[Call], like: Tensor, mix: Tensor) -> Tensor:
+    """The gradient of sum_{n, b} mix[n, b] f_b(x_n) with respect to `module`'s parameter `name`, as
+    its rule computes it from the recorded calls (zero when the module was never called)."""
+    total = torch.zeros_like(like)
+    for c in calls:
+        # the cotangents combined over output directions with the weights of `mix`, (N, ...) like one of them
+        g = sum(mix[:, b].reshape(-1, *[1] * (t.dim() - 1)) * t for b, t in enumerate(c.cotangents))
+        if isinstance(module, CONVS):  # g (N, groups, S, out/groups), inputs (N, groups, S, in/groups k)
+            if name == "weight":
+                total += torch.einsum("ngsj,ngsi->gji", g, c.inputs).reshape(like.shape)
+            else:
+                total += g.sum((0, 2)).reshape(-1)
+        elif name == "bias":
+            total += g.sum((0, 1)).reshape(like.shape)
+        elif isinstance(module, nn.Linear):
+            total += torch.einsum("nsj,nsi->ji", g, c.inputs)
+        elif isinstance(module, nn.Embedding):
+            ids = c.inputs.reshape(-1)
+            rows = g.reshape(-1, g.shape[-1])
+            if module.padding_idx is not None:
+                rows = rows * (ids != module.padding_idx)[:, None].to(rows.dtype)
+            total += torch.zeros_like(like).index_add_(0, ids, rows)
+        else:
+            total += torch.einsum("nsc,nsc->c", g, c.inputs).reshape(like.shape)
+    return total
+
+
+def _jacobian_part(model: nn.Module, names: list[str], x1: Tensor, x2: Tensor | None, dtype: torch.dtype, trace: bool) -> Tensor:
+    """Jacobian contraction restricted to the parameters `names` (the others held fixed)."""
+    params, buffers = _cast(model, dtype)
+    free = {k: params[k] for k in names}
+    fixed = {k: v for k, v in params.items() if k not in free}
+
+    def f(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(model, ({**fixed, **p}, buffers), (x.unsqueeze(0),)).reshape(-1)  # (O,)
+
+    def flat(x: Tensor) -> Tensor:
+        x = x.to(dtype) if x.is_floating_point() else x
+        try:
+            j = vmap(jacrev(f), in_dims=(None, 0))(free, x)
+        except RuntimeError:  # a module vmap cannot batch (recurrent cells build their state per call): one input at a time
+            per = [jacrev(f)(free, xi) for xi in x]
+            j = {k: torch.stack([p[k] for p in per]) for k in free}
+        return torch.cat([v.reshape(v.shape[0], v.shape[1], -1) for v in j.values()], dim=2)  # (N, O, P_rest)
+
+    j1 = flat(x1)
+    j2 = j1 if x2 is None else flat(x2)
+    if trace:
+        return torch.einsum("iap,jap->ij", j1, j2)
+    return torch.einsum("iap,jbp->ijab", j1, j2)
+
+
+def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.dtype, block: int, trace: bool) -> Tensor:
+    """The whole kernel (N1, N2, O, O) (or (N1, N2) with trace), in row blocks of `block` inputs."""
+    check_independent_samples(model)
+    by_module, rest = plan(model)
+    _, _, wrong = factors(model, x1[:4], dtype, by_module, verify=True)
+    if wrong:  # parameters whose gradient the rules do not see whole: Jacobian contraction for them
+        by_module = {m: {n: f for n, f in names.items() if f not in wrong} for m, names in by_module.items()}
+        by_module = {m: names for m, names in by_module.items() if names}
+        rest = rest + sorted(wrong)
+    symmetric = x2 is None
+    xs2 = x1 if symmetric else x2
+    n1, n2 = x1.shape[0], xs2.shape[0]
+    rows = [slice(i, min(i + block, n1)) for i in range(0, n1, block)]
+    cols = rows if symmetric else [slice(j, min(j + block, n2)) for j in range(0, n2, block)]
+    kernel = None
+    for i, r in enumerate(rows):
+        c1, out_dim, _ = factors(model, x1[r], dtype, by_module)
+        for j, c in enumerate(cols):
+            if symmetric and j < i:
+                continue
+            same = symmetric and i == j
+            c2 = c1 if same else factors(model, xs2[c], dtype, by_module)[0]
+            part = None
+            for module, names in by_module.items():
+                if not c1[module]:
+                    continue  # never called (its parameters had no gradient in the check either)
+                term = _module_kernel(module, names, c1[module], c1[module] if same else c2[module], trace or out_dim == 1)
+                part = term if part is None else part + term
+            if rest:
+                term = _jacobian_part(model, rest, x1[r], None if same else xs2[c], dtype, trace or out_dim == 1)
+                part = term if part is None else part + term
+            if part is None:
+                raise ValueError("the model has no trainable parameters: its NTK is zero; set requires_grad on the parameters to train")
+            if kernel is None:
+                kernel = part.new_zeros((n1, n2) + part.shape[2:])
+            kernel[r, c] = part
+            if symmetric and j > i:
+                kernel[c, r] = part.transpose(0, 1).transpose(2, 3) if part.dim() == 4 else part.T
+    return kernel
+
+
+def _recorded_sizes(model: nn.Module, x_example: Tensor) -> list[tuple[int, int]]:
+    """(numbers recorded, positions) of every covered module call on one input (one forward pass)."""
+    by_module, _ = plan(model)
+    sizes: list[tuple[int, int]] = []
+
+    def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+        rec = _record(module, args[0].detach())
+        positions = rec.shape[2] if isinstance(module, CONVS) else rec.shape[1]
+        sizes.append((rec.numel() + out.numel(), positions))
+
+    handles = [m.register_forward_hook(hook) for m in by_module]
+    try:
+        with torch.no_grad():
+            model(x_example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return sizes
+
+
+def activation_numel(model: nn.Module, x_example: Tensor) -> int:
+    """Numbers the structured method keeps per input: the recorded inputs and the outputs of every
+    covered module call."""
+    return sum(n for n, _ in _recorded_sizes(model, x_example))
+
+
+def largest_positions(model: nn.Module, x_example: Tensor) -> int:
+    """The most positions S of one covered call (tokens, pixels of a feature map), at least 1."""
+    return max([s for _, s in _recorded_sizes(model, x_example)], default=1)
+
+
+Rule = Callable[..., Tensor]
+RULES = {
+    "Linear": _gram_weight,
+    "Conv": _gram_weight,
+    "Embedding": _gram_embedding,
+    "Norm": _gram_diagonal,
+    "bias": _gram_sum,
+}

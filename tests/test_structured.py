@@ -1,0 +1,210 @@
+"""The structured empirical NTK of general modules against Jacobian contraction (float64)."""
+
+import pytest
+import torch
+from torch import nn
+
+from ntk.empirical import empirical_ntk
+from ntk.memory import NTKMemoryError
+from ntk.structured import plan
+from tests.conftest import rel_fro
+
+
+def seeded(module: nn.Module, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return module
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, out: int = 1, groups: int = 1, dilation: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=groups, dilation=dilation)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(4 * 2 * 2 if dilation == 1 else 4, out)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = self.pool(torch.tanh(self.conv2(x)))
+        return self.fc(x.flatten(1))
+
+
+class Conv13(nn.Module):
+    """Conv1d and Conv3d, with groups, stride, dilation and 'same' padding."""
+
+    def __init__(self, out: int = 1):
+        super().__init__()
+        self.c1 = nn.Conv1d(2, 4, 3, padding="same", dilation=2)
+        self.c3 = nn.Conv3d(1, 2, 2, stride=1)
+        self.gn = nn.GroupNorm(2, 4)
+        self.fc = nn.Linear(4 * 6 + 2 * 8, out)
+
+    def forward(self, x):
+        seq, vol = x[:, :12].reshape(-1, 2, 6), x[:, 12:].reshape(-1, 1, 3, 3, 3)
+        a = torch.tanh(self.gn(self.c1(seq))).flatten(1)
+        b = torch.tanh(self.c3(vol)).flatten(1)
+        return self.fc(torch.cat([a, b], 1))
+
+
+class TextModel(nn.Module):
+    def __init__(self, out: int = 1):
+        super().__init__()
+        self.emb = nn.Embedding(11, 6, padding_idx=0)
+        self.norm = nn.LayerNorm(6)
+        self.fc = nn.Linear(6, out)
+
+    def forward(self, ids):
+        h = self.norm(self.emb(ids))  # (N, S, 6)
+        return self.fc(torch.tanh(h).mean(1))
+
+
+class SharedTwice(nn.Module):
+    """One Linear used twice, and a tied weight used raw outside its module."""
+
+    def __init__(self, out: int = 1):
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+        self.head = nn.Linear(4, out)
+        self.scale = nn.Parameter(torch.tensor(0.7))  # a raw parameter: no rule covers it
+
+    def forward(self, x):
+        h = torch.tanh(self.inner(torch.tanh(self.inner(x))))
+        h = h + 0.1 * torch.nn.functional.linear(h, self.inner.weight)  # the inner weight, used raw
+        return self.scale * self.head(h)
+
+
+class Mixed(nn.Module):
+    """Covered layers around an uncovered recurrent cell and a BatchNorm in eval mode."""
+
+    def __init__(self, out: int = 1):
+        super().__init__()
+        self.fc1 = nn.Linear(3, 5)
+        self.bn = nn.BatchNorm1d(5)
+        self.cell = nn.GRUCell(5, 4)
+        self.fc2 = nn.Linear(4, out)
+
+    def forward(self, x):
+        return self.fc2(self.cell(torch.tanh(self.bn(self.fc1(x)))))
+
+
+def transformer(out: int = 1) -> nn.Module:
+    class T(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+            self.fc = nn.Linear(8, out)
+
+        def forward(self, x):
+            return self.fc(self.layer(x).mean(1))
+
+    return T()
+
+
+def inputs(kind: str, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "image":
+        return torch.randn(n, 2, 8, 8, generator=g, dtype=torch.float64)
+    if kind == "conv13":
+        return torch.randn(n, 39, generator=g, dtype=torch.float64)
+    if kind == "tokens":
+        return torch.randint(0, 11, (n, 5), generator=g)
+    if kind == "sequence":
+        return torch.randn(n, 4, 8, generator=g, dtype=torch.float64)
+    return torch.randn(n, {"mlp": 3, "shared": 4, "mixed": 3}[kind], generator=g, dtype=torch.float64)
+
+
+ZOO = {
+    "mlp": (lambda out: nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, out)), "mlp"),
+    "cnn": (lambda out: SmallCNN(out), "image"),
+    "cnn_groups_dilation": (lambda out: SmallCNN(out, groups=2, dilation=2), "image"),
+    "conv1d_conv3d_groupnorm": (lambda out: Conv13(out), "conv13"),
+    "text": (lambda out: TextModel(out), "tokens"),
+    "shared": (lambda out: SharedTwice(out), "shared"),
+    "mixed": (lambda out: Mixed(out), "mixed"),
+    "transformer": (transformer, "sequence"),
+}
+
+
+def build(name: str, out: int) -> nn.Module:
+    make, _ = ZOO[name]
+    model = seeded(make(out)).double().eval()
+    for m in model.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("out", [1, 3])
+@pytest.mark.parametrize("same", [True, False])
+def test_structured_equals_jacobian_contraction(name, out, same):
+    model = build(name, out)
+    kind = ZOO[name][1]
+    x1 = inputs(kind, 5, 1)
+    x2 = None if same else inputs(kind, 3, 2)
+    ref = empirical_ntk(model, x1, x2, method="jacobian")
+    for block in (None, 2):
+        kernel = empirical_ntk(model, x1, x2, method="structured", block_size=block)
+        assert kernel.shape == ref.shape and kernel.dtype == torch.float64
+        assert rel_fro(kernel, ref) < 1e-10, (name, block)
+    if out > 1:
+        traced = empirical_ntk(model, x1, x2, method="structured", trace=True)
+        assert rel_fro(traced, ref.diagonal(dim1=2, dim2=3).sum(-1)) < 1e-10
+
+
+def test_resnet18_small_images_equals_jacobian_contraction():
+    torchvision = pytest.importorskip("torchvision")
+    model = seeded(torchvision.models.resnet18(num_classes=2)).double().eval()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = empirical_ntk(model, x, method="jacobian")
+    assert rel_fro(empirical_ntk(model, x, method="structured"), ref) < 1e-10
+    _, rest = plan(model)
+    assert rest == []  # every parameter of a ResNet has a rule
+
+
+def test_frozen_parameters_are_left_out_by_every_method():
+    model = build("mlp", 2)
+    model[0].weight.requires_grad_(False)
+    model[2].bias.requires_grad_(False)
+    x = inputs("mlp", 4, 3)
+    jac = torch.func.jacrev(lambda w, b: model(x))  # noqa: F841  (the trainable ones, by hand below)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for i in range(4):
+        for a in range(2):
+            grads = torch.autograd.grad(model(x[i : i + 1])[0, a], trainable)
+            rows.append(torch.cat([g.flatten() for g in grads]))
+    j = torch.stack(rows).reshape(4, 2, -1)
+    expected = torch.einsum("iap,jbp->ijab", j, j)
+    for method in ("structured", "jacobian", "ntk_vp"):
+        assert rel_fro(empirical_ntk(model, x, method=method), expected) < 1e-10, method
+
+
+def test_uncovered_parameters_go_to_the_jacobian():
+    by_module, rest = plan(build("mixed", 1))
+    assert sorted(rest) == ["cell.bias_hh", "cell.bias_ih", "cell.weight_hh", "cell.weight_ih"]
+    assert {type(m).__name__ for m in by_module} == {"Linear", "BatchNorm1d"}
+
+
+def test_batchnorm_in_training_mode_is_refused():
+    model = build("mixed", 1).train()
+    with pytest.raises(ValueError, match=r"bn \(BatchNorm1d\) normalises by the statistics of the batch.*call model.eval\(\)"):
+        empirical_ntk(model, inputs("mixed", 4, 0), method="structured")
+
+
+def test_auto_picks_structured_for_a_general_module_and_plans_its_memory():
+    model = build("cnn", 1)
+    x = inputs("image", 6, 0)
+    ref = empirical_ntk(model, x, method="jacobian")
+    assert rel_fro(empirical_ntk(model, x), ref) < 1e-10
+    blocked = empirical_ntk(model, x, method="structured", memory_limit=200_000)  # forces small blocks
+    assert rel_fro(blocked, ref) < 1e-10
+    with pytest.raises(NTKMemoryError, match="method='structured' needs about"):
+        empirical_ntk(model, x, method="structured", memory_limit=1000)
+
+
+def test_output_of_the_wrong_shape_is_refused():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Unflatten(1, (2, 2))).double()
+    with pytest.raises(ValueError, match=r"output must have shape \(N, O\) or \(N,\)"):
+        empirical_ntk(model, inputs("mlp", 3, 0), method="structured")
