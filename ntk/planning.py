@@ -51,13 +51,9 @@ def memory_estimate(
         chunk = block_size or 1
         return b * chunk * (2 * n_params + 3 * n1 * _activation_numel(model, x_example)) + b * n_params + result
     if method == "structured":
-        from ntk import structured
-
         rows = min(block_size or max(n1, n2), max(n1, n2))
-        per_input = structured.activation_numel(model, x_example)  # recorded inputs and outputs of covered calls
-        _, rest = structured.plan(model)
-        n_rest = sum(p.numel() for name, p in model.named_parameters() if name in set(rest))
-        grams = 4 * rows * rows * out_dim**2 * structured.largest_positions(model, x_example) ** 2  # Gram-of-Grams temporaries (bounded)
+        per_input, positions, n_rest = _structured_sizes(model, x_example)
+        grams = 4 * rows * rows * out_dim**2 * positions**2  # Gram-of-Grams temporaries (bounded below)
         jac = JACOBIAN_OVERHEAD * out_dim * n_rest * 2 * rows
         return b * (2 * rows * per_input * (1 + out_dim) + min(grams, 2 * rows * out_dim * n_params) + jac) + result
     if method == "layerwise":
@@ -89,6 +85,14 @@ def plan_method(
         NTKMemoryError: the method does not fit even one row at a time; the message names the
             methods that would.
     """
+    _SIZES.clear()  # measured once in this planning, forgotten at its end (the model may change)
+    try:
+        return _plan(model, x1, n1, n2, symmetric, method, block_size, dtype, budget)
+    finally:
+        _SIZES.clear()
+
+
+def _plan(model, x1, n1, n2, symmetric, method, block_size, dtype, budget) -> tuple[str, int]:
     candidates = ["layerwise"] if isinstance(model, NTKMLP) else ["structured"]
     candidates += ["jacobian", "ntk_vp"]
     x_example = x1[:1]
@@ -113,14 +117,15 @@ def plan_method(
                 hi = mid - 1
         return lo, memory_estimate(model, m, n1, n2, symmetric, dtype, lo, x_example)
 
-    plans = {m: fit(m) for m in candidates}
-    if method == "auto":
+    if method == "auto":  # the first that fits (the later ones are not even planned)
         for m in candidates:
-            if plans[m][0] is not None:
-                return m, plans[m][0]
+            block, _ = fit(m)
+            if block is not None:
+                return m, block
         method = candidates[0]
-    block, est = plans[method]
+    block, est = fit(method)
     if block is None:
+        plans = {m: fit(m) for m in candidates}
         least = {m: memory_estimate(model, m, n1, n2, symmetric, dtype, 1, x_example) for m in candidates}
         others = [f"method={m!r} (from {fmt_bytes(least[m])})" for m in candidates if m != method and plans[m][0] is not None]
         advice = f"use {' or '.join(others)}" if others else "no method fits: use fewer inputs, or raise the limit (NTK_MEMORY_LIMIT)"
@@ -131,17 +136,38 @@ def plan_method(
     return method, block
 
 
+_SIZES: dict[tuple, object] = {}  # forward passes measured once per planning, not per bisection step (cleared by plan_method)
+
+
+def _structured_sizes(model: nn.Module, x_example: Tensor) -> tuple[int, int, int]:
+    """(numbers recorded per input, most positions of a covered call, parameters left to the Jacobian)."""
+    from ntk import structured
+
+    key = ("structured", id(model), tuple(x_example.shape[1:]), x_example.dtype, x_example.device)
+    if key not in _SIZES:
+        _, rest = structured.plan(model)
+        names = set(rest)
+        n_rest = sum(p.numel() for name, p in model.named_parameters() if name in names)
+        sizes = structured.recorded_sizes(model, x_example)
+        _SIZES[key] = (sum(n for n, _ in sizes), max([p for _, p in sizes], default=1), n_rest)
+    return _SIZES[key]
+
+
 def output_dim(model: nn.Module, x_example: Tensor | None) -> int:
     """O, the number of outputs (one forward pass on `x_example` for a module other than NTKMLP):
     the model maps (N, ...) to (N, O), or to (N,) for O = 1."""
     if isinstance(model, NTKMLP):
         return model.out_dim
+    key = ("output_dim", id(model), tuple(x_example.shape), x_example.dtype, x_example.device)
+    if key in _SIZES:
+        return _SIZES[key]
     with torch.no_grad():
         out = model(x_example)
     if out.dim() == 1 and out.shape[0] == x_example.shape[0]:
         return 1
     if out.dim() != 2 or out.shape[0] != x_example.shape[0]:
         raise ValueError(f"the model's output must have shape (N, O) or (N,), got {tuple(out.shape)} for {x_example.shape[0]} input(s)")
+    _SIZES[key] = out.shape[1]
     return out.shape[1]
 
 
@@ -149,6 +175,9 @@ def _activation_numel(model: nn.Module, x_example: Tensor | None) -> int:
     """Numbers produced per input by all leaf modules (forward hooks on one input)."""
     if isinstance(model, NTKMLP):
         return 2 * sum(model.widths)
+    key = ("activations", id(model), tuple(x_example.shape), x_example.dtype, x_example.device)
+    if key in _SIZES:
+        return _SIZES[key]
     total = [0]
     hooks = [
         m.register_forward_hook(lambda _m, _i, out: total.__setitem__(0, total[0] + out.numel()))

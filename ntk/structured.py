@@ -21,12 +21,16 @@ packed projections, recurrent cells, custom layers, a parameter shared by two mo
 exactly by torch.func Jacobian contraction restricted to those parameters. Frozen parameters
 (requires_grad False) are left out: the kernel is that of the parameters that training moves.
 
-Samples must not interact: a BatchNorm in training mode is refused (put the model in eval mode).
+The check of the rules against autograd runs once per model and kind of input (input shape and
+dtypes, trainable parameter names); a model whose forward changes afterwards should be checked
+again (`ntk.structured._CHECKED.clear()`). Samples must not interact: a BatchNorm in training mode
+is refused (put the model in eval mode).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -157,23 +161,37 @@ def _out_positions(module: nn.Module, y: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- contractions
 
 
-def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool) -> Tensor:
+def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool, with_bias: bool = False) -> Tensor:
     """Weight part of a linear-in-W layer: sum over shared positions, the cheaper exact form.
 
-    a: (N, S, in), g: (N, O, S, out). Returns (N1, N2, O, O), or (N1, N2) with trace.
+    a: (N, S, in), g: (N, O, S, out). Returns (N1, N2, O, O), or (N1, N2) with trace. With
+    `with_bias` the layer's bias is included, as a weight column whose input is 1 at every position
+    (in the Gram of Grams: a_s . a'_s' + 1), so it costs no product of its own.
     """
+    same = a2 is a1 and g2 is g1
     n1, o, s1, out = g1.shape
     n2, _, s2, _ = g2.shape
-    inp = a1.shape[-1]
+    inp = a1.shape[-1] + with_bias
     explicit = (n1 + n2) * o * max(s1, s2) * inp * out + n1 * n2 * (o if trace else o * o) * inp * out
     grams = n1 * n2 * s1 * s2 * (inp + (o if trace else o * o) * out)
     if explicit <= grams:
+        if with_bias:
+            a1 = torch.cat([a1, a1.new_ones(a1.shape[:-1] + (1,))], -1)
+            a2 = a1 if same else torch.cat([a2, a2.new_ones(a2.shape[:-1] + (1,))], -1)
         w1 = torch.einsum("nosj,nsi->noji", g1, a1).reshape(n1, o, -1)  # per-sample gradients (N1, O, out in)
-        w2 = w1 if (a2 is a1 and g2 is g1) else torch.einsum("nosj,nsi->noji", g2, a2).reshape(n2, o, -1)
+        w2 = w1 if same else torch.einsum("nosj,nsi->noji", g2, a2).reshape(n2, o, -1)
         if trace:
-            return torch.einsum("aop,bop->ab", w1, w2)
+            return w1.reshape(n1, -1) @ w2.reshape(n2, -1).T
         return torch.einsum("aop,bqp->aboq", w1, w2)
+    if s1 == s2 == 1:  # one position (a plain MLP layer): two matrix products, as the layer-wise kernel
+        aa = torch.addmm(a1.new_full((), float(with_bias)), a1[:, 0], a2[:, 0].T)  # (N1, N2)
+        if trace:
+            return aa.mul_(g1.reshape(n1, -1) @ g2.reshape(n2, -1).T)
+        gram = (g1.reshape(n1 * o, out) @ g2.reshape(n2 * o, out).T).view(n1, o, n2, o)
+        return gram.mul_(aa[:, None, :, None]).permute(0, 2, 1, 3)
     aa = torch.einsum("asi,bti->abst", a1, a2)  # (N1, N2, S1, S2)
+    if with_bias:
+        aa += 1
     if trace:
         gg = torch.einsum("aosj,botj->abst", g1, g2)
         return (aa * gg).sum((2, 3))
@@ -231,16 +249,17 @@ def _module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Ca
             a1, g1 = stacked(calls1, group)
             a2, g2 = (a1, g1) if calls2 is calls1 else stacked(calls2, group)
             if "weight" in names:
-                add(_gram_weight(a1, g1, a2, g2, trace))
-            if "bias" in names:
+                add(_gram_weight(a1, g1, a2, g2, trace, with_bias="bias" in names))
+            elif "bias" in names:
                 add(_gram_sum(g1, g2, trace))
         return total
     a1, g1 = stacked(calls1)
     a2, g2 = (a1, g1) if calls2 is calls1 else stacked(calls2)
+    if "weight" in names and isinstance(module, nn.Linear):
+        add(_gram_weight(a1, g1, a2, g2, trace, with_bias="bias" in names))
+        return total
     if "weight" in names:
-        if isinstance(module, nn.Linear):
-            add(_gram_weight(a1, g1, a2, g2, trace))
-        elif isinstance(module, nn.Embedding):
+        if isinstance(module, nn.Embedding):
             add(_gram_embedding(a1, g1, a2, g2, trace, module.padding_idx))
         else:
             add(_gram_diagonal(a1, g1, a2, g2, trace))
@@ -385,11 +404,19 @@ def _jacobian_part(model: nn.Module, names: list[str], x1: Tensor, x2: Tensor | 
     return torch.einsum("iap,jbp->ijab", j1, j2)
 
 
+# per model (weakly held) and input signature: the parameters whose gradient the rules do not see whole
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.dtype, block: int, trace: bool) -> Tensor:
     """The whole kernel (N1, N2, O, O) (or (N1, N2) with trace), in row blocks of `block` inputs."""
     check_independent_samples(model)
     by_module, rest = plan(model)
-    _, _, wrong = factors(model, x1[:4], dtype, by_module, verify=True)
+    signature = (tuple(x1.shape[1:]), x1.dtype, dtype, tuple(sorted(n for n, p in model.named_parameters() if p.requires_grad)))
+    checked = _CHECKED.setdefault(model, {})
+    if signature not in checked:  # once per model and kind of input: the rules' gradients against autograd's
+        checked[signature] = factors(model, x1[:4], dtype, by_module, verify=True)[2]
+    wrong = checked[signature]
     if wrong:  # parameters whose gradient the rules do not see whole: Jacobian contraction for them
         by_module = {m: {n: f for n, f in names.items() if f not in wrong} for m, names in by_module.items()}
         by_module = {m: names for m, names in by_module.items() if names}
@@ -426,7 +453,7 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
     return kernel
 
 
-def _recorded_sizes(model: nn.Module, x_example: Tensor) -> list[tuple[int, int]]:
+def recorded_sizes(model: nn.Module, x_example: Tensor) -> list[tuple[int, int]]:
     """(numbers recorded, positions) of every covered module call on one input (one forward pass)."""
     by_module, _ = plan(model)
     sizes: list[tuple[int, int]] = []
@@ -449,12 +476,12 @@ def _recorded_sizes(model: nn.Module, x_example: Tensor) -> list[tuple[int, int]
 def activation_numel(model: nn.Module, x_example: Tensor) -> int:
     """Numbers the structured method keeps per input: the recorded inputs and the outputs of every
     covered module call."""
-    return sum(n for n, _ in _recorded_sizes(model, x_example))
+    return sum(n for n, _ in recorded_sizes(model, x_example))
 
 
 def largest_positions(model: nn.Module, x_example: Tensor) -> int:
     """The most positions S of one covered call (tokens, pixels of a feature map), at least 1."""
-    return max([s for _, s in _recorded_sizes(model, x_example)], default=1)
+    return max([s for _, s in recorded_sizes(model, x_example)], default=1)
 
 
 Rule = Callable[..., Tensor]
