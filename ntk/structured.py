@@ -103,23 +103,24 @@ def _linear_inputs(module: nn.Linear, x: Tensor) -> Tensor:
 
 
 def _conv_patches(module: nn.Module, x: Tensor) -> Tensor:
-    """The patches a convolution multiplies by its weight: (N, groups, S, in/groups * prod(kernel))."""
+    """The patches a convolution multiplies by its weight: (N, groups, S, in/groups * prod(kernel)),
+    a view where it can be (im2col by F.unfold for Conv2d, strided windows otherwise)."""
     dims = x.dim() - 2
+    n, c, g = x.shape[0], x.shape[1], module.groups
     pad = [p for pair in zip(module._reversed_padding_repeated_twice[::2], module._reversed_padding_repeated_twice[1::2]) for p in pair]
     x = F.pad(x, pad) if any(pad) else x
+    if dims == 2:
+        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)  # (N, C k, S)
+        return cols.view(n, g, cols.shape[1] // g, cols.shape[2]).transpose(2, 3)  # (N, groups, S, C/groups k)
     for d in range(dims):  # windows along each spatial dimension: (N, C, out_1, ..., out_d, k_1, ..., k_d)
         span = module.dilation[d] * (module.kernel_size[d] - 1) + 1
         x = x.unfold(2 + d, span, module.stride[d])
         if module.dilation[d] > 1:
             x = x[..., :: module.dilation[d]]
-    n, c = x.shape[:2]
-    spatial = x.shape[2 : 2 + dims]
-    s = math.prod(spatial)
+    s = math.prod(x.shape[2 : 2 + dims])
     k = math.prod(module.kernel_size)
-    g = module.groups
     # (N, C, *out, *k) -> (N, groups, C/groups, S, k) -> (N, groups, S, C/groups * k), matching weight (out, C/groups, *k)
-    x = x.reshape(n, g, c // g, s, k).permute(0, 1, 3, 2, 4).reshape(n, g, s, (c // g) * k)
-    return x
+    return x.reshape(n, g, c // g, s, k).permute(0, 1, 3, 2, 4).reshape(n, g, s, (c // g) * k)
 
 
 def _norm_inputs(module: nn.Module, x: Tensor) -> Tensor:
@@ -175,14 +176,13 @@ def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool, wi
     explicit = (n1 + n2) * o * max(s1, s2) * inp * out + n1 * n2 * (o if trace else o * o) * inp * out
     grams = n1 * n2 * s1 * s2 * (inp + (o if trace else o * o) * out)
     if explicit <= grams:
-        if with_bias:
-            a1 = torch.cat([a1, a1.new_ones(a1.shape[:-1] + (1,))], -1)
-            a2 = a1 if same else torch.cat([a2, a2.new_ones(a2.shape[:-1] + (1,))], -1)
         w1 = torch.einsum("nosj,nsi->noji", g1, a1).reshape(n1, o, -1)  # per-sample gradients (N1, O, out in)
         w2 = w1 if same else torch.einsum("nosj,nsi->noji", g2, a2).reshape(n2, o, -1)
         if trace:
-            return w1.reshape(n1, -1) @ w2.reshape(n2, -1).T
-        return torch.einsum("aop,bqp->aboq", w1, w2)
+            kernel = w1.reshape(n1, -1) @ w2.reshape(n2, -1).T
+        else:
+            kernel = (w1.reshape(n1 * o, -1) @ w2.reshape(n2 * o, -1).T).view(n1, o, n2, o).permute(0, 2, 1, 3)
+        return kernel + _gram_sum(g1, g2, trace) if with_bias else kernel
     if s1 == s2 == 1:  # one position (a plain MLP layer): two matrix products, as the layer-wise kernel
         aa = torch.addmm(a1.new_full((), float(with_bias)), a1[:, 0], a2[:, 0].T)  # (N1, N2)
         if trace:
@@ -230,13 +230,15 @@ def _module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Ca
 
     def stacked(calls: list[Call], conv_group: int | None = None) -> tuple[Tensor, Tensor]:
         """Inputs (N, S_total, ...) and cotangents (N, O, S_total, out) over every call, positions concatenated."""
-        if conv_group is None:
-            a = torch.cat([c.inputs for c in calls], dim=1)
-            g = torch.cat([torch.stack(c.cotangents, 1) for c in calls], dim=2)
-        else:
-            a = torch.cat([c.inputs[:, conv_group] for c in calls], dim=1)
-            g = torch.cat([torch.stack([t[:, conv_group] for t in c.cotangents], 1) for c in calls], dim=2)
-        return a, g
+        def one(c: Call) -> tuple[Tensor, Tensor]:
+            ins = c.inputs if conv_group is None else c.inputs[:, conv_group]
+            cots = c.cotangents if conv_group is None else [t[:, conv_group] for t in c.cotangents]
+            return ins, (cots[0].unsqueeze(1) if len(cots) == 1 else torch.stack(cots, 1))
+
+        if len(calls) == 1:
+            return one(calls[0])
+        parts = [one(c) for c in calls]
+        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=2)
 
     total = None
 

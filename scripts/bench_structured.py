@@ -1,0 +1,195 @@
+"""Benchmark of the structured empirical NTK of general modules against the other exact methods.
+
+    python -m scripts.bench_structured                               # every model, float32, 5 rounds
+    python -m scripts.bench_structured models=[resnet18] rounds=3 nngeometry_path=/tmp/ngsite
+
+Models (scalar output, the full (N, N) kernel):
+  mlp          nn.Sequential of nn.Linear 784-1000-1000-1 (ReLU), N = 256; also our layer-wise kernel
+               on the NTK MLP of the same widths (the same maths: the target is within 1.2x of it)
+  cnn          conv 1->32 3x3, pool, conv 32->64 3x3, pool, linear, on 28 x 28 images, N = 64
+  resnet18     torchvision's resnet18 (eval mode), 32 x 32 images, N = 16
+  transformer  nn.TransformerEncoderLayer (d = 64, 4 heads, eval mode) + mean + linear, 16 tokens, N = 32
+Contenders per model: method="structured", torch.func Jacobian contraction and NTK-vector products
+(the PyTorch NTK tutorial's two methods, `ntk.empirical`), nngeometry's Gram matrix (PyPI
+nngeometry 0.4, given by `nngeometry_path`: `pip install --no-deps --target <path> nngeometry==0.4`),
+and a float32 GEMM (N x 1024) @ (1024 x 1024) as the rate reference. A contender whose first call
+takes longer than `slow_limit` seconds, or whose memory estimate exceeds the budget, is left out of
+the rounds with the reason. The rest alternate over `rounds` rounds (`scripts.common.interleaved`:
+each round repeats a contender for at least 0.25 s, mean per call). Reported: median, min and max;
+the speed-up over the faster torch.func method as the median of per-round ratios; the FLOPs of one
+call counted by torch's profiler (matrix products and convolutions) and the achieved rate as a
+fraction of the same rounds' GEMM rate; and, from the memory planner, the largest N each method
+handles within this machine's budget. The structured method's check of its rules against autograd
+runs once per model (in the warm-up), as in any repeated use. Writes results/bench/structured.csv and .md.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ntk.empirical import empirical_ntk, memory_estimate
+from ntk.memory import available_memory
+from ntk.model import NTKMLP
+from ntk.utils import best_time, resolve_device
+from scripts.common import BENCH_DIR, interleaved, parse_kv, spread, write_bench
+
+MODELS = ("mlp", "cnn", "resnet18", "transformer")
+TORCH_FUNC = ("jacobian", "ntk_vp")
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1)
+        self.fc = nn.Linear(64 * 7 * 7, 1)
+
+    def forward(self, x):
+        x = nn.functional.avg_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.avg_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+class Transformer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(64, 4, dim_feedforward=128, dropout=0.0, batch_first=True)
+        self.fc = nn.Linear(64, 1)
+
+    def forward(self, x):
+        return self.fc(self.layer(x).mean(1))
+
+
+def build(name: str, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    if name == "mlp":
+        model = nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 1))
+        x = torch.rand(256, 784, generator=g)
+    elif name == "cnn":
+        model, x = CNN(), torch.rand(64, 1, 28, 28, generator=g)
+    elif name == "resnet18":
+        import torchvision
+
+        model, x = torchvision.models.resnet18(num_classes=1), torch.rand(16, 3, 32, 32, generator=g)
+    else:
+        model, x = Transformer(), torch.randn(32, 16, 64, generator=g)
+    return model.to(device).eval(), x.to(device)
+
+
+def nngeometry_gram(model: nn.Module, x: torch.Tensor):
+    from nngeometry import GramMatrix  # from nngeometry_path
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(len(x))), batch_size=len(x))
+    return lambda: GramMatrix(model, loader).data  # (O, N, O, N)
+
+
+def flops_of(fn) -> float:
+    """FLOPs of one call as torch's profiler counts them (matrix products, convolutions)."""
+    with torch.profiler.profile(with_flops=True) as prof:
+        fn()
+    return float(sum(e.flops or 0 for e in prof.key_averages()))
+
+
+def largest_n(model: nn.Module, method: str, x: torch.Tensor, budget: float) -> int:
+    """The most inputs whose (N, N) kernel the memory planner lets `method` compute (up to 2^20)."""
+
+    def fits(n: int) -> bool:
+        block = None if method == "jacobian" else 1
+        return memory_estimate(model, method, n, n, True, torch.float32, block, x[:1]) <= budget
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= 2**20 and fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def main(argv: list[str]) -> None:
+    args = parse_kv(argv, dict(models=list(MODELS), rounds=5, slow_limit=10.0, device="auto", nngeometry_path=None, out_dir=str(BENCH_DIR)))
+    names = [m.strip() for m in str(args["models"]).strip("[]").split(",")] if isinstance(args["models"], str) else list(args["models"])
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        sys.exit(f"error: unknown model(s) {', '.join(unknown)}; allowed: {', '.join(MODELS)}")
+    if args["nngeometry_path"]:
+        sys.path.insert(0, str(args["nngeometry_path"]))
+    device = resolve_device(args["device"])
+    budget = available_memory(device)
+    rows = []
+    for name in names:
+        model, x = build(name, device)
+        n = x.shape[0]
+        a, w = torch.randn(n, 1024, device=device), torch.randn(1024, 1024, device=device)
+        contenders = {"gemm": lambda: a @ w}
+        notes: dict[str, str] = {}
+        candidates = {m: functools.partial(empirical_ntk, model, x, method=m, dtype=torch.float32) for m in ("structured", *TORCH_FUNC)}
+        if name == "mlp":
+            twin = NTKMLP(784, 1000, 3, generator=torch.Generator().manual_seed(0), device=device)
+            candidates["layerwise"] = functools.partial(empirical_ntk, twin, x, method="layerwise", dtype=torch.float32)
+        if args["nngeometry_path"]:
+            try:
+                candidates["nngeometry"] = nngeometry_gram(model, x)
+            except ImportError as err:
+                notes["nngeometry"] = f"not importable: {err}"
+        for method, fn in candidates.items():
+            try:
+                first = best_time(fn, device, 1, warmup=1 if method == "structured" else 0)
+            except (RuntimeError, MemoryError) as err:  # NTKMemoryError is a MemoryError
+                notes[method] = f"refused: {str(err).splitlines()[0]}"
+                continue
+            if first > args["slow_limit"]:
+                notes[method] = f"not in the rounds: one call takes {first:.1f} s (> slow_limit={args['slow_limit']:g} s)"
+                continue
+            contenders[method] = fn
+        flops = {m: flops_of(fn) for m, fn in contenders.items() if m != "gemm"}
+        times, calls = interleaved(contenders, args["rounds"], device)
+        gemm_rate = 2 * n * 1024 * 1024 / np.array(times["gemm"])  # FLOP/s per round
+        fastest_tf = min((m for m in TORCH_FUNC if m in times), key=lambda m: np.median(times[m]), default=None)
+        for method in [*candidates, *[m for m in notes if m not in candidates]]:
+            row = dict(model=name, N=n, method=method, device=str(device), dtype="float32")
+            if method in times:
+                t = np.array(times[method])
+                row |= spread(times[method]) | dict(calls_per_round=calls[method], gflop=flops[method] / 1e9)
+                row["fraction_of_gemm"] = float(np.median(flops[method] / t / gemm_rate))
+                if fastest_tf is not None and method != fastest_tf:
+                    ratio = np.array(times[fastest_tf]) / t
+                    row |= dict(speedup_vs_torch_func=float(np.median(ratio)), speedup_min=ratio.min(), speedup_max=ratio.max())
+                if method == "structured" and "layerwise" in times:
+                    row["over_layerwise"] = float(np.median(t / np.array(times["layerwise"])))
+            row["note"] = notes.get(method, "")
+            if method in ("structured", *TORCH_FUNC):
+                row["largest_N_in_budget"] = largest_n(model, method, x, budget)
+            row["gemm_gflops"] = float(np.median(gemm_rate) / 1e9)
+            rows.append(row)
+            if "median_s" in row:
+                print(f"{name} N={n} {method}: median {row['median_s']:.4g} s [{row['min_s']:.4g}, {row['max_s']:.4g}]", flush=True)
+        model = a = w = None
+    columns = [
+        "model",
+        "N",
+        "method",
+        "device",
+        "dtype",
+        "median_s",
+        "min_s",
+        "max_s",
+        "rounds",
+        "calls_per_round",
+        "speedup_vs_torch_func",
+    ]
+    columns += ["speedup_min", "speedup_max", "over_layerwise", "gflop", "fraction_of_gemm", "gemm_gflops", "largest_N_in_budget", "note"]
+    write_bench(pd.DataFrame(rows).reindex(columns=columns), "structured", argv, Path(args["out_dir"]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
