@@ -108,8 +108,14 @@ def layerwise_kernel(model: NTKMLP, x1: Tensor, x2: Tensor | None, dtype, block:
 # ----------------------------------------------------------------------------- jacobian
 
 
-def jacobian_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.dtype, trace: bool) -> Tensor:
+def jacobian_kernel(
+    model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.dtype, trace: bool, names: list[str] | None = None
+) -> Tensor:
+    """J(x1) J(x2)^T over the trainable parameters, or over those of `names` only (the rest held fixed)."""
     params, fixed = cast_params(model, dtype), cast_fixed(model, dtype)
+    if names is not None:
+        fixed |= {k: v for k, v in params.items() if k not in names}
+        params = {k: params[k] for k in names}
 
     def f(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(model, {**fixed, **p}, (x.unsqueeze(0),)).reshape(-1)  # (O,)

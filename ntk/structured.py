@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call
+
+from ntk.backends import jacobian_kernel
 
 Tensor = torch.Tensor
 
@@ -382,31 +384,6 @@ def rule_gradient(module: nn.Module, name: str, calls: list[Call], like: Tensor,
     return total
 
 
-def _jacobian_part(model: nn.Module, names: list[str], x1: Tensor, x2: Tensor | None, dtype: torch.dtype, trace: bool) -> Tensor:
-    """Jacobian contraction restricted to the parameters `names` (the others held fixed)."""
-    params, buffers = _cast(model, dtype)
-    free = {k: params[k] for k in names}
-    fixed = {k: v for k, v in params.items() if k not in free}
-
-    def f(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(model, ({**fixed, **p}, buffers), (x.unsqueeze(0),)).reshape(-1)  # (O,)
-
-    def flat(x: Tensor) -> Tensor:
-        x = x.to(dtype) if x.is_floating_point() else x
-        try:
-            j = vmap(jacrev(f), in_dims=(None, 0))(free, x)
-        except RuntimeError:  # a module vmap cannot batch (recurrent cells build their state per call): one input at a time
-            per = [jacrev(f)(free, xi) for xi in x]
-            j = {k: torch.stack([p[k] for p in per]) for k in free}
-        return torch.cat([v.reshape(v.shape[0], v.shape[1], -1) for v in j.values()], dim=2)  # (N, O, P_rest)
-
-    j1 = flat(x1)
-    j2 = j1 if x2 is None else flat(x2)
-    if trace:
-        return torch.einsum("iap,jap->ij", j1, j2)
-    return torch.einsum("iap,jbp->ijab", j1, j2)
-
-
 # per model (weakly held) and input signature: the parameters whose gradient the rules do not see whole
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -444,7 +421,7 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
                 term = _module_kernel(module, names, c1[module], c1[module] if same else c2[module], trace or out_dim == 1)
                 part = term if part is None else part + term
             if rest:
-                term = _jacobian_part(model, rest, x1[r], None if same else xs2[c], dtype, trace or out_dim == 1)
+                term = jacobian_kernel(model, x1[r], None if same else xs2[c], dtype, trace, names=rest)  # (N1, N2) for O = 1 or trace
                 part = term if part is None else part + term
             if part is None:
                 raise ValueError("the model has no trainable parameters: its NTK is zero; set requires_grad on the parameters to train")
