@@ -136,6 +136,12 @@ def _plan(model, x1, n1, n2, symmetric, method, block_size, dtype, budget) -> tu
     return method, block
 
 
+def as_model_input(model: nn.Module, x: Tensor) -> Tensor:
+    """A floating input in the dtype of the model's parameters (for a probing forward pass)."""
+    param = next(model.parameters(), None)
+    return x.to(param.dtype) if param is not None and x.is_floating_point() else x
+
+
 _SIZES: dict[tuple, object] = {}  # forward passes measured once per planning, not per bisection step (cleared by plan_method)
 
 
@@ -162,7 +168,7 @@ def output_dim(model: nn.Module, x_example: Tensor | None) -> int:
     if key in _SIZES:
         return _SIZES[key]
     with torch.no_grad():
-        out = model(x_example)
+        out = model(as_model_input(model, x_example))
     if out.dim() == 1 and out.shape[0] == x_example.shape[0]:
         return 1
     if out.dim() != 2 or out.shape[0] != x_example.shape[0]:
@@ -186,7 +192,7 @@ def _activation_numel(model: nn.Module, x_example: Tensor | None) -> int:
     ]
     try:
         with torch.no_grad():
-            model(x_example)
+            model(as_model_input(model, x_example))
     finally:
         for h in hooks:
             h.remove()

@@ -444,9 +444,11 @@ def recorded_sizes(model: nn.Module, x_example: Tensor) -> list[tuple[int, int]]
         sizes.append((rec.numel() + out.numel(), positions))
 
     handles = [m.register_forward_hook(hook) for m in by_module]
+    param = next(model.parameters(), None)
+    x = x_example[:1].to(param.dtype) if param is not None and x_example.is_floating_point() else x_example[:1]
     try:
         with torch.no_grad():
-            model(x_example[:1])
+            model(x)
     finally:
         for h in handles:
             h.remove()

@@ -1,0 +1,66 @@
+"""An NTK-parameterised convolutional network (the paper's Section 2 parameterisation, for convolutions).
+
+    h(0) = x,   z(l+1) = W(l) * (h(l) / sqrt(fan_in(l))),   h(l) = relu(z(l)),   f(x) = w . mean_s h(L)(s) / sqrt(C)
+
+Every weight is drawn i.i.d. N(0, 1); the 1/sqrt(fan-in) (fan-in = C_in k^2 for a k x k
+convolution, C for the read-out) lives in the forward pass, applied to each layer's input, so that
+every layer is a plain `nn.Conv2d` or `nn.Linear` without bias and the structured empirical NTK
+(`ntk.structured`) covers all of its parameters. `channels` is the width: the infinite-width
+limit of Jacot et al. (2018) is channels -> infinity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+class NTKCNN(nn.Module):
+    """Convolutions of `channels` channels (3 x 3, the first at stride 1, the others at stride 2),
+    ReLU, a global average pool and a linear read-out to `out_dim` outputs.
+
+    Args:
+        in_channels: channels of the input images (N, C, H, W).
+        channels: channels of every hidden convolution (the width).
+        depth: number of convolutions (>= 1).
+        out_dim: outputs.
+        generator: CPU (or any) generator for the N(0, 1) draws, layer by layer; the numbers are
+            drawn on its device and moved to `device`, so a CPU generator gives the same network everywhere.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        depth: int = 3,
+        out_dim: int = 1,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, n in (("in_channels", in_channels), ("channels", channels), ("depth", depth), ("out_dim", out_dim)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+        widths = [in_channels] + [channels] * depth
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in, c_out, 3, stride=1 if l == 0 else 2, padding=1, bias=False, device=device, dtype=dtype)
+            for l, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]))
+        )
+        self.readout = nn.Linear(channels, out_dim, bias=False, device=device, dtype=dtype)
+        source = generator.device if generator is not None else device
+        with torch.no_grad():
+            for layer in [*self.convs, self.readout]:
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator, device=source, dtype=layer.weight.dtype))
+        self.scales = [1.0 / math.sqrt(c * 9) for c in widths[:-1]] + [1.0 / math.sqrt(channels)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """f(x) for images (N, C, H, W); returns (N, out_dim)."""
+        h = x
+        for conv, scale in zip(self.convs, self.scales):
+            h = torch.relu(conv(h * scale))
+        return self.readout(h.mean((2, 3)) * self.scales[-1])
