@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ntk.backends import jacobian_kernel
+from ntk.backends import blocked_kernel, jacobian_kernel
 
 Tensor = torch.Tensor
 
@@ -403,34 +403,31 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
         rest = rest + sorted(wrong)
     symmetric = x2 is None
     xs2 = x1 if symmetric else x2
-    n1, n2 = x1.shape[0], xs2.shape[0]
-    rows = [slice(i, min(i + block, n1)) for i in range(0, n1, block)]
-    cols = rows if symmetric else [slice(j, min(j + block, n2)) for j in range(0, n2, block)]
-    kernel = None
-    for i, r in enumerate(rows):
-        c1, out_dim, _ = factors(model, x1[r], dtype, by_module)
-        for j, c in enumerate(cols):
-            if symmetric and j < i:
-                continue
-            same = symmetric and i == j
-            c2 = c1 if same else factors(model, xs2[c], dtype, by_module)[0]
-            part = None
-            for module, names in by_module.items():
-                if not c1[module]:
-                    continue  # never called (its parameters had no gradient in the check either)
-                term = _module_kernel(module, names, c1[module], c1[module] if same else c2[module], trace or out_dim == 1)
-                part = term if part is None else part + term
-            if rest:
-                term = jacobian_kernel(model, x1[r], None if same else xs2[c], dtype, trace, names=rest)  # (N1, N2) for O = 1 or trace
-                part = term if part is None else part + term
-            if part is None:
-                raise ValueError("the model has no trainable parameters: its NTK is zero; set requires_grad on the parameters to train")
-            if kernel is None:
-                kernel = part.new_zeros((n1, n2) + part.shape[2:])
-            kernel[r, c] = part
-            if symmetric and j > i:
-                kernel[c, r] = part.transpose(0, 1).transpose(2, 3) if part.dim() == 4 else part.T
-    return kernel
+    cache: dict[int, tuple] = {}  # the factors of the current row block
+
+    def rows_factors(r: slice) -> tuple:
+        if r.start not in cache:
+            cache.clear()
+            cache[r.start] = factors(model, x1[r], dtype, by_module)
+        return cache[r.start]
+
+    def part(r: slice, c: slice, diagonal: bool) -> Tensor:
+        c1, out_dim, _ = rows_factors(r)
+        c2 = c1 if diagonal else factors(model, xs2[c], dtype, by_module)[0]
+        total = None
+        for module, names in by_module.items():
+            if not c1[module]:
+                continue  # never called (its parameters had no gradient in the check either)
+            term = _module_kernel(module, names, c1[module], c2[module], trace or out_dim == 1)
+            total = term if total is None else total + term
+        if rest:
+            term = jacobian_kernel(model, x1[r], None if diagonal else xs2[c], dtype, trace, names=rest)  # (N1, N2) for O = 1 or trace
+            total = term if total is None else total + term
+        if total is None:
+            raise ValueError("the model has no trainable parameters: its NTK is zero; set requires_grad on the parameters to train")
+        return total
+
+    return blocked_kernel(x1.shape[0], xs2.shape[0], block, symmetric, part)
 
 
 def recorded_sizes(model: nn.Module, x_example: Tensor) -> list[tuple[int, int]]:
