@@ -35,7 +35,6 @@ from ntk.train import TrainState
 from ntk.utils import resolve_device, resolve_dtype
 
 TABLES = ("kernel", "loss")
-QUANTITIES = ("spread", "change")  # fitted against the channel count
 
 
 @dataclass
@@ -91,31 +90,36 @@ def job(cfg: DictConfig, shared: Shared, channels: int, seed: int, checkpoint: C
     return {"kernel": pd.concat(rows, ignore_index=True), "loss": loss_table(result, drift, channels=channels, seed=seed)}
 
 
-def summarise(kernel: pd.DataFrame) -> pd.DataFrame:
-    """Per channel count: the spread of Theta_0 across seeds and the change of Theta during training."""
+def kernel_changes(kernel: pd.DataFrame) -> pd.DataFrame:
+    """Per network (channels, seed): ||Theta_T - Theta_0||_F / ||Theta_0||_F on the probe digits."""
     t0, t_end = kernel.t.min(), kernel.t.max()
     rows = []
-    for channels, group in kernel.groupby("channels"):
-        start = group[group.t == t0].pivot_table(index=["i", "j"], columns="seed", values="ntk")  # (pairs, seeds)
-        end = group[group.t == t_end].pivot_table(index=["i", "j"], columns="seed", values="ntk")
+    for (channels, seed), group in kernel.groupby(["channels", "seed"]):
+        a, b = group[group.t == t0].sort_values(["i", "j"]).ntk.to_numpy(), group[group.t == t_end].sort_values(["i", "j"]).ntk.to_numpy()
+        rows.append(dict(channels=channels, seed=seed, change=np.linalg.norm(b - a) / np.linalg.norm(a)))
+    return pd.DataFrame(rows)
+
+
+def summarise(kernel: pd.DataFrame, changes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per channel count: the spread of Theta_0 across seeds and the change of Theta during training
+    (`kernel_changes`, mean and standard deviation over seeds)."""
+    changes = kernel_changes(kernel) if changes is None else changes
+    t0 = kernel.t.min()
+    rows = []
+    for channels, group in kernel[kernel.t == t0].groupby("channels"):
+        start = group.pivot_table(index=["i", "j"], columns="seed", values="ntk")  # (pairs, seeds)
         # RMS over probe pairs of the seeds' standard deviation, over the RMS of the seed-mean kernel
         spread = np.sqrt(start.var(axis=1, ddof=1).mean() / (start.mean(axis=1) ** 2).mean()) if start.shape[1] > 1 else np.nan
-        change = np.sqrt(((end - start) ** 2).sum(axis=0) / (start**2).sum(axis=0))  # per seed
+        change = changes[changes.channels == channels].change
         rows.append(dict(channels=channels, seeds=start.shape[1], spread=spread, change=change.mean(), change_sd=change.std(ddof=1)))
     return pd.DataFrame(rows)
 
 
 def assemble(cfg: DictConfig, shared: Shared, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    summary = summarise(tables["kernel"])
-    changes = tables["kernel"]
-    per_seed = []
-    t0, t_end = changes.t.min(), changes.t.max()
-    for (channels, seed), group in changes.groupby(["channels", "seed"]):
-        a, b = group[group.t == t0].ntk.to_numpy(), group[group.t == t_end].ntk.to_numpy()
-        per_seed.append(dict(channels=channels, seed=seed, change=np.linalg.norm(b - a) / np.linalg.norm(a)))
-    per_seed = pd.DataFrame(per_seed)
+    changes = kernel_changes(tables["kernel"])
+    summary = summarise(tables["kernel"], changes)
     fits = [dict(quantity="spread") | fit_exponent(summary.channels, summary.spread)]
-    fits += [dict(quantity="change") | fit_exponent(per_seed.channels, per_seed.change)]
+    fits += [dict(quantity="change") | fit_exponent(changes.channels, changes.change)]
     return dict(tables) | {"summary": summary, "fits": pd.DataFrame(fits)}
 
 

@@ -83,22 +83,31 @@ def _contract_factors(f1, f2, beta: float, trace: bool) -> Tensor:
     return kernel
 
 
-def blocked_kernel(n1: int, n2: int, block: int, symmetric: bool, part: Callable[[slice, slice, bool], Tensor]) -> Tensor:
+def blocked_kernel(
+    n1: int,
+    n2: int,
+    block: int,
+    symmetric: bool,
+    rows_of: Callable[[slice], object],
+    part: Callable[[object, slice, slice, bool], Tensor],
+) -> Tensor:
     """The (N1, N2[, O, O]) kernel assembled from blocks of `block` rows and columns.
 
-    `part(rows, cols, diagonal)` computes one block; for a symmetric kernel only the blocks on or
-    above the diagonal are computed (`diagonal` marks those on it) and the others are their transposes.
+    `rows_of(rows)` computes what a row block needs once (its factors); `part(that, rows, cols,
+    diagonal)` one block. For a symmetric kernel only the blocks on or above the diagonal are computed
+    (`diagonal` marks those on it) and the others are their transposes.
     """
     rows = [slice(i, min(i + block, n1)) for i in range(0, n1, block)]
     cols = rows if symmetric else [slice(j, min(j + block, n2)) for j in range(0, n2, block)]
     if len(rows) == len(cols) == 1:  # everything at once: no copy into a result
-        return part(rows[0], cols[0], symmetric)
+        return part(rows_of(rows[0]), rows[0], cols[0], symmetric)
     kernel = None
     for i, r in enumerate(rows):
+        of_rows = rows_of(r)
         for j, c in enumerate(cols):
             if symmetric and j < i:
                 continue  # filled from the transposed block (i, j) -> (j, i)
-            block_ij = part(r, c, symmetric and i == j)
+            block_ij = part(of_rows, r, c, symmetric and i == j)
             if kernel is None:
                 kernel = block_ij.new_empty((n1, n2) + block_ij.shape[2:])
             kernel[r, c] = block_ij
@@ -110,19 +119,12 @@ def blocked_kernel(n1: int, n2: int, block: int, symmetric: bool, part: Callable
 def layerwise_kernel(model: NTKMLP, x1: Tensor, x2: Tensor | None, dtype, block: int, trace: bool) -> Tensor:
     symmetric = x2 is None
     x2 = x1 if symmetric else x2
-    cache: dict[int, list] = {}  # the factors of the current row block
 
-    def rows_factors(r: slice) -> list:
-        if r.start not in cache:
-            cache.clear()
-            cache[r.start] = layerwise_factors(model, x1[r], dtype)
-        return cache[r.start]
-
-    def part(r: slice, c: slice, diagonal: bool) -> Tensor:
-        f1 = rows_factors(r)
+    def part(f1: list, r: slice, c: slice, diagonal: bool) -> Tensor:
         return _contract_factors(f1, f1 if diagonal else layerwise_factors(model, x2[c], dtype), model.beta, trace)
 
-    return blocked_kernel(x1.shape[0], x2.shape[0], min(block, max(x1.shape[0], x2.shape[0])), symmetric, part)
+    rows_of = lambda r: layerwise_factors(model, x1[r], dtype)  # noqa: E731
+    return blocked_kernel(x1.shape[0], x2.shape[0], min(block, max(x1.shape[0], x2.shape[0])), symmetric, rows_of, part)
 
 
 # ----------------------------------------------------------------------------- jacobian

@@ -168,13 +168,18 @@ def output_dim(model: nn.Module, x_example: Tensor | None) -> int:
     if key in _SIZES:
         return _SIZES[key]
     with torch.no_grad():
-        out = model(as_model_input(model, x_example))
-    if out.dim() == 1 and out.shape[0] == x_example.shape[0]:
-        return 1
-    if out.dim() != 2 or out.shape[0] != x_example.shape[0]:
-        raise ValueError(f"the model's output must have shape (N, O) or (N,), got {tuple(out.shape)} for {x_example.shape[0]} input(s)")
+        out = as_outputs(model(as_model_input(model, x_example)), x_example.shape[0])
     _SIZES[key] = out.shape[1]
     return out.shape[1]
+
+
+def as_outputs(f: Tensor, n: int) -> Tensor:
+    """A model's output on n inputs as (N, O): (N,) is O = 1; any other shape is refused."""
+    if f.dim() == 1 and f.shape[0] == n:
+        return f[:, None]
+    if f.dim() != 2 or f.shape[0] != n:
+        raise ValueError(f"the model's output must have shape (N, O) or (N,), got {tuple(f.shape)} for {n} input(s)")
+    return f
 
 
 def _activation_numel(model: nn.Module, x_example: Tensor | None) -> int:

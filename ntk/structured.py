@@ -11,7 +11,7 @@ contractions of Novak et al. (ICML 2022, "Fast Finite Width Neural Tangent Kerne
   - Gram of Grams:    sum_{s, s'} (g_s . g'_s') (a_s . a'_s')       cost ~ N1 N2 S^2 (in + O^2 out)
   - explicit:         G = sum_s g_s a_s^T per sample and output, then G1 . G2    cost ~ N O S in out + N1 N2 O^2 in out
 
-Rules (`RULES`) cover nn.Linear, nn.Conv1d/2d/3d (zero padding, any stride, dilation, groups),
+Rules cover nn.Linear, nn.Conv1d/2d/3d (zero padding, any stride, dilation, groups),
 nn.Embedding, nn.LayerNorm, nn.GroupNorm and nn.BatchNorm1d/2d/3d in eval mode, weight and bias.
 One forward pass records every covered module's inputs (forward hooks; a module called several
 times contributes every call, and the cross terms between calls); O backward passes give the
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -39,11 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ntk.backends import blocked_kernel, jacobian_kernel
+from ntk.backends import blocked_kernel, cast_fixed, cast_input, cast_params, jacobian_kernel
+from ntk.planning import as_model_input, as_outputs
 
 Tensor = torch.Tensor
 
-NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -276,20 +275,6 @@ def _module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Ca
 # ----------------------------------------------------------------------------- forward and backward passes
 
 
-def _cast(model: nn.Module, dtype: torch.dtype) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    params = {k: v.detach().to(dtype) for k, v in model.named_parameters()}
-    buffers = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.named_buffers()}
-    return params, buffers
-
-
-def _as_outputs(f: Tensor, n: int) -> Tensor:
-    if f.dim() == 1 and f.shape[0] == n:
-        return f[:, None]
-    if f.dim() != 2 or f.shape[0] != n:
-        raise ValueError(f"the model's output must have shape (N, O) or (N,) for N = {n} inputs, got {tuple(f.shape)}")
-    return f
-
-
 def check_independent_samples(model: nn.Module) -> None:
     """Refuse a model whose samples interact (batch statistics), whose NTK per input pair is undefined."""
     for name, module in model.named_modules():
@@ -320,13 +305,14 @@ def factors(
         return out + tap
 
     handles = [m.register_forward_hook(hook) for m in by_module]
-    params, buffers = _cast(model, dtype)
+    params = cast_params(model, dtype)
     checked = {full: params[full].requires_grad_(True) for names in by_module.values() for full in names.values()} if verify else {}
-    x = x.to(dtype) if x.is_floating_point() else x
+    state = cast_fixed(model, dtype) | params
+    x = cast_input(x, dtype)
     wrong: set[str] = set()
     try:
         with torch.enable_grad():
-            f = _as_outputs(functional_call(model, (params, buffers), (x,)), x.shape[0])
+            f = as_outputs(functional_call(model, state, (x,)), x.shape[0])
             taps = [c.tap for cs in calls.values() for c in cs]
             out_dim = f.shape[1]
             if checked:  # a random combination of every output at every input
@@ -389,8 +375,8 @@ _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.dtype, block: int, trace: bool) -> Tensor:
-    """The whole kernel (N1, N2, O, O) (or (N1, N2) with trace), in row blocks of `block` inputs."""
-    check_independent_samples(model)
+    """The whole kernel (N1, N2, O, O) (or (N1, N2) with trace), in row blocks of `block` inputs
+    (`empirical_ntk` has refused models whose samples interact, `check_independent_samples`)."""
     by_module, rest = plan(model)
     signature = (tuple(x1.shape[1:]), x1.dtype, tuple(sorted(n for n, p in model.named_parameters() if p.requires_grad)))
     checked = _CHECKED.setdefault(model, {})
@@ -403,16 +389,9 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
         rest = rest + sorted(wrong)
     symmetric = x2 is None
     xs2 = x1 if symmetric else x2
-    cache: dict[int, tuple] = {}  # the factors of the current row block
 
-    def rows_factors(r: slice) -> tuple:
-        if r.start not in cache:
-            cache.clear()
-            cache[r.start] = factors(model, x1[r], dtype, by_module)
-        return cache[r.start]
-
-    def part(r: slice, c: slice, diagonal: bool) -> Tensor:
-        c1, out_dim, _ = rows_factors(r)
+    def part(of_rows: tuple, r: slice, c: slice, diagonal: bool) -> Tensor:
+        c1, out_dim, _ = of_rows
         c2 = c1 if diagonal else factors(model, xs2[c], dtype, by_module)[0]
         total = None
         for module, names in by_module.items():
@@ -427,7 +406,8 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
             raise ValueError("the model has no trainable parameters: its NTK is zero; set requires_grad on the parameters to train")
         return total
 
-    return blocked_kernel(x1.shape[0], xs2.shape[0], block, symmetric, part)
+    rows_of = lambda r: factors(model, x1[r], dtype, by_module)  # noqa: E731
+    return blocked_kernel(x1.shape[0], xs2.shape[0], block, symmetric, rows_of, part)
 
 
 def recorded_sizes(model: nn.Module, x_example: Tensor) -> list[tuple[int, int]]:
@@ -441,33 +421,10 @@ def recorded_sizes(model: nn.Module, x_example: Tensor) -> list[tuple[int, int]]
         sizes.append((rec.numel() + out.numel(), positions))
 
     handles = [m.register_forward_hook(hook) for m in by_module]
-    param = next(model.parameters(), None)
-    x = x_example[:1].to(param.dtype) if param is not None and x_example.is_floating_point() else x_example[:1]
     try:
         with torch.no_grad():
-            model(x)
+            model(as_model_input(model, x_example[:1]))
     finally:
         for h in handles:
             h.remove()
     return sizes
-
-
-def activation_numel(model: nn.Module, x_example: Tensor) -> int:
-    """Numbers the structured method keeps per input: the recorded inputs and the outputs of every
-    covered module call."""
-    return sum(n for n, _ in recorded_sizes(model, x_example))
-
-
-def largest_positions(model: nn.Module, x_example: Tensor) -> int:
-    """The most positions S of one covered call (tokens, pixels of a feature map), at least 1."""
-    return max([s for _, s in recorded_sizes(model, x_example)], default=1)
-
-
-Rule = Callable[..., Tensor]
-RULES = {
-    "Linear": _gram_weight,
-    "Conv": _gram_weight,
-    "Embedding": _gram_embedding,
-    "Norm": _gram_diagonal,
-    "bias": _gram_sum,
-}

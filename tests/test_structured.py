@@ -168,7 +168,6 @@ def test_frozen_parameters_are_left_out_by_every_method():
     model[0].weight.requires_grad_(False)
     model[2].bias.requires_grad_(False)
     x = inputs("mlp", 4, 3)
-    jac = torch.func.jacrev(lambda w, b: model(x))  # noqa: F841  (the trainable ones, by hand below)
     trainable = [p for p in model.parameters() if p.requires_grad]
     rows = []
     for i in range(4):
