@@ -105,6 +105,9 @@ def _plan(model, x1, n1, n2, symmetric, method, block_size, dtype, budget) -> tu
         if block_size is not None:
             est = memory_estimate(model, m, n1, n2, symmetric, dtype, block_size, x_example)
             return (block_size if est <= budget else None), est
+        top_est = memory_estimate(model, m, n1, n2, symmetric, dtype, top, x_example)
+        if top_est <= budget:  # all at once
+            return top, top_est
         lo_est = memory_estimate(model, m, n1, n2, symmetric, dtype, 1, x_example)
         if lo_est > budget:
             return None, lo_est

@@ -12,7 +12,10 @@ contractions of Novak et al. (ICML 2022, "Fast Finite Width Neural Tangent Kerne
   - explicit:         G = sum_s g_s a_s^T per sample and output, then G1 . G2    cost ~ N O S in out + N1 N2 O^2 in out
 
 Rules cover nn.Linear, nn.Conv1d/2d/3d (zero padding, any stride, dilation, groups),
-nn.Embedding, nn.LayerNorm, nn.GroupNorm and nn.BatchNorm1d/2d/3d in eval mode, weight and bias.
+nn.Embedding, nn.LayerNorm, nn.GroupNorm and nn.BatchNorm1d/2d/3d in eval mode, weight and bias,
+and nn.MultiheadAttention's packed input projection (its query, key and value blocks are three
+linear maps of the attention's inputs; while the kernel is computed, the module runs an equivalent
+forward that exposes them, `_attention_forward`, checked against the module's own output).
 One forward pass records every covered module's inputs (forward hooks; a module called several
 times contributes every call, and the cross terms between calls); O backward passes give the
 cotangents at the outputs of those modules, through zero "taps" added to each output. Every
@@ -29,6 +32,7 @@ is refused (put the model in eval mode).
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -36,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from ntk.backends import blocked_kernel, cast_fixed, cast_input, cast_params, jacobian_kernel
 from ntk.planning import as_model_input, as_outputs
@@ -50,9 +54,15 @@ CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class Call:
     """One call of a covered module: what its rule needs from the forward pass, and its output tap."""
 
-    inputs: Tensor  # per rule: Linear (N, S, in); conv patches (N, groups, S, in/groups * k); embedding ids (N, S); norm x_hat (N, S, C)
+    inputs: Tensor  # per rule: Linear, attention (N, S, in); conv padded input (N, C, ...); embedding ids (N, S); norm x_hat (N, S, C)
     tap: Tensor  # zeros added to the output, (N, ...) like it
     cotangents: list[Tensor] = field(default_factory=list)  # one (N, S, out) per output direction
+    block: int = 0  # nn.MultiheadAttention: which block of the packed projection (0 query, 1 key, 2 value)
+
+
+# the parameters each rule knows, by the module's own parameter name
+WEIGHT_BIAS = ("weight", "bias")
+ATTENTION = ("in_proj_weight", "in_proj_bias")
 
 
 def covered(module: nn.Module) -> bool:
@@ -67,7 +77,14 @@ def covered(module: nn.Module) -> bool:
         return module.affine and module.track_running_stats
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
         return getattr(module, "elementwise_affine", getattr(module, "affine", False))
+    if isinstance(module, nn.MultiheadAttention):
+        simple = module._qkv_same_embed_dim and module.bias_k is None and not module.add_zero_attn
+        return simple and not (module.training and module.dropout > 0)
     return False
+
+
+def _rule_names(module: nn.Module) -> tuple[str, ...]:
+    return ATTENTION if isinstance(module, nn.MultiheadAttention) else WEIGHT_BIAS
 
 
 def _own_params(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -89,7 +106,7 @@ def plan(model: nn.Module) -> tuple[dict[nn.Module, dict[str, str]], list[str]]:
             continue
         uses = owners[id(p)]
         module, name = uses[0]
-        if len(uses) == 1 and covered(module) and name in ("weight", "bias"):
+        if len(uses) == 1 and covered(module) and name in _rule_names(module):
             by_module.setdefault(module, {})[name] = full
         else:
             rest.append(full)
@@ -103,13 +120,18 @@ def _linear_inputs(module: nn.Linear, x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1, x.shape[-1])  # (N, S, in)
 
 
+def _conv_padded(module: nn.Module, x: Tensor) -> Tensor:
+    """The input with the convolution's zero padding applied ('same' padding may be uneven)."""
+    rev = module._reversed_padding_repeated_twice
+    pad = [p for pair in zip(rev[::2], rev[1::2]) for p in pair]
+    return F.pad(x, pad) if any(pad) else x
+
+
 def _conv_patches(module: nn.Module, x: Tensor) -> Tensor:
     """The patches a convolution multiplies by its weight: (N, groups, S, in/groups * prod(kernel)),
-    a view where it can be (im2col by F.unfold for Conv2d, strided windows otherwise)."""
+    from its padded input (im2col by F.unfold for Conv2d, strided windows otherwise)."""
     dims = x.dim() - 2
     n, c, g = x.shape[0], x.shape[1], module.groups
-    pad = [p for pair in zip(module._reversed_padding_repeated_twice[::2], module._reversed_padding_repeated_twice[1::2]) for p in pair]
-    x = F.pad(x, pad) if any(pad) else x
     if dims == 2:
         cols = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)  # (N, C k, S)
         return cols.view(n, g, cols.shape[1] // g, cols.shape[2]).transpose(2, 3)  # (N, groups, S, C/groups k)
@@ -122,6 +144,28 @@ def _conv_patches(module: nn.Module, x: Tensor) -> Tensor:
     k = math.prod(module.kernel_size)
     # (N, C, *out, *k) -> (N, groups, C/groups, S, k) -> (N, groups, S, C/groups * k), matching weight (out, C/groups, *k)
     return x.reshape(n, g, c // g, s, k).permute(0, 1, 3, 2, 4).reshape(n, g, s, (c // g) * k)
+
+
+def _conv_positions(module: nn.Module, y: Tensor) -> Tensor:
+    """A cotangent (N, out, *spatial) at a convolution's output as (N, groups, S, out/groups)."""
+    n, g = y.shape[0], module.groups
+    return y.reshape(n, g, y.shape[1] // g, -1).transpose(2, 3)
+
+
+def _conv_weight_grad(module: nn.Module, x: Tensor, g: Tensor) -> Tensor:
+    """sum over the batch of the weight gradient: padded inputs x (B, C, ...), cotangents g (B, out, ...)."""
+    dims = x.dim() - 2
+    weight = x.new_empty(1).expand(module.weight.shape)  # only its shape is read
+    return torch.ops.aten.convolution_backward(
+        g, x, weight, None, module.stride, [0] * dims, module.dilation, False, [0] * dims, module.groups, [False, True, False]
+    )[1]
+
+
+def _conv_sample_grads(module: nn.Module, x: Tensor, g: Tensor) -> Tensor:
+    """Per-sample, per-direction weight gradients (N, O, out * in/groups * prod(kernel)), from padded
+    inputs (N, C, ...) and cotangents (N, O, out, ...): the convolution's own backward, batched."""
+    one = lambda xi, gi: _conv_weight_grad(module, xi[None], gi[None])  # noqa: E731
+    return vmap(vmap(one, in_dims=(None, 0)), in_dims=(0, 0))(x, g).reshape(g.shape[0], g.shape[1], -1)
 
 
 def _norm_inputs(module: nn.Module, x: Tensor) -> Tensor:
@@ -140,7 +184,7 @@ def _record(module: nn.Module, x: Tensor) -> Tensor:
     if isinstance(module, nn.Linear):
         return _linear_inputs(module, x)
     if isinstance(module, CONVS):
-        return _conv_patches(module, x)
+        return _conv_padded(module, x)  # (N, C, *spatial): patches or per-sample gradients when the kernel needs them
     if isinstance(module, nn.Embedding):
         ids = x.reshape(x.shape[0], -1)  # (N, S)
         return ids
@@ -148,11 +192,10 @@ def _record(module: nn.Module, x: Tensor) -> Tensor:
 
 
 def _out_positions(module: nn.Module, y: Tensor) -> Tensor:
-    """A cotangent at the module's output as (N, S, out) (or (N, groups, S, out/groups) for a convolution)."""
+    """A cotangent at the module's output as (N, S, out) (a convolution's as it is, (N, out, *spatial))."""
     n = y.shape[0]
     if isinstance(module, CONVS):
-        g = module.groups
-        return y.reshape(n, g, y.shape[1] // g, -1).transpose(2, 3)  # (N, groups, S, out/groups)
+        return y
     if isinstance(module, (nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
         return y.reshape(n, y.shape[1], -1).transpose(1, 2)  # channel last
     if isinstance(module, nn.LayerNorm):
@@ -161,6 +204,16 @@ def _out_positions(module: nn.Module, y: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- contractions
+
+
+def contraction_costs(n1: int, n2: int, o: int, s1: int, s2: int, inp: int, out: int, trace: bool, same: bool = False) -> tuple[int, int]:
+    """Multiply-adds of the two exact contractions for a weight (out, inp) used at s1 and s2 positions
+    per input, O output directions (Novak et al. 2022, Table 2): (explicit per-sample gradients and
+    their Gram, Gram of Grams). `same`: both sides are the same inputs (their gradients taken once)."""
+    oo = o if trace else o * o
+    explicit = (n1 if same else n1 + n2) * o * max(s1, s2) * inp * out + n1 * n2 * oo * inp * out
+    grams = n1 * n2 * s1 * s2 * (inp + oo * out)
+    return explicit, grams
 
 
 def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool, with_bias: bool = False) -> Tensor:
@@ -173,9 +226,7 @@ def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool, wi
     same = a2 is a1 and g2 is g1
     n1, o, s1, out = g1.shape
     n2, _, s2, _ = g2.shape
-    inp = a1.shape[-1] + with_bias
-    explicit = (n1 + n2) * o * max(s1, s2) * inp * out + n1 * n2 * (o if trace else o * o) * inp * out
-    grams = n1 * n2 * s1 * s2 * (inp + (o if trace else o * o) * out)
+    explicit, grams = contraction_costs(n1, n2, o, s1, s2, a1.shape[-1] + with_bias, out, trace, same)
     if explicit <= grams:
         w1 = torch.einsum("nosj,nsi->noji", g1, a1).reshape(n1, o, -1)  # per-sample gradients (N1, O, out in)
         w2 = w1 if same else torch.einsum("nosj,nsi->noji", g2, a2).reshape(n2, o, -1)
@@ -198,6 +249,57 @@ def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool, wi
         return (aa * gg).sum((2, 3))
     gg = torch.einsum("aosj,bqtj->aboqst", g1, g2)  # (N1, N2, O, O, S1, S2)
     return torch.einsum("aboqst,abst->aboq", gg, aa)
+
+
+def _gram_explicit(w1: Tensor, w2: Tensor, trace: bool) -> Tensor:
+    """The Gram of per-sample gradients w (N, O, P): (N1, N2, O, O), or (N1, N2) with trace."""
+    (n1, o, _), n2 = w1.shape, w2.shape[0]
+    if trace:
+        return w1.reshape(n1, -1) @ w2.reshape(n2, -1).T
+    return (w1.reshape(n1 * o, -1) @ w2.reshape(n2 * o, -1).T).view(n1, o, n2, o).permute(0, 2, 1, 3)
+
+
+def _conv_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call], trace: bool) -> Tensor:
+    """A convolution's share, all calls and their cross terms: the Gram of per-sample gradients (from
+    the convolution's own backward) or the Gram of Grams over patches, whichever costs less."""
+    same = calls2 is calls1
+    cots = lambda c: c.cotangents[0].unsqueeze(1) if len(c.cotangents) == 1 else torch.stack(c.cotangents, 1)  # noqa: E731
+    with_w, with_b = "weight" in names, "bias" in names
+    groups = module.groups
+    n1, n2 = calls1[0].inputs.shape[0], calls2[0].inputs.shape[0]
+    o = len(calls1[0].cotangents)
+    positions = lambda calls: sum(math.prod(c.cotangents[0].shape[2:]) for c in calls)  # noqa: E731
+    s1, s2 = positions(calls1), positions(calls2)
+    inp = module.weight[0].numel() + with_b  # per output channel: in/groups * prod(kernel) (+ the bias)
+    explicit, grams = contraction_costs(n1, n2, o, s1, s2, inp, module.out_channels // groups, trace, same)
+    if not with_w or explicit <= grams:
+
+        def sample_grads(calls: list[Call]) -> Tensor:  # (N, O, P of this layer), summed over the calls
+            total = None
+            for c in calls:
+                g = cots(c)  # (N, O, out, *spatial)
+                parts = [_conv_sample_grads(module, c.inputs, g)] if with_w else []
+                if with_b:
+                    parts.append(g.sum(tuple(range(3, g.dim()))))  # (N, O, out)
+                w = torch.cat(parts, 2) if len(parts) > 1 else parts[0]
+                total = w if total is None else total + w
+            return total
+
+        w1 = sample_grads(calls1)
+        return _gram_explicit(w1, w1 if same else sample_grads(calls2), trace)
+
+    def grouped(calls: list[Call], group: int) -> tuple[Tensor, Tensor]:  # patches (N, S, in), cotangents (N, O, S, out)
+        a = torch.cat([_conv_patches(module, c.inputs)[:, group] for c in calls], 1)
+        g = torch.cat([_conv_positions(module, cots(c).flatten(0, 1)).unflatten(0, (-1, o))[:, :, group] for c in calls], 2)
+        return a, g
+
+    total = None
+    for group in range(groups):
+        a1, g1 = grouped(calls1, group)
+        a2, g2 = (a1, g1) if same else grouped(calls2, group)
+        term = _gram_weight(a1, g1, a2, g2, trace, with_bias=with_b)
+        total = term if total is None else total + term
+    return total
 
 
 def _gram_sum(g1: Tensor, g2: Tensor, trace: bool) -> Tensor:
@@ -229,13 +331,12 @@ def _gram_diagonal(x1: Tensor, g1: Tensor, x2: Tensor, g2: Tensor, trace: bool) 
 def _module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call], trace: bool) -> Tensor:
     """The kernel share of one covered module's parameters `names`, all calls and their cross terms."""
 
-    def stacked(calls: list[Call], conv_group: int | None = None) -> tuple[Tensor, Tensor]:
+    def stacked(calls: list[Call]) -> tuple[Tensor, Tensor]:
         """Inputs (N, S_total, ...) and cotangents (N, O, S_total, out) over every call, positions concatenated."""
 
         def one(c: Call) -> tuple[Tensor, Tensor]:
-            ins = c.inputs if conv_group is None else c.inputs[:, conv_group]
-            cots = c.cotangents if conv_group is None else [t[:, conv_group] for t in c.cotangents]
-            return ins, (cots[0].unsqueeze(1) if len(cots) == 1 else torch.stack(cots, 1))
+            cots = c.cotangents
+            return c.inputs, (cots[0].unsqueeze(1) if len(cots) == 1 else torch.stack(cots, 1))
 
         if len(calls) == 1:
             return one(calls[0])
@@ -248,15 +349,21 @@ def _module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Ca
         nonlocal total
         total = term if total is None else total + term
 
-    if isinstance(module, CONVS):
-        for group in range(module.groups):
-            a1, g1 = stacked(calls1, group)
-            a2, g2 = (a1, g1) if calls2 is calls1 else stacked(calls2, group)
-            if "weight" in names:
-                add(_gram_weight(a1, g1, a2, g2, trace, with_bias="bias" in names))
-            elif "bias" in names:
+    if isinstance(module, nn.MultiheadAttention):  # three weight blocks, no cross terms between them
+        for block in range(3):
+            b1 = [c for c in calls1 if c.block == block]
+            b2 = b1 if calls2 is calls1 else [c for c in calls2 if c.block == block]
+            if not (b1 and b2):
+                continue
+            a1, g1 = stacked(b1)
+            a2, g2 = (a1, g1) if b2 is b1 else stacked(b2)
+            if "in_proj_weight" in names:
+                add(_gram_weight(a1, g1, a2, g2, trace, with_bias="in_proj_bias" in names))
+            else:
                 add(_gram_sum(g1, g2, trace))
         return total
+    if isinstance(module, CONVS):
+        return _conv_kernel(module, names, calls1, calls2, trace)
     a1, g1 = stacked(calls1)
     a2, g2 = (a1, g1) if calls2 is calls1 else stacked(calls2)
     if "weight" in names and isinstance(module, nn.Linear):
@@ -273,6 +380,45 @@ def _module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Ca
 
 
 # ----------------------------------------------------------------------------- forward and backward passes
+
+
+def _attention_forward(
+    module: nn.MultiheadAttention, query, key, value, tap, *, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+):
+    """nn.MultiheadAttention's forward (batched inputs, no dropout) with its packed input projection as
+    three linear maps whose outputs pass through `tap(block, input, output)`; out_proj called as a module."""
+    if not module.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))  # (N, L, E)
+    e, heads = module.embed_dim, module.num_heads
+    w, b = module.in_proj_weight, module.in_proj_bias
+    proj = [
+        tap(block, t, F.linear(t, w[block * e : (block + 1) * e], None if b is None else b[block * e : (block + 1) * e]))
+        for block, t in enumerate((query, key, value))
+    ]
+    n, lq, lk = query.shape[0], query.shape[1], key.shape[1]
+    q, k, v = (p.reshape(n, -1, heads, e // heads).transpose(1, 2) for p in proj)  # (N, heads, L, E / heads)
+
+    def additive(mask: Tensor) -> Tensor:
+        return torch.zeros_like(mask, dtype=q.dtype).masked_fill_(mask, float("-inf")) if mask.dtype == torch.bool else mask.to(q.dtype)
+
+    mask = None
+    if attn_mask is not None:
+        mask = additive(attn_mask)
+        mask = mask.reshape(n, heads, lq, lk) if mask.dim() == 3 else mask
+    if key_padding_mask is not None:
+        padding = additive(key_padding_mask).reshape(n, 1, 1, lk)
+        mask = padding if mask is None else mask + padding
+    causal = is_causal and mask is None
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (N, heads, Lq, E / heads)
+    out = module.out_proj(out.transpose(1, 2).reshape(n, lq, e))
+    weights = None
+    if need_weights:
+        scores = q @ k.transpose(-2, -1) / math.sqrt(e // heads)
+        if mask is not None:
+            scores = scores + mask
+        weights = scores.softmax(-1)
+        weights = weights.mean(1) if average_attn_weights else weights
+    return (out if module.batch_first else out.transpose(0, 1)), weights
 
 
 def check_independent_samples(model: nn.Module) -> None:
@@ -297,6 +443,7 @@ def factors(
     nn.MultiheadAttention does with its out_proj) are returned, for Jacobian contraction.
     """
     calls: dict[nn.Module, list[Call]] = {m: [] for m in by_module}
+    mismatched: set[nn.Module] = set()  # attention modules whose equivalent forward did not give their output
 
     def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
         x_in = args[0]
@@ -304,9 +451,40 @@ def factors(
         calls[module].append(Call(inputs=_record(module, x_in.detach()), tap=tap))
         return out + tap
 
-    handles = [m.register_forward_hook(hook) for m in by_module]
-    params = cast_params(model, dtype)
-    checked = {full: params[full].requires_grad_(True) for names in by_module.values() for full in names.values()} if verify else {}
+    def projection_tap(module: nn.Module, block: int, x_in: Tensor, y: Tensor) -> Tensor:
+        tap = torch.zeros_like(y, requires_grad=True)
+        calls[module].append(Call(inputs=_linear_inputs(module, x_in.detach()), tap=tap, block=block))
+        return y + tap
+
+    def exposed(module: nn.MultiheadAttention):
+        original = type(module).forward
+
+        def forward(
+            query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, average_attn_weights=True, is_causal=False
+        ):
+            options = dict(key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask)
+            options |= dict(average_attn_weights=average_attn_weights, is_causal=is_causal)
+            if query.dim() != 3:  # unbatched: no rule (the check then hands its parameters to the Jacobian)
+                return original(module, query, key, value, **options)
+            tap = functools.partial(projection_tap, module)
+            ours = _attention_forward(module, query, key, value, tap, **options)
+            if verify:
+                ref = original(module, query, key, value, **options)
+                if (ours[0] - ref[0]).norm() > 1e-9 * ref[0].norm():
+                    mismatched.add(module)
+                    return ref
+            return ours
+
+        return forward
+
+    handles = [m.register_forward_hook(hook) for m in by_module if not isinstance(m, nn.MultiheadAttention)]
+    attention = [m for m in by_module if isinstance(m, nn.MultiheadAttention)]
+    for m in attention:
+        m.forward = exposed(m)
+    # every trainable parameter requires grad, as in training: modules with a no-grad fast path
+    # (nn.TransformerEncoderLayer) then take the same path in the check and in the kernel
+    params = {k: v.requires_grad_(True) for k, v in cast_params(model, dtype).items()}
+    checked = {full: params[full] for names in by_module.values() for full in names.values()} if verify else {}
     state = cast_fixed(model, dtype) | params
     x = cast_input(x, dtype)
     wrong: set[str] = set()
@@ -330,9 +508,12 @@ def factors(
     finally:
         for h in handles:
             h.remove()
+        for m in attention:
+            del m.forward
     for cs in calls.values():
         for c in cs:
             c.tap = None
+    wrong |= {full for module in mismatched for full in by_module[module].values()}
     if checked:
         for module, names in by_module.items():
             for name, full in names.items():
@@ -350,11 +531,18 @@ def rule_gradient(module: nn.Module, name: str, calls: list[Call], like: Tensor,
     for c in calls:
         # the cotangents combined over output directions with the weights of `mix`, (N, ...) like one of them
         g = sum(mix[:, b].reshape(-1, *[1] * (t.dim() - 1)) * t for b, t in enumerate(c.cotangents))
-        if isinstance(module, CONVS):  # g (N, groups, S, out/groups), inputs (N, groups, S, in/groups k)
-            if name == "weight":
-                total += torch.einsum("ngsj,ngsi->gji", g, c.inputs).reshape(like.shape)
+        if isinstance(module, nn.MultiheadAttention):  # rows block E ... (block + 1) E of the packed projection
+            e = module.embed_dim
+            rows = slice(c.block * e, (c.block + 1) * e)
+            if name == "in_proj_weight":
+                total[rows] += torch.einsum("nsj,nsi->ji", g, c.inputs)
             else:
-                total += g.sum((0, 2)).reshape(-1)
+                total[rows] += g.sum((0, 1))
+        elif isinstance(module, CONVS):  # g (N, out, *spatial), inputs padded (N, C, *spatial)
+            if name == "weight":
+                total += _conv_weight_grad(module, c.inputs, g)
+            else:
+                total += g.sum((0, *range(2, g.dim())))
         elif name == "bias":
             total += g.sum((0, 1)).reshape(like.shape)
         elif isinstance(module, nn.Linear):
@@ -415,8 +603,13 @@ def recorded_sizes(model: nn.Module, x_example: Tensor) -> list[tuple[int, int]]
     by_module, _ = plan(model)
     sizes: list[tuple[int, int]] = []
 
-    def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+    def hook(module: nn.Module, args: tuple, out) -> None:
+        if isinstance(module, nn.MultiheadAttention):  # three projections of (L, E) in and out
+            sizes.append((6 * args[0].numel(), args[0].numel() // module.embed_dim))
+            return
         rec = _record(module, args[0].detach())
+        if isinstance(module, CONVS):  # counted as patches, the larger form the kernel may build
+            rec = _conv_patches(module, rec)
         positions = rec.shape[2] if isinstance(module, CONVS) else rec.shape[1]
         sizes.append((rec.numel() + out.numel(), positions))
 
@@ -428,3 +621,75 @@ def recorded_sizes(model: nn.Module, x_example: Tensor) -> list[tuple[int, int]]
         for h in handles:
             h.remove()
     return sizes
+
+
+def flop_counts(model: nn.Module, x_example: Tensor, n1: int, n2: int | None = None, trace: bool = True) -> dict[str, float]:
+    """FLOPs (a multiply-add is 2) of one (n1, n2) kernel (n2 None: symmetric) by the three exact
+    methods, by formula in the manner of Novak et al. (2022, Tables 1-2). With F the FLOPs of a
+    forward pass of one input (`torch.utils.flop_counter` on `x_example[:1]`), O outputs, P trainable
+    parameters and n the distinct inputs (n1, or n1 + n2):
+
+      jacobian:    n (F + 2 O F)  +  2 n1 n2 O^2 P           (per-sample Jacobians, then their contraction)
+      ntk_vp:      n2 O (3 F + 3 F n1)                        (a VJP and a JVP over the n1 inputs per column)
+      structured:  n (F + O F)  +  sum over covered layers of the cheaper contraction (2 x
+                   `contraction_costs`)  +  the Jacobian terms restricted to the parameters no rule covers.
+
+    Returns {"structured", "jacobian", "ntk_vp", "forward"} (forward: F).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ntk.planning import output_dim
+
+    symmetric = n2 is None
+    n2 = n1 if symmetric else n2
+    n = n1 if symmetric else n1 + n2
+    x1 = as_model_input(model, x_example[:1])
+    counter = FlopCounterMode(display=False)
+    with counter:  # (with grad enabled, as in the kernels: no fused no-grad fast path hides the products)
+        model(x1)
+    fwd = float(counter.get_total_flops())
+    o = output_dim(model, x1)
+    oo = o if trace else o * o
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    by_module, rest = plan(model)
+    n_rest = sum(p.numel() for name, p in model.named_parameters() if name in set(rest))
+    layers = 0.0
+    for module, (shapes, names) in _layer_shapes(model, x1, by_module).items():
+        for s, inp, out, groups in shapes:
+            if isinstance(module, (nn.Linear, nn.MultiheadAttention, *CONVS)) and ("weight" in names or "in_proj_weight" in names):
+                layers += 2 * groups * min(contraction_costs(n1, n2, o, s, s, inp + 1, out, trace, symmetric))
+            else:  # elementwise weights (norms), embeddings, lone biases: per-sample gradients and their Gram
+                layers += 2 * (n * o * s * out + n1 * n2 * oo * out)
+    return dict(
+        forward=fwd,
+        jacobian=n * (fwd + 2 * o * fwd) + 2 * n1 * n2 * oo * n_params,
+        ntk_vp=n2 * o * (3 * fwd + 3 * fwd * n1),
+        structured=n * (fwd + o * fwd) + layers + ((n * 2 * o * fwd + 2 * n1 * n2 * oo * n_rest) if rest else 0.0),
+    )
+
+
+def _layer_shapes(model: nn.Module, x1: Tensor, by_module) -> dict[nn.Module, tuple[list[tuple[int, int, int, int]], dict]]:
+    """Per covered module: (positions, inputs, outputs, groups) of each weight block it applies in one
+    forward pass on one input, and its covered parameter names."""
+    shapes: dict[nn.Module, tuple[list, dict]] = {}
+
+    def hook(module: nn.Module, args: tuple, out) -> None:
+        x = args[0]
+        if isinstance(module, nn.MultiheadAttention):  # three blocks (E, E)
+            e = module.embed_dim
+            found = [(x.numel() // e, e, e, 1)] * 3
+        elif isinstance(module, CONVS):
+            g = module.groups
+            found = [(math.prod(out.shape[2:]), module.weight[0].numel(), module.out_channels // g, g)]
+        else:
+            last = out.shape[-1] if not isinstance(module, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) else out.shape[1]
+            found = [(out.numel() // last, x.shape[-1] if isinstance(module, nn.Linear) else 1, last, 1)]
+        shapes.setdefault(module, ([], by_module[module]))[0].extend(found)
+
+    handles = [m.register_forward_hook(hook) for m in by_module]
+    try:
+        model(x1)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes

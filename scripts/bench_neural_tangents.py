@@ -6,6 +6,7 @@ environment,
     python3 -m venv /tmp/nt && /tmp/nt/bin/pip install neural-tangents==0.6.5 jax==0.4.23 jaxlib==0.4.23 \
         tf2jax==0.3.6 "numpy<2" "scipy<1.14"
     python -m scripts.bench_neural_tangents nt_python=/tmp/nt/bin/python          # cases 0 1 2, 11 rounds
+    python -m scripts.bench_neural_tangents cases=[4] out_name=neural_tangents_cnn  # the CNN, structured
 
 (newer JAX releases break neural-tangents 0.6.5's structured derivatives).
 
@@ -31,7 +32,9 @@ import subprocess
 import sys
 import time
 
-CASES = [(1000, 4, 256), (2000, 4, 256), (4000, 4, 128), (10000, 5, 512)]
+CASES = [(1000, 4, 256), (2000, 4, 256), (4000, 4, 128), (10000, 5, 512), ("cnn", None, 64)]
+# case 4: the CNN of scripts.bench_structured (conv 1->32 3x3, ReLU, 2x2 average pool, conv 32->64 3x3,
+# ReLU, pool, linear 3136->1) on 28 x 28 images, ours by method="structured" (images NHWC for stax)
 
 
 def worker() -> None:
@@ -44,6 +47,17 @@ def worker() -> None:
     built = {}
     for line in sys.stdin:
         index, calls = map(int, line.split())
+        if index not in built and CASES[index][0] == "cnn":
+            n = CASES[index][2]
+            layers = [stax.Conv(32, (3, 3), padding="SAME"), stax.Relu(), stax.AvgPool((2, 2), (2, 2))]
+            layers += [stax.Conv(64, (3, 3), padding="SAME"), stax.Relu(), stax.AvgPool((2, 2), (2, 2)), stax.Flatten(), stax.Dense(1)]
+            init_fn, apply_fn, _ = stax.serial(*layers)
+            _, params = init_fn(jax.random.PRNGKey(0), (-1, 28, 28, 1))
+            x = jax.random.uniform(jax.random.PRNGKey(1), (n, 28, 28, 1), dtype=jnp.float32)
+            kernel_fn = jax.jit(
+                nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0, implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES)
+            )
+            built = {index: (kernel_fn, x, params)}
         if index not in built:
             width, depth, n = CASES[index]
             layers = []
@@ -72,10 +86,12 @@ def main(argv: list[str]) -> None:
 
     from ntk.empirical import empirical_ntk
     from ntk.model import NTKMLP
+    from ntk.structured import flop_counts
     from scripts.bench_ntk import layerwise_flops
+    from scripts.bench_structured import CNN
     from scripts.common import calls_per_round, parse_kv, write_bench
 
-    args = parse_kv(argv, dict(nt_python="/tmp/nt/bin/python", cases=[0, 1, 2], rounds=11, min_time=0.25))
+    args = parse_kv(argv, dict(nt_python="/tmp/nt/bin/python", cases=[0, 1, 2], rounds=11, min_time=0.25, out_name="neural_tangents"))
     proc = subprocess.Popen([args["nt_python"], __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
 
     def neural_tangents(index: int, calls: int) -> dict:
@@ -90,14 +106,21 @@ def main(argv: list[str]) -> None:
     try:
         for index in args["cases"]:
             width, depth, n = CASES[index]
-            model = NTKMLP(784, width, depth, generator=torch.Generator().manual_seed(0))
-            x = torch.rand(n, 784, generator=torch.Generator().manual_seed(1))
+            if width == "cnn":
+                torch.manual_seed(0)
+                model, method, arch = CNN().eval(), "structured", "cnn 1-32-64-1"
+                x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+                flops, width = flop_counts(model, x, n)["structured"], 1024
+            else:
+                model, method = NTKMLP(784, width, depth, generator=torch.Generator().manual_seed(0)), "layerwise"
+                x = torch.rand(n, 784, generator=torch.Generator().manual_seed(1))
+                flops, arch = layerwise_flops(model.widths, n), "-".join(map(str, model.widths))
             a, w = torch.randn(n, width), torch.randn(width, width)
 
             def ours(calls: int) -> float:
                 start = time.perf_counter()
                 for _ in range(calls):
-                    empirical_ntk(model, x, method="layerwise", dtype=torch.float32)
+                    empirical_ntk(model, x, method=method, dtype=torch.float32)
                 return (time.perf_counter() - start) / calls
 
             def gemm(calls: int) -> float:
@@ -124,7 +147,6 @@ def main(argv: list[str]) -> None:
             ratios = np.array(times["neural_tangents"]) / np.array(times["ours"])
             gemm_gflops = 2 * n * width * width / float(np.median(times["gemm"])) / 1e9
             med = {k: float(np.median(v)) for k, v in times.items()}
-            arch = "-".join(map(str, model.widths))
             rows.append(
                 dict(
                     model=arch,
@@ -141,9 +163,11 @@ def main(argv: list[str]) -> None:
                     speedup_min=float(ratios.min()),
                     speedup_max=float(ratios.max()),
                     gemm_gflops=gemm_gflops,
-                    # both at the layer-wise FLOP count (forward, input-gradient pass, Gram products)
-                    ours_fraction_of_gemm=layerwise_flops(model.widths, n) / med["ours"] / 1e9 / gemm_gflops,
-                    neural_tangents_fraction_of_gemm=layerwise_flops(model.widths, n) / med["neural_tangents"] / 1e9 / gemm_gflops,
+                    method=method,
+                    # both at our FLOP count (layer-wise: forward, input-gradient pass, Gram products;
+                    # structured: ntk.structured.flop_counts)
+                    ours_fraction_of_gemm=flops / med["ours"] / 1e9 / gemm_gflops,
+                    neural_tangents_fraction_of_gemm=flops / med["neural_tangents"] / 1e9 / gemm_gflops,
                     jax=info["jax"],
                     neural_tangents=info["neural_tangents"],
                 )
@@ -153,7 +177,7 @@ def main(argv: list[str]) -> None:
     finally:
         proc.stdin.close()
         proc.wait(timeout=60)
-    write_bench(pd.DataFrame(rows), "neural_tangents", argv)
+    write_bench(pd.DataFrame(rows), str(args["out_name"]), argv)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ takes longer than `slow_limit` seconds, or whose memory estimate exceeds the bud
 the rounds with the reason. The rest alternate over `rounds` rounds (`scripts.common.interleaved`:
 each round repeats a contender for at least 0.25 s, mean per call). Reported: median, min and max;
 the speed-up over the faster torch.func method as the median of per-round ratios; the FLOPs of one
-call counted by torch's profiler (matrix products and convolutions) and the achieved rate as a
-fraction of the same rounds' GEMM rate; and, from the memory planner, the largest N each method
-handles within this machine's budget. The structured method's check of its rules against autograd
+call by formula (`ntk.structured.flop_counts` for the structured method, with its per-layer choice,
+and the two torch.func methods; `scripts.bench_ntk.layerwise_flops` for the layer-wise kernel;
+torch's profiler for nngeometry) and the achieved rate as a fraction of the same rounds' GEMM rate;
+and, from the memory planner, the largest N each method handles within this machine's budget. The structured method's check of its rules against autograd
 runs once per model (in the warm-up), as in any repeated use. Writes results/bench/structured.csv and .md.
 """
 
@@ -37,7 +38,9 @@ from torch import nn
 from ntk.empirical import empirical_ntk, memory_estimate
 from ntk.memory import available_memory
 from ntk.model import NTKMLP
+from ntk.structured import flop_counts
 from ntk.utils import best_time, resolve_device
+from scripts.bench_ntk import layerwise_flops
 from scripts.common import BENCH_DIR, interleaved, parse_kv, spread, write_bench
 
 MODELS = ("mlp", "cnn", "resnet18", "transformer")
@@ -91,7 +94,8 @@ def nngeometry_gram(model: nn.Module, x: torch.Tensor):
 
 
 def flops_of(fn) -> float:
-    """FLOPs of one call as torch's profiler counts them (matrix products, convolutions)."""
+    """FLOPs of one call as torch's profiler counts them (matrix products, convolutions; for a library
+    we cannot count by formula)."""
     with torch.profiler.profile(with_flops=True) as prof:
         fn()
     return float(sum(e.flops or 0 for e in prof.key_averages()))
@@ -151,7 +155,12 @@ def main(argv: list[str]) -> None:
                 notes[method] = f"not in the rounds: one call takes {first:.1f} s (> slow_limit={args['slow_limit']:g} s)"
                 continue
             contenders[method] = fn
-        flops = {m: flops_of(fn) for m, fn in contenders.items() if m != "gemm"}
+        flops = flop_counts(model, x, n)
+        if "layerwise" in candidates:
+            flops["layerwise"] = layerwise_flops(twin.widths, n)
+        if "nngeometry" in contenders:
+            flops["nngeometry"] = flops_of(contenders["nngeometry"])
+        print(f"{name} N={n} GFLOP by formula: " + ", ".join(f"{m} {flops[m] / 1e9:.3g}" for m in candidates if m in flops), flush=True)
         times, calls = interleaved(contenders, args["rounds"], device)
         gemm_rate = 2 * n * 1024 * 1024 / np.array(times["gemm"])  # FLOP/s per round
         fastest_tf = min((m for m in TORCH_FUNC if m in times), key=lambda m: np.median(times[m]), default=None)
@@ -159,13 +168,15 @@ def main(argv: list[str]) -> None:
             row = dict(model=name, N=n, method=method, device=str(device), dtype="float32")
             if method in times:
                 t = np.array(times[method])
-                row |= spread(times[method]) | dict(calls_per_round=calls[method], gflop=flops[method] / 1e9)
+                row |= spread(times[method]) | dict(calls_per_round=calls[method])
                 row["fraction_of_gemm"] = float(np.median(flops[method] / t / gemm_rate))
                 if fastest_tf is not None and method != fastest_tf:
                     ratio = np.array(times[fastest_tf]) / t
                     row |= dict(speedup_vs_torch_func=float(np.median(ratio)), speedup_min=ratio.min(), speedup_max=ratio.max())
                 if method == "structured" and "layerwise" in times:
                     row["over_layerwise"] = float(np.median(t / np.array(times["layerwise"])))
+            if method in flops:
+                row["gflop"] = flops[method] / 1e9
             row["note"] = notes.get(method, "")
             if method in ("structured", *TORCH_FUNC):
                 row["largest_N_in_budget"] = largest_n(model, method, x, budget)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from ntk import structured
 from ntk.empirical import empirical_ntk
 from ntk.memory import NTKMemoryError
 from ntk.structured import plan
@@ -87,6 +88,36 @@ class Mixed(nn.Module):
         return self.fc2(self.cell(torch.tanh(self.bn(self.fc1(x)))))
 
 
+class SmallSpatial(nn.Module):
+    """Convolutions with few output positions and many channels: the Gram of Grams is the cheaper form."""
+
+    def __init__(self, out: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 24, 3, stride=3, groups=2)
+        self.conv2 = nn.Conv2d(24, 24, 3, padding=1, bias=False)
+        self.fc = nn.Linear(24 * 4, out)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.conv2(torch.tanh(self.conv1(x)))).flatten(1))
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention used directly: sequence-first, causal and padding masks, weights returned."""
+
+    def __init__(self, out: int = 1):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2)
+        self.fc = nn.Linear(8 + 4, out)
+
+    def forward(self, x):  # x (N, L, 8)
+        seq = x.transpose(0, 1)  # (L, N, 8)
+        causal = torch.triu(torch.ones(4, 4, dtype=torch.bool), 1)
+        padding = torch.zeros(x.shape[0], 4, dtype=torch.bool)
+        padding[:, -1] = True
+        y, w = self.attn(seq, seq, seq, key_padding_mask=padding, attn_mask=causal)
+        return self.fc(torch.cat([y.mean(0), w[:, -1]], 1))
+
+
 def transformer(out: int = 1) -> nn.Module:
     class T(nn.Module):
         def __init__(self):
@@ -108,6 +139,8 @@ def inputs(kind: str, n: int, seed: int) -> torch.Tensor:
         return torch.randn(n, 39, generator=g, dtype=torch.float64)
     if kind == "tokens":
         return torch.randint(0, 11, (n, 5), generator=g)
+    if kind == "small_image":
+        return torch.randn(n, 2, 7, 7, generator=g, dtype=torch.float64)
     if kind == "sequence":
         return torch.randn(n, 4, 8, generator=g, dtype=torch.float64)
     return torch.randn(n, {"mlp": 3, "shared": 4, "mixed": 3}[kind], generator=g, dtype=torch.float64)
@@ -122,6 +155,8 @@ ZOO = {
     "shared": (lambda out: SharedTwice(out), "shared"),
     "mixed": (lambda out: Mixed(out), "mixed"),
     "transformer": (transformer, "sequence"),
+    "attention": (lambda out: Attention(out), "sequence"),
+    "conv_gram_of_grams": (lambda out: SmallSpatial(out), "small_image"),
 }
 
 
@@ -180,6 +215,27 @@ def test_frozen_parameters_are_left_out_by_every_method():
         assert rel_fro(empirical_ntk(model, x, method=method), expected) < 1e-10, method
 
 
+def test_attention_projections_are_covered_by_their_rule():
+    model = build("transformer", 1)
+    by_module, rest = plan(model)
+    assert rest == []
+    assert sorted(by_module[model.layer.self_attn].values()) == ["layer.self_attn.in_proj_bias", "layer.self_attn.in_proj_weight"]
+    empirical_ntk(model, inputs("sequence", 3, 0), method="structured")
+    assert not structured._CHECKED[model][next(iter(structured._CHECKED[model]))]  # no parameter handed to the Jacobian
+
+
+def test_convolution_takes_the_cheaper_contraction(monkeypatch):
+    used = []
+    for name in ("_gram_explicit", "_gram_weight"):
+        real = getattr(structured, name)
+        monkeypatch.setattr(structured, name, lambda *a, real=real, name=name, **k: used.append(name) or real(*a, **k))
+    empirical_ntk(build("conv_gram_of_grams", 1), inputs("small_image", 2, 0), method="structured")
+    assert used.count("_gram_weight") == 4  # both convolutions (two groups for the first) and the Linear: Gram of Grams
+    used.clear()
+    empirical_ntk(build("cnn", 1), inputs("image", 8, 0), method="structured")
+    assert used.count("_gram_explicit") == 2  # 64 positions: per-sample gradients
+
+
 def test_uncovered_parameters_go_to_the_jacobian():
     by_module, rest = plan(build("mixed", 1))
     assert sorted(rest) == ["cell.bias_hh", "cell.bias_ih", "cell.weight_hh", "cell.weight_ih"]
@@ -207,3 +263,12 @@ def test_output_of_the_wrong_shape_is_refused():
     model = nn.Sequential(nn.Linear(3, 4), nn.Unflatten(1, (2, 2))).double()
     with pytest.raises(ValueError, match=r"output must have shape \(N, O\) or \(N,\)"):
         empirical_ntk(model, inputs("mlp", 3, 0), method="structured")
+
+
+def test_flop_counts_count_the_forward_pass_and_favour_structure_on_wide_linear_layers():
+    small = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    assert structured.flop_counts(small, inputs("mlp", 4, 0), 4)["forward"] == 2 * (3 * 16 + 16 * 1)  # one multiply-add per weight
+    wide = nn.Sequential(nn.Linear(3, 512), nn.Tanh(), nn.Linear(512, 512), nn.Tanh(), nn.Linear(512, 1)).double()
+    counts = structured.flop_counts(wide, inputs("mlp", 64, 0), 64)
+    # one position per layer: Gram of Grams costs N^2 (in + out) per layer against N^2 in out for the Jacobian's contraction
+    assert counts["structured"] < counts["jacobian"] / 10 and counts["jacobian"] < counts["ntk_vp"]
