@@ -48,6 +48,7 @@ from ntk.planning import as_model_input, as_outputs
 Tensor = torch.Tensor
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+SMALL_FAN_IN = 32  # convolutions with at most this many inputs per output (in/groups x kernel) take per-sample gradients from patches
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Call:
     """One call of a covered module: what its rule needs from the forward pass, and its output tap."""
 
     inputs: Tensor  # per rule: Linear, attention (N, S, in); conv padded input (N, C, ...); embedding ids (N, S); norm x_hat (N, S, C)
-    tap: Tensor  # zeros added to the output, (N, ...) like it
+    tap: Tensor  # the output as the module produced it (the forward goes on with a copy, so in-place ops leave it alone)
     cotangents: list[Tensor] = field(default_factory=list)  # one (N, S, out) per output direction
     block: int = 0  # nn.MultiheadAttention: which block of the packed projection (0 query, 1 key, 2 value)
 
@@ -274,11 +275,17 @@ def _conv_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call
     explicit, grams = contraction_costs(n1, n2, o, s1, s2, inp, module.out_channels // groups, trace, same)
     if not with_w or explicit <= grams:
 
+        def sample_weight_grads(c: Call, g: Tensor) -> Tensor:  # (N, O, out * in/groups * prod(kernel))
+            if groups == 1 and inp <= SMALL_FAN_IN:  # few input channels: patches and one batched product are faster
+                a, gp = _conv_patches(module, c.inputs)[:, 0], _conv_positions(module, g.flatten(0, 1))[:, 0]  # (N, S, in), (N O, S, out)
+                return torch.bmm(gp.unflatten(0, (-1, o)).transpose(2, 3).reshape(a.shape[0], -1, a.shape[1]), a).reshape(a.shape[0], o, -1)
+            return _conv_sample_grads(module, c.inputs, g)
+
         def sample_grads(calls: list[Call]) -> Tensor:  # (N, O, P of this layer), summed over the calls
             total = None
             for c in calls:
                 g = cots(c)  # (N, O, out, *spatial)
-                parts = [_conv_sample_grads(module, c.inputs, g)] if with_w else []
+                parts = [sample_weight_grads(c, g)] if with_w else []
                 if with_b:
                     parts.append(g.sum(tuple(range(3, g.dim()))))  # (N, O, out)
                 w = torch.cat(parts, 2) if len(parts) > 1 else parts[0]
@@ -447,14 +454,12 @@ def factors(
 
     def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
         x_in = args[0]
-        tap = torch.zeros_like(out, requires_grad=True)
-        calls[module].append(Call(inputs=_record(module, x_in.detach()), tap=tap))
-        return out + tap
+        calls[module].append(Call(inputs=_record(module, x_in.detach()), tap=out))
+        return out.clone()  # the gradient with respect to `out` is the cotangent at the output
 
     def projection_tap(module: nn.Module, block: int, x_in: Tensor, y: Tensor) -> Tensor:
-        tap = torch.zeros_like(y, requires_grad=True)
-        calls[module].append(Call(inputs=_linear_inputs(module, x_in.detach()), tap=tap, block=block))
-        return y + tap
+        calls[module].append(Call(inputs=_linear_inputs(module, x_in.detach()), tap=y, block=block))
+        return y.clone()
 
     def exposed(module: nn.MultiheadAttention):
         original = type(module).forward

@@ -1,0 +1,107 @@
+"""Finite-width dynamics of the empirical NTK: how fast the kernel moves under gradient flow.
+
+Gradient flow on the training loss C = 1/(2N) sum_i ||f(x_i) - y_i||^2 (time t = lr x steps) moves
+the parameters along
+
+    d theta / dt = -grad C = -(1/N) J(X)^T (f(X) - Y),
+
+so the kernel moves at
+
+    d Theta(x, x') / dt = D Theta(theta)[d theta / dt],
+
+the directional derivative of the empirical NTK along the flow. At infinite width it vanishes
+(Jacot et al. 2018, Theorem 2); at width n its mean is O(1/n) (Dyer & Gur-Ari 2019, Section 3 and
+Table 1). `kernel_velocity` computes it exactly, in forward mode (`torch.func.jvp`), not by a
+finite difference: through the layer-wise factors for `NTKMLP` (memory of a forward pass), through
+the Jacobian (forward over reverse) for any other module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jacrev, jvp, vmap
+
+from ntk.backends import cast_fixed, cast_input, cast_params, layerwise_kernel
+from ntk.model import NTKMLP
+from ntk.planning import as_outputs
+from ntk.train import mse_cost
+
+Tensor = torch.Tensor
+
+
+class _LayerwiseKernel(nn.Module):
+    """Theta(x, x) of an NTKMLP as a module, so `functional_call` can hand it other parameters."""
+
+    def __init__(self, model: NTKMLP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return layerwise_kernel(self.model, x, None, x.dtype, x.shape[0], trace=False)
+
+
+def flow_direction(model: nn.Module, x_train: Tensor, y_train: Tensor, dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+    """d theta / dt = -grad C under gradient flow on the squared loss, by parameter name (in `dtype`)."""
+    params, fixed = cast_params(model, dtype), cast_fixed(model, dtype)
+    x, y = cast_input(x_train, dtype), y_train.to(dtype)
+
+    def cost(p: dict[str, Tensor]) -> Tensor:
+        return mse_cost(as_outputs(functional_call(model, {**fixed, **p}, (x,)), x.shape[0]), y)
+
+    return {k: -g for k, g in grad(cost)(params).items()}
+
+
+def kernel_velocity(
+    model: nn.Module, x_train: Tensor, y_train: Tensor | None, x: Tensor | None = None, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """d Theta / dt at the current parameters under gradient flow on the squared loss of (x_train, y_train).
+
+    Args:
+        model: an NTKMLP (layer-wise factors, forward mode) or any module mapping (N, ...) to (N, O).
+        x_train, y_train: the training set whose loss drives the flow; y_train (N, O) or (N,).
+        x: the inputs the kernel is taken on (default x_train).
+        dtype: precision of the computation (float64 by default).
+
+    Returns:
+        (M, M) for one output, else (M, M, O, O), M = len(x), on the model's device.
+
+    Raises:
+        ValueError: no targets, or targets whose shape does not match the model's outputs.
+    """
+    if y_train is None:
+        raise ValueError(
+            "the kernel velocity needs the training targets y_train: the flow follows the gradient of the loss on (x_train, y_train)"
+        )
+    x = x_train if x is None else x
+    device = next(model.parameters()).device
+    x_train, x, y_train = x_train.to(device), x.to(device), y_train.to(device)
+    with torch.no_grad():
+        f = as_outputs(model(cast_input(x_train[:1], next(model.parameters()).dtype)), 1)
+    y = y_train.reshape(-1, 1) if y_train.dim() == 1 else y_train
+    if y.shape != (x_train.shape[0], f.shape[1]):
+        raise ValueError(
+            f"y_train must have shape (N, O) = ({x_train.shape[0]}, {f.shape[1]}) like the model's outputs on x_train, got {tuple(y_train.shape)}"
+        )
+    direction = flow_direction(model, x_train, y, dtype)
+    params, fixed = cast_params(model, dtype), cast_fixed(model, dtype)
+    xs = cast_input(x, dtype)
+    if isinstance(model, NTKMLP):
+        wrapper = _LayerwiseKernel(model)
+
+        def theta(p: dict[str, Tensor]) -> Tensor:
+            return functional_call(wrapper, {f"model.{k}": v for k, v in {**fixed, **p}.items()}, (xs,))
+
+        return jvp(theta, (params,), (direction,))[1]
+
+    def single(p: dict[str, Tensor], xi: Tensor) -> Tensor:
+        return functional_call(model, {**fixed, **p}, (xi.unsqueeze(0),)).reshape(-1)  # (O,)
+
+    def jacobian(p: dict[str, Tensor]) -> Tensor:
+        j = vmap(jacrev(single), in_dims=(None, 0))(p, xs)  # {name: (M, O, *shape)}
+        return torch.cat([v.reshape(v.shape[0], v.shape[1], -1) for v in j.values()], dim=2)  # (M, O, P)
+
+    j, dj = jvp(jacobian, (params,), (direction,))
+    half = torch.einsum("iap,jbp->ijab", dj, j)  # D Theta = dJ J^T + J dJ^T
+    velocity = half + half.permute(1, 0, 3, 2)
+    return velocity[:, :, 0, 0] if velocity.shape[2] == 1 else velocity
