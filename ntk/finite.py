@@ -18,6 +18,8 @@ the Jacobian (forward over reverse) for any other module.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vmap
@@ -105,3 +107,74 @@ def kernel_velocity(
     half = torch.einsum("iap,jbp->ijab", dj, j)  # D Theta = dJ J^T + J dJ^T
     velocity = half + half.permute(1, 0, 3, 2)
     return velocity[:, :, 0, 0] if velocity.shape[2] == 1 else velocity
+
+
+def ntk_diagonal_ensemble(
+    x: Tensor,
+    widths: list[int],
+    n_networks: int,
+    activation: str = "relu",
+    weight_std: float = 1.0,
+    beta: float = 0.1,
+    random_bias: bool = True,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    chunk: int = 256,
+) -> Tensor:
+    """K(x, x), the on-diagonal NTK at one input, for `n_networks` independent initialisations, `chunk`
+    networks batched at a time (their weights are held for the backward pass).
+
+    The networks: z(l) = weight_std W(l) a(l-1) / sqrt(n_{l-1}) + beta b(l), a(l) = sigma(z(l)),
+    f = z(L) (scalar), every entry of W(l) N(0, 1), b(l) N(0, 1) (or 0 with random_bias=False),
+    widths = [n_0, ..., n_{L-1}, 1]. K sums the squared derivatives with respect to every W and b:
+
+        K(x, x) = sum_l (weight_std^2 ||a(l-1)||^2 / n_{l-1} + beta^2) ||d(l)||^2,   d(l) = df/dz(l)
+
+    (one forward and one backward pass, the networks batched). `weight_std` = sqrt(2), beta = 1 and
+    zero biases is the He-scaled ReLU network of Hanin & Nica (2019, Section 2), with the derivatives
+    taken with respect to the N(0, 1) weights; weight_std = 1, beta = 0.1 is the paper's NTKMLP.
+
+    Returns:
+        (n_networks,) in `dtype`, on x's device.
+    """
+    from ntk.activations import as_activation
+
+    act = as_activation(activation)
+    if widths[0] != x.numel():
+        raise ValueError(f"widths[0] must be the input dimension {x.numel()}, got {widths[0]}")
+    if widths[-1] != 1:
+        raise ValueError(f"the network has one output: widths[-1] must be 1, got {widths[-1]}")
+    for n in widths:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"widths must be integers >= 1, got {n!r}")
+    if n_networks > chunk:
+        parts = [
+            ntk_diagonal_ensemble(x, widths, min(chunk, n_networks - i), activation, weight_std, beta, random_bias, generator, dtype, chunk)
+            for i in range(0, n_networks, chunk)
+        ]
+        return torch.cat(parts)
+    device = x.device
+    draw = dict(generator=generator, device=generator.device if generator is not None else device, dtype=dtype)
+    a = x.to(device, dtype).reshape(1, -1, 1).expand(n_networks, -1, 1)  # (S, n_0, 1)
+    weights, acts, derivs = [], [], []
+    for l, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        if l > 0:
+            a, d = act.value_and_deriv(a)  # a holds z(l), a fresh product
+            derivs.append(d)
+        acts.append(a)
+        w = torch.randn(n_networks, n_out, n_in, **draw).to(device)
+        b = (
+            torch.randn(n_networks, n_out, 1, **draw).to(device)
+            if random_bias
+            else torch.zeros(n_networks, n_out, 1, dtype=dtype, device=device)
+        )
+        a = torch.baddbmm(b, w, a, beta=beta, alpha=weight_std / math.sqrt(n_in))  # z(l + 1), (S, n_out, 1)
+        weights.append(w)
+    delta = torch.ones(n_networks, 1, 1, dtype=dtype, device=device)  # df/dz(L)
+    kernel = torch.zeros(n_networks, dtype=dtype, device=device)
+    for l in reversed(range(len(weights))):
+        n_in = widths[l]
+        kernel += (weight_std**2 * acts[l].square().sum((1, 2)) / n_in + beta**2) * delta.square().sum((1, 2))
+        if l > 0:
+            delta = torch.bmm(weights[l].transpose(1, 2), delta).mul_(weight_std / math.sqrt(n_in)).mul_(derivs[l - 1])
+    return kernel
