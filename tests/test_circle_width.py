@@ -91,7 +91,7 @@ def test_interrupted_run_resumes_without_redoing_finished_networks(compose_cfg, 
         ("model.widht=3", "error: unknown config key 'model.widht'; allowed keys in 'model': activation, beta, depth, widths"),
         (
             "+exp=nope",
-            "error: unknown experiment 'nope'; allowed: circle_activations, circle_regression, circle_width, cnn_width, drift_sweep",
+            "error: unknown experiment 'nope'; allowed: circle_activations, circle_regression, circle_width, cnn_width, depth_width",
         ),
     ],
 )

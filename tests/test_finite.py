@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ntk.empirical import empirical_ntk
-from ntk.finite import kernel_velocity
+from ntk.finite import kernel_velocity, ntk_diagonal_ensemble
 from ntk.train import gradient_descent, mse_cost
 from tests.conftest import mlp, rel_fro
 
@@ -76,3 +76,56 @@ def test_velocity_on_other_inputs_and_bad_targets():
         kernel_velocity(model, x, None)
     with pytest.raises(ValueError, match=r"y_train must have shape \(N, O\) = \(4, 1\)"):
         kernel_velocity(model, x, torch.zeros(4, 2, dtype=torch.float64))
+
+
+class Dense(nn.Module):
+    """z = weight_std W a / sqrt(n_in) + beta b with given W and b: a plain module for the Jacobian."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, weight_std: float, beta: float, act):
+        super().__init__()
+        self.w, self.b = nn.Parameter(w.clone()), nn.Parameter(b.clone())
+        self.weight_std, self.beta, self.act = weight_std, beta, act
+
+    def forward(self, a):
+        a = a if self.act is None else self.act(a)
+        return self.weight_std * a @ self.w.T / self.w.shape[1] ** 0.5 + self.beta * self.b
+
+
+@pytest.mark.parametrize("activation, weight_std, beta, random_bias", [("relu", 2**0.5, 1.0, False), ("tanh", 1.0, 0.1, True)])
+def test_ensemble_diagonal_equals_the_jacobian_kernel_of_the_same_networks(activation, weight_std, beta, random_bias):
+    widths, n_networks = [3, 7, 5, 1], 3
+    x = torch.tensor([0.3, -1.2, 0.8], dtype=torch.float64)
+    k = ntk_diagonal_ensemble(x, widths, n_networks, activation, weight_std, beta, random_bias, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)  # the same draws, layer by layer: weights (S, out, in), then biases (S, out, 1)
+    layers = []
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        w = torch.randn(n_networks, n_out, n_in, generator=g, dtype=torch.float64)
+        b = (
+            torch.randn(n_networks, n_out, 1, generator=g, dtype=torch.float64)
+            if random_bias
+            else torch.zeros(n_networks, n_out, 1, dtype=torch.float64)
+        )
+        layers.append((w, b))
+    act = getattr(torch, activation)
+    for s in range(n_networks):
+        model = nn.Sequential(*[Dense(w[s], b[s, :, 0], weight_std, beta, None if l == 0 else act) for l, (w, b) in enumerate(layers)])
+        expected = empirical_ntk(model, x[None], method="jacobian")[0, 0]
+        assert abs(k[s] - expected) < 1e-10 * expected
+
+
+def test_he_relu_mean_kernel_is_independent_of_width_as_hanin_and_nica_prove():
+    """E[K] = L (1 + 2 ||x||^2 / n_0) with derivatives by the N(0, 1) weights (their Theorem 1, doubled)."""
+    x = torch.tensor([1.0, -0.5, 2.0, 0.0], dtype=torch.float64)
+    for depth, width in ((3, 6), (5, 24)):
+        k = ntk_diagonal_ensemble(
+            x, [4] + [width] * (depth - 1) + [1], 6000, "relu", 2**0.5, 1.0, False, torch.Generator().manual_seed(depth)
+        )
+        expected = depth * (1 + 2 * x.square().sum() / 4)
+        assert abs(k.mean() - expected) < 4 * k.std() / len(k) ** 0.5, (depth, width)
+
+
+def test_ensemble_refuses_bad_widths():
+    with pytest.raises(ValueError, match="widths must be integers >= 1, got 0"):
+        ntk_diagonal_ensemble(torch.ones(2), [2, 0, 1], 4)
+    with pytest.raises(ValueError, match=r"widths\[-1\] must be 1"):
+        ntk_diagonal_ensemble(torch.ones(2), [2, 3, 2], 4)
