@@ -178,3 +178,88 @@ def ntk_diagonal_ensemble(
         if l > 0:
             delta = torch.bmm(weights[l].transpose(1, 2), delta).mul_(weight_std / math.sqrt(n_in)).mul_(derivs[l - 1])
     return kernel
+
+
+def quadratic_model(model: nn.Module, x: Tensor, dtype: torch.dtype | None = None):
+    """The second-order Taylor model of `model` on the inputs x around its current parameters theta_0
+    (Bai & Lee 2020, "Beyond linearization"): as a function of the displacement d = theta - theta_0,
+
+        f_quad(d) = f(theta_0) + J_0 d + 1/2 D^2 f(theta_0)[d, d]        (N, O)
+
+    by forward mode over forward mode (`torch.func.jvp`), never forming the Hessian. Dropping the last
+    term gives the linearisation (`linear=True`).
+
+    Returns:
+        (f_quad, theta_0): f_quad(d, linear=False) for d a dict like theta_0, and theta_0 (detached,
+        in `dtype`, default the parameters').
+    """
+    dtype = dtype or next(model.parameters()).dtype
+    params, fixed = cast_params(model, dtype), cast_fixed(model, dtype)
+    xs = cast_input(x, dtype)
+
+    def f(p: dict[str, Tensor]) -> Tensor:
+        return as_outputs(functional_call(model, {**fixed, **p}, (xs,)), xs.shape[0])
+
+    with torch.no_grad():
+        f0 = f(params)
+
+    def f_quad(d: dict[str, Tensor], linear: bool = False) -> Tensor:
+        if linear:
+            return f0 + jvp(f, (params,), (d,))[1]
+        jd, hdd = jvp(lambda p: jvp(f, (p,), (d,))[1], (params,), (d,))  # J d and D(J d)[d] = D^2 f[d, d]
+        return f0 + jd + 0.5 * hdd
+
+    return f_quad, params
+
+
+def train_quadratic(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    lr: float,
+    steps: int,
+    record_t=(),
+    callback=None,
+    linear: bool = False,
+    dtype: torch.dtype | None = None,
+    lr_max: float | None = None,
+) -> None:
+    """Gradient descent on C = 1/(2N) sum ||f_quad(d) - y||^2 over d from d = 0, the same steps the
+    network takes (`ntk.train.gradient_descent`): `callback(t, f)` at every t of `record_t` with the
+    model's outputs f (N, O) there. The network itself is not changed. `linear=True` trains the
+    linearisation instead.
+
+    Raises:
+        ValueError: lr above the stability bound `lr_max` (2 / lambda_max(Theta_0 / N), when given),
+            a time of record_t off the step grid.
+    """
+    if not lr > 0 or (lr_max is not None and lr > lr_max):
+        raise ValueError(
+            f"lr must be in (0, {lr_max:.4g}], the stability bound 2 / lambda_max(Theta_0 / N) of the network at t = 0, got {lr!r}"
+            if lr_max is not None
+            else f"lr must be > 0, got {lr!r}"
+        )
+    f_quad, params = quadratic_model(model, x, dtype)
+    y = y.to(next(iter(params.values())).dtype)
+    to_record = {}
+    for t in record_t:
+        k = round(t / lr)
+        if abs(k * lr - t) > 1e-9 * max(1.0, abs(t)) or not 0 <= k <= steps:
+            raise ValueError(f"record time {t!r} is not a step of lr={lr:g} in [0, {lr * steps:g}]")
+        to_record[k] = t
+
+    def cost(d: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        out = f_quad(d, linear)
+        return mse_cost(out, y), out
+
+    d = {k: torch.zeros_like(v) for k, v in params.items()}
+    step = grad(cost, has_aux=True)
+    for k in range(steps + 1):
+        if k == steps:  # the last recorded time needs no gradient
+            if k in to_record and callback is not None:
+                callback(to_record[k], f_quad(d, linear).detach())
+            break
+        g, out = step(d)
+        if k in to_record and callback is not None:
+            callback(to_record[k], out.detach())
+        d = {name: d[name] - lr * g[name] for name in d}

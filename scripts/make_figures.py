@@ -31,8 +31,8 @@ def experiment_of(run_dir: Path) -> str | None:
 def render_dir(run_dir: Path) -> bool:
     """Render one run directory; False when it holds no experiment's tables."""
     name = experiment_of(run_dir)
-    if not has_renderer(name) or not (run_dir / "table.csv").exists():
-        print(f"skip {run_dir}: no experiment table")
+    if not has_renderer(name) or not any(run_dir.glob("*.csv")):
+        print(f"skip {run_dir}: no experiment tables")
         return False
     for path in render(name, run_dir):
         print(path)
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
     args = parse_kv(argv, dict(root="results", dir=None))
     if args["dir"] is not None:
         if not render_dir(Path(args["dir"])):
-            sys.exit(f"error: {args['dir']} holds no experiment tables (table.csv and config.yaml)")
+            sys.exit(f"error: {args['dir']} holds no experiment tables (CSV tables and the config.yaml naming the experiment)")
         return
     root = Path(args["root"])
     done = sum(render_dir(run_dir) for run_dir in sorted(p for p in root.glob("*") if p.is_dir()))

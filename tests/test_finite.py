@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ntk.empirical import empirical_ntk
-from ntk.finite import kernel_velocity, ntk_diagonal_ensemble
+from ntk.finite import kernel_velocity, ntk_diagonal_ensemble, train_quadratic
 from ntk.train import gradient_descent, mse_cost
 from tests.conftest import mlp, rel_fro
 
@@ -129,3 +129,53 @@ def test_ensemble_refuses_bad_widths():
         ntk_diagonal_ensemble(torch.ones(2), [2, 0, 1], 4)
     with pytest.raises(ValueError, match=r"widths\[-1\] must be 1"):
         ntk_diagonal_ensemble(torch.ones(2), [2, 3, 2], 4)
+
+
+def trajectory(train, lr: float, steps: int) -> list[torch.Tensor]:
+    outs = []
+    train(lr, steps, [lr * k for k in range(steps + 1)], lambda t, f: outs.append(f.clone()))
+    return outs
+
+
+def network_trajectory(model, x, y, lr, steps):
+    outs = []
+    gradient_descent(
+        copy.deepcopy(model), x, y, lr, steps, record_t=[lr * k for k in range(steps + 1)], callback=lambda s: outs.append(s.f.clone())
+    )
+    return outs
+
+
+def test_quadratic_model_follows_the_network_to_second_order_in_t_and_the_linear_one_to_first():
+    model = mlp(3, 16, 3, seed=6, activation="tanh")
+    x, y = data(6, 1, seed=7)
+    lr, steps = 0.02, 40
+    net = network_trajectory(model, x, y, lr, steps)
+    quad = trajectory(lambda *a: train_quadratic(model, x, y, *a), lr, steps)
+    lin = trajectory(lambda *a: train_quadratic(model, x, y, *a, linear=True), lr, steps)
+    err = lambda other, k: (other[k] - net[k]).norm().item()  # noqa: E731
+    assert err(quad, 0) < 1e-12 and err(lin, 0) < 1e-12
+    # doubling t multiplies the error by about 2^3 for the quadratic model (third order), 2^2 for the linear one
+    assert 6 < err(quad, 40) / err(quad, 20) < 10
+    assert 3 < err(lin, 40) / err(lin, 20) < 5
+    assert err(quad, 40) < err(lin, 40) / 10
+
+
+def test_linear_model_equals_gradient_descent_on_the_frozen_kernel():
+    model = mlp(3, 12, 3, seed=8)
+    x, y = data(5, 1, seed=9)
+    lr, steps = 0.5, 6
+    lin = trajectory(lambda *a: train_quadratic(model, x, y, *a, linear=True), lr, steps)
+    theta0 = empirical_ntk(model, x, method="jacobian")
+    r = model(x).detach() - y
+    for k in range(steps + 1):  # r_{k+1} = (I - lr Theta_0 / N) r_k exactly
+        assert (lin[k] - y - r).norm() < 1e-12 * max(1.0, r.norm())
+        r = r - lr * theta0 @ r / x.shape[0]
+
+
+def test_quadratic_model_refuses_an_unstable_learning_rate_and_off_grid_times():
+    model = mlp(3, 8, 2)
+    x, y = data(4, 1)
+    with pytest.raises(ValueError, match=r"lr must be in \(0, 1\], the stability bound"):
+        train_quadratic(model, x, y, 2.0, 3, lr_max=1.0)
+    with pytest.raises(ValueError, match="record time 0.25 is not a step of lr=0.5"):
+        train_quadratic(model, x, y, 0.5, 3, record_t=[0.25])
