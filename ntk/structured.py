@@ -439,9 +439,19 @@ def check_independent_samples(model: nn.Module) -> None:
 
 
 def factors(
-    model: nn.Module, x: Tensor, dtype: torch.dtype, by_module: dict[nn.Module, dict[str, str]], verify: bool = False
+    model: nn.Module,
+    x: Tensor,
+    dtype: torch.dtype,
+    by_module: dict[nn.Module, dict[str, str]],
+    verify: bool = False,
+    copied: set[nn.Module] | None = None,
 ) -> tuple[dict[nn.Module, list[Call]], int, set[str]]:
     """One forward pass recording every covered module's calls, O backward passes for their cotangents.
+
+    The cotangent of a module is the gradient with respect to its output as it produced it; the
+    forward goes on with a copy of the outputs of the modules in `copied` (all when None), those the
+    forward later modifies in place (`inplace_outputs`), so that the recorded output stays the one
+    the module produced.
 
     With `verify`, the gradient of a random combination of all outputs at all inputs with respect to
     every covered parameter is also taken by plain autograd and compared with what the module's rule
@@ -455,11 +465,11 @@ def factors(
     def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
         x_in = args[0]
         calls[module].append(Call(inputs=_record(module, x_in.detach()), tap=out))
-        return out.clone()  # the gradient with respect to `out` is the cotangent at the output
+        return out.clone() if copied is None or module in copied else out
 
     def projection_tap(module: nn.Module, block: int, x_in: Tensor, y: Tensor) -> Tensor:
         calls[module].append(Call(inputs=_linear_inputs(module, x_in.detach()), tap=y, block=block))
-        return y.clone()
+        return y  # consumed by reshapes and the attention product only: never modified in place
 
     def exposed(module: nn.MultiheadAttention):
         original = type(module).forward
@@ -563,7 +573,26 @@ def rule_gradient(module: nn.Module, name: str, calls: list[Call], like: Tensor,
     return total
 
 
-# per model (weakly held) and input signature: the parameters whose gradient the rules do not see whole
+def inplace_outputs(model: nn.Module, x: Tensor, by_module: dict[nn.Module, dict[str, str]]) -> set[nn.Module]:
+    """The covered modules whose output the rest of the forward modifies in place (a ReLU(inplace=True)
+    after a BatchNorm): one forward pass, with grad enabled as in the kernel, comparing versions."""
+    seen: list[tuple[nn.Module, Tensor, int]] = []
+
+    def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+        seen.append((module, out, out._version))
+
+    handles = [m.register_forward_hook(hook) for m in by_module if not isinstance(m, nn.MultiheadAttention)]
+    try:
+        with torch.enable_grad():
+            model(as_model_input(model, x))
+    finally:
+        for h in handles:
+            h.remove()
+    return {module for module, out, version in seen if out._version != version}
+
+
+# per model (weakly held) and input signature: the parameters whose gradient the rules do not see
+# whole, and the modules whose outputs are copied (`inplace_outputs`)
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -574,8 +603,9 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
     signature = (tuple(x1.shape[1:]), x1.dtype, tuple(sorted(n for n, p in model.named_parameters() if p.requires_grad)))
     checked = _CHECKED.setdefault(model, {})
     if signature not in checked:  # once per model and kind of input: the rules' gradients against autograd's, in float64
-        checked[signature] = factors(model, x1[:4], torch.float64, by_module, verify=True)[2]
-    wrong = checked[signature]
+        copied = inplace_outputs(model, x1[:4], by_module)
+        checked[signature] = (factors(model, x1[:4], torch.float64, by_module, verify=True, copied=copied)[2], copied)
+    wrong, copied = checked[signature]
     if wrong:  # parameters whose gradient the rules do not see whole: Jacobian contraction for them
         by_module = {m: {n: f for n, f in names.items() if f not in wrong} for m, names in by_module.items()}
         by_module = {m: names for m, names in by_module.items() if names}
@@ -585,7 +615,7 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
 
     def part(of_rows: tuple, r: slice, c: slice, diagonal: bool) -> Tensor:
         c1, out_dim, _ = of_rows
-        c2 = c1 if diagonal else factors(model, xs2[c], dtype, by_module)[0]
+        c2 = c1 if diagonal else factors(model, xs2[c], dtype, by_module, copied=copied)[0]
         total = None
         for module, names in by_module.items():
             if not c1[module]:
@@ -599,7 +629,7 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
             raise ValueError("the model has no trainable parameters: its NTK is zero; set requires_grad on the parameters to train")
         return total
 
-    rows_of = lambda r: factors(model, x1[r], dtype, by_module)  # noqa: E731
+    rows_of = lambda r: factors(model, x1[r], dtype, by_module, copied=copied)  # noqa: E731
     return blocked_kernel(x1.shape[0], xs2.shape[0], block, symmetric, rows_of, part)
 
 

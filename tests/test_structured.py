@@ -157,6 +157,10 @@ ZOO = {
     "transformer": (transformer, "sequence"),
     "attention": (lambda out: Attention(out), "sequence"),
     "conv_gram_of_grams": (lambda out: SmallSpatial(out), "small_image"),
+    "inplace": (
+        lambda out: nn.Sequential(nn.Linear(3, 16), nn.ReLU(inplace=True), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, out)),
+        "mlp",
+    ),
 }
 
 
@@ -221,7 +225,8 @@ def test_attention_projections_are_covered_by_their_rule():
     assert rest == []
     assert sorted(by_module[model.layer.self_attn].values()) == ["layer.self_attn.in_proj_bias", "layer.self_attn.in_proj_weight"]
     empirical_ntk(model, inputs("sequence", 3, 0), method="structured")
-    assert not structured._CHECKED[model][next(iter(structured._CHECKED[model]))]  # no parameter handed to the Jacobian
+    wrong, _ = structured._CHECKED[model][next(iter(structured._CHECKED[model]))]
+    assert not wrong  # no parameter handed to the Jacobian
 
 
 def test_convolution_takes_the_cheaper_contraction(monkeypatch):
@@ -234,6 +239,12 @@ def test_convolution_takes_the_cheaper_contraction(monkeypatch):
     used.clear()
     empirical_ntk(build("cnn", 1), inputs("image", 8, 0), method="structured")
     assert used.count("_gram_explicit") == 2  # 64 positions: per-sample gradients
+
+
+def test_outputs_modified_in_place_are_copied_and_only_those():
+    model = build("inplace", 1)
+    by_module, _ = plan(model)
+    assert structured.inplace_outputs(model, inputs("mlp", 3, 0), by_module) == {model[0]}  # ReLU(inplace=True) follows it
 
 
 def test_uncovered_parameters_go_to_the_jacobian():
