@@ -18,7 +18,9 @@ Outputs (cfg.out_dir): cells.csv (per setting, depth, width: beta, E[K] with its
 E[K] / Hanin & Nica's formula (he_relu), the relative standard deviation sd(K) / E[K], and
 log(E[K^2]/E[K]^2) with a 95% bootstrap interval), fits.csv (per setting: the slope of
 log(E[K^2]/E[K]^2) against beta over the cells with beta <= fit_beta_max, its 95% interval, and the
-width per hidden layer past which sd(K) / E[K] < 10%), config.yaml, provenance.json, depth_width.png/.pdf.
+width per hidden layer past which sd(K) / E[K] < 10%), wide_enough.csv (per setting and depth: the
+exponent of sd(K) / E[K] against width and the width where it reaches 10%), config.yaml,
+provenance.json, depth_width.png/.pdf.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from omegaconf import MISSING, DictConfig
 from scipy import stats
 
+from experiments.fits import fit_exponent
 from experiments.runner import Experiment
 from experiments.validation import check_choice, check_int, check_nonnegative, check_positive, check_run, check_seeds
 from ntk.finite import ntk_diagonal_ensemble
@@ -134,7 +137,19 @@ def assemble(cfg: DictConfig, x: torch.Tensor, tables: dict[str, pd.DataFrame]) 
             # sd / mean < 10% where slope * (L - 1) / n < log(1.01): n > (L - 1) x this
             row["width_per_layer_for_10pct"] = fit.slope / TEN_PERCENT
         fits.append(row)
-    return {"cells": cells, "fits": pd.DataFrame(fits)}
+    return {"cells": cells, "fits": pd.DataFrame(fits), "wide_enough": wide_enough(cells)}
+
+
+def wide_enough(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and depth: sd(K) / E[K] = c n^b fitted over the widths (95% interval on b), and the
+    width where that fit reaches 10%: n_10 = (0.1 / c)^(1 / b)."""
+    rows = []
+    for (setting, depth), group in cells.groupby(["setting", "depth"], sort=False):
+        fit = fit_exponent(group.width, group.rel_sd)
+        n10 = (0.1 / np.exp(fit["intercept"])) ** (1 / fit["exponent"]) if np.isfinite(fit["exponent"]) and fit["exponent"] < 0 else np.nan
+        widest = group.loc[group.width.idxmax()]
+        rows.append(dict(setting=setting, depth=depth, rel_sd_widest=widest.rel_sd, widest=widest.width) | fit | dict(width_for_10pct=n10))
+    return pd.DataFrame(rows)
 
 
 EXPERIMENT = Experiment(
