@@ -19,7 +19,7 @@ E[K] / Hanin & Nica's formula (he_relu), the relative standard deviation sd(K) /
 log(E[K^2]/E[K]^2) with a 95% bootstrap interval), fits.csv (per setting: the slope of
 log(E[K^2]/E[K]^2) against beta over the cells with beta <= fit_beta_max, its 95% interval, and the
 width per hidden layer past which sd(K) / E[K] < 10%), wide_enough.csv (per setting and depth: the
-exponent of sd(K) / E[K] against width and the width where it reaches 10%), config.yaml,
+exponent of sd(K) / E[K] against width and the width where it reaches 10%, `wide_enough`), config.yaml,
 provenance.json, depth_width.png/.pdf.
 """
 
@@ -141,14 +141,16 @@ def assemble(cfg: DictConfig, x: torch.Tensor, tables: dict[str, pd.DataFrame]) 
 
 
 def wide_enough(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per setting and depth: sd(K) / E[K] = c n^b fitted over the widths (95% interval on b), and the
-    width where that fit reaches 10%: n_10 = (0.1 / c)^(1 / b)."""
+    """Per setting and depth: the exponent b of sd(K) / E[K] ~ n^b over the widths (95% interval), and
+    the width where sd(K) / E[K] reaches 10%, from the widest cell with sd ~ n^(-1/2), the law of small
+    beta (sd^2 ~ c beta): n_10 = n_widest (sd_widest / 0.1)^2. (The fitted b bends below -1/2 where the
+    narrow cells have large beta, so the fit itself would extrapolate too optimistically.)"""
     rows = []
     for (setting, depth), group in cells.groupby(["setting", "depth"], sort=False):
-        fit = fit_exponent(group.width, group.rel_sd)
-        n10 = (0.1 / np.exp(fit["intercept"])) ** (1 / fit["exponent"]) if np.isfinite(fit["exponent"]) and fit["exponent"] < 0 else np.nan
         widest = group.loc[group.width.idxmax()]
-        rows.append(dict(setting=setting, depth=depth, rel_sd_widest=widest.rel_sd, widest=widest.width) | fit | dict(width_for_10pct=n10))
+        row = dict(setting=setting, depth=depth, widest=widest.width, rel_sd_widest=widest.rel_sd)
+        row |= fit_exponent(group.width, group.rel_sd) | dict(width_for_10pct=widest.width * (widest.rel_sd / 0.1) ** 2)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
