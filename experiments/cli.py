@@ -11,6 +11,7 @@ exit status is 130 (SIGINT) or 143 (SIGTERM).
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -64,6 +65,17 @@ def check_writable_dir(path: str, key: str) -> None:
         raise ValueError(f"{key}={path} cannot be {verb}: {exc.strerror or exc} in {existing}") from None
 
 
+def apply_threads(cfg: DictConfig) -> int | None:
+    """torch's CPU threads for this run: `threads=` when the config has it, else SLURM_CPUS_PER_TASK
+    inside a SLURM job (torch's default would take every core of the node); None: left alone."""
+    threads = cfg.get("threads")
+    if threads is None and os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        threads = int(os.environ["SLURM_CPUS_PER_TASK"])
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return threads
+
+
 def check_model_fits(cfg: DictConfig) -> None:
     """Refuse, before any data or kernel is computed, widths whose hidden weights alone exceed the
     memory budget (the full check, with the input dimension, is in `NTKMLP`)."""
@@ -84,9 +96,9 @@ def _unknown_key_message(key: str) -> str:
     """Name the first unknown part of the dotted `key` and the keys allowed at that level."""
     from hydra import compose, initialize_config_dir
 
-    exp = [a for a in sys.argv[1:] if a.startswith("+exp=")]
+    groups = [a for a in sys.argv[1:] if a.startswith(("+exp=", "hydra/"))]  # the experiment, Hydra's launcher and sweeper
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=exp)
+        cfg = compose(config_name="config", overrides=groups, return_hydra_config=key.startswith("hydra."))
     parts = key.split(".")
     node, depth = cfg, 0
     while depth < len(parts) and isinstance(node, DictConfig) and parts[depth] in node:

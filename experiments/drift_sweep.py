@@ -63,11 +63,14 @@ def check_config(cfg: DictConfig) -> None:
 def threads_per_job() -> int | None:
     """CPU threads for one job when a launcher runs n_jobs > 1 jobs at once on this machine.
 
-    With `hydra/launcher=joblib hydra.launcher.n_jobs=k`, each of the k jobs gets cores // k
-    threads, so they do not oversubscribe the cores; None (torch's default) otherwise.
+    Inside a SLURM job, SLURM_CPUS_PER_TASK (hydra.launcher.cpus_per_task). With
+    `hydra/launcher=joblib hydra.launcher.n_jobs=k`, each of the k jobs gets cores // k threads, so
+    they do not oversubscribe the cores; None (torch's default) otherwise.
     """
     from hydra.core.hydra_config import HydraConfig
 
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():  # a SLURM job: the CPUs it was given
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
     if not HydraConfig.initialized():
         return None
     jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
@@ -177,6 +180,7 @@ def aggregate(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 EXPERIMENT = Experiment(
     name="drift_sweep",
+    check=check_config,
     entry=run,
     schema=DriftSweepSchema,
     tiny=("width=24", "model.depth=3", "train.steps=4", "drift_points=3", "n_probe=9", "data.n_train=6"),

@@ -58,6 +58,20 @@ def git_revision() -> str:
     return rev + ("+dirty" if dirty else "")
 
 
+def slurm_job_id() -> str:
+    """This SLURM job's id as sbatch and squeue show it: <array>_<task> for an array task."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
+
+
+def show_progress(cfg) -> bool:
+    """Progress bars: progress=true always, false never, auto when stderr is a terminal (not a job's log file)."""
+    setting = str(cfg.get("progress", "auto")).lower()
+    if setting not in ("auto", "true", "false"):
+        raise ValueError(f"progress must be auto, true or false, got {cfg.get('progress')!r}")
+    return setting == "true" or (setting == "auto" and sys.stderr.isatty())
+
+
 def provenance(command: list[str] | None = None, **extra: object) -> dict:
     """Who made a result: command, git revision, versions, machine, time; plus `extra` fields."""
     return {
@@ -70,6 +84,7 @@ def provenance(command: list[str] | None = None, **extra: object) -> dict:
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "cuda_version": torch.version.cuda,
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"slurm_job_id": slurm_job_id()} if "SLURM_JOB_ID" in os.environ else {}),
         **extra,
     }
 

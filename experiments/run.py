@@ -2,8 +2,9 @@
 
 Hydra composes configs/ into one config; `dispatch` runs the experiment it names
 (`experiments.runner.load_experiment`: configs/exp/<name>.yaml and experiments/<name>.py), after the
-checks that need no work (`experiments.cli`). Errors become one line and exit status 2, signals
-keep finished parts (`experiments.cli` says how).
+checks that need no work (`precheck`, also run on every job of a sweep's grid before any starts:
+`experiments.launching`). Errors become one line and exit status 2, signals keep finished parts
+(`experiments.cli` says how).
 """
 
 from __future__ import annotations
@@ -16,18 +17,29 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from experiments import cli
+from experiments import cli, launching
+from experiments.persistence import show_progress
 from experiments.runner import load_experiment
+
+
+def precheck(cfg: DictConfig) -> None:
+    """The checks that need no work: the experiment's own range checks, out_dir, model memory, data.root
+    (also run by a sweep on every job of its grid before any starts, `experiments.launching`)."""
+    experiment = load_experiment(cfg.name)
+    if experiment.check is not None:
+        experiment.check(cfg)
+    cli.check_writable_dir(cfg.out_dir, "out_dir")
+    show_progress(cfg)  # progress is auto, true or false
+    cli.check_model_fits(cfg)
+    if "data" in cfg and cfg.data.get("root") is not None and Path(cfg.data.root).exists() and not Path(cfg.data.root).is_dir():
+        raise ValueError(f"data.root={cfg.data.root} is a file; it must be torchvision's data directory (files in <root>/MNIST/raw)")
 
 
 def dispatch(cfg: DictConfig) -> object:
     """Run the experiment named by `cfg.name`."""
-    experiment = load_experiment(cfg.name)
-    cli.check_writable_dir(cfg.out_dir, "out_dir")
-    cli.check_model_fits(cfg)
-    if "data" in cfg and cfg.data.get("root") is not None and Path(cfg.data.root).exists() and not Path(cfg.data.root).is_dir():
-        raise ValueError(f"data.root={cfg.data.root} is a file; it must be torchvision's data directory (files in <root>/MNIST/raw)")
-    return experiment.run(cfg)
+    precheck(cfg)
+    cli.apply_threads(cfg)
+    return load_experiment(cfg.name).run(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
@@ -43,10 +55,14 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's report
     signal.signal(signal.SIGTERM, cli.on_sigterm)
+    launching.install()  # sweeps: the grid checked before any job starts, submitted jobs watched
     try:
         _hydra_main()
     except cli.USER_ERRORS as exc:
         cli.fail(exc)
+    except launching.SubmittedInterrupt as exc:  # jobs were submitted: they run on
+        cli.say(exc.message)
+        sys.exit(exc.status)
     except KeyboardInterrupt as exc:  # before a config exists (while Hydra composes)
         name, status = cli.signal_of(exc)
         cli.say(f"interrupted ({name}) before the run started; nothing was written")

@@ -43,7 +43,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from experiments.figures import render
-from experiments.persistence import Parts, gemm_gflops, run_start, write_outputs
+from experiments.persistence import Parts, gemm_gflops, run_start, show_progress, write_outputs
 from experiments.training import network_jobs
 from ntk.utils import resolve_device
 
@@ -72,7 +72,7 @@ class Experiment:
             path): the determinism test and the GPU check run them.
         result: the table `run` returns.
         entry: cfg -> result, for an experiment that does not go through `run_experiment` (the drift
-            sweep's one job); check, prepare, jobs and tables are then unused.
+            sweep's one job); prepare, jobs and tables are then unused (check still runs first).
     """
 
     name: str
@@ -144,7 +144,7 @@ def run_experiment(exp: Experiment, cfg: DictConfig) -> Tables:
         return out
 
     jobs = {name: partial(timed, name, fn) for name, fn in exp.jobs(cfg, shared)}
-    tables = parts.run(jobs, exp.tables, exp.desc, cfg.progress)
+    tables = parts.run(jobs, exp.tables, exp.desc, show_progress(cfg))
     if exp.assemble is not None:
         tables = exp.assemble(cfg, shared, tables)
     out = write_outputs(

@@ -30,7 +30,7 @@ class RootSchema:
     seed: int = MISSING
     n_seeds: int = MISSING
     out_dir: str = MISSING
-    progress: bool = MISSING
+    progress: str = MISSING  # auto | true | false
     resume: bool = MISSING
     drift_points: int = MISSING
 

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.persistence import Checkpoint
+from experiments.persistence import Checkpoint, show_progress
 from experiments.validation import check_positive
 from ntk.drift import DriftLogger
 from ntk.model import NTKMLP
@@ -124,7 +124,7 @@ def train(
         callback=on_record,
         method=cfg.train.method,
         divergence_factor=cfg.train.divergence_factor,
-        progress=cfg.progress,
+        progress=show_progress(cfg),
         resume=history,
     )
     return result, drift
