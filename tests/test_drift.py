@@ -30,6 +30,7 @@ SWEEP = [
     "data.n_train=8",
     "progress=false",
 ]
+ONE_DEPTH = [a for a in SWEEP if not a.startswith(("width=", "model.depth="))] + ["model.depth=2"]  # the grid given by the test
 
 
 def sweep(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -131,3 +132,43 @@ def test_job_refuses_several_widths(compose_cfg, tmp_path):
     with pytest.raises(ValueError, match="a drift job trains one network"):
         drift.run(cfg)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_bad_value_anywhere_in_the_grid_runs_no_job(tmp_path):
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run", *ONE_DEPTH, "width=16,0", f"out_dir={out}", f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith("error: job #")
+        and "width=0): model.widths entries must be an integer >= 1" in proc.stderr
+    )
+    assert not out.exists()  # not even the first, good job ran
+
+
+def test_a_failing_submitit_job_ends_the_sweep_with_its_error_line(tmp_path):
+    """submitit_local: one job diverges on purpose; the command ends with its error line, the other job aggregated."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "experiments.run", *ONE_DEPTH, "width=16", "train.lr=1,1000000", "threads=1"]
+    cmd += [f"out_dir={out}", f"hydra.sweep.dir={tmp_path / 'multirun'}", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: job #1 (train.lr=1000000, job ") and "failed: gradient descent diverged" in last, last
+    assert "warning: 1 of 2 job(s) finished and were aggregated; missing: train.lr=1000000" in proc.stderr
+    assert set(pd.read_csv(out / "table.csv").seed) == {0} and pd.read_csv(out / "table.csv").job.nunique() == 1
+
+
+def test_error_line_is_the_jobs_own_one_line_error(tmp_path):
+    from experiments.launching import error_line
+
+    log = tmp_path / "log.err"
+    log.write_text("Traceback...\nwarning: something\nerror: the first\nmore text\nerror: the one\n\n")
+    assert error_line(log) == "error: the one"
+    log.write_text("slurmstepd: error: *** JOB 7 CANCELLED ***\n")
+    assert error_line(log) == "slurmstepd: error: *** JOB 7 CANCELLED ***"
+    assert error_line(tmp_path / "missing.err") is None
