@@ -24,7 +24,7 @@ def cluster_answers() -> bool:
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not cluster_answers(), reason="no SLURM cluster (scripts/slurm_cluster.sh up)")]
 
 TINY = ["+exp=drift_sweep", "model.depth=3", "train.steps=4", "drift_points=3", "n_probe=9", "data.n_train=6", "seed=0"]
-SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1"]
+SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=5"]
 
 
 def sweep(tmp: Path, *args: str, launcher=SLURM) -> subprocess.CompletedProcess:
@@ -129,3 +129,13 @@ def test_sigterm_after_submission_says_how_to_cancel_and_resume(tmp_path):
         assert set(ids) & set(queue())  # the jobs were not cancelled by the interruption
     finally:
         subprocess.run(["scancel", ids[0].split("_")[0]], capture_output=True)
+
+
+def test_a_time_limit_below_the_checkpoint_interval_is_refused(tmp_path):
+    before = queue()
+    cmd = [sys.executable, "-m", "experiments.run", "-m", "+exp=mnist_convergence", "seed=0,1", "checkpoint_minutes=5", *SLURM]
+    cmd += ["hydra.launcher.timeout_min=2", f"out_dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multirun"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert last_line(proc.stderr).startswith("error: hydra.launcher.timeout_min=2 is below checkpoint_minutes=5"), proc.stderr[-1000:]
+    assert queue() == before
