@@ -29,20 +29,26 @@ from ntk.utils import resolve_device, resolve_dtype
 
 
 @dataclass
-class ComponentTargetSchema:
-    """The Figure 3 target and what is logged along the kernel principal components."""
+class ComponentSchema:
+    """The Figure 3 target along kernel principal components and the times the residual is recorded."""
 
     record_dt: float = MISSING
-    kernel_dt: float = MISSING
     k: int = MISSING
     target_components: list[int] = MISSING
     tracked_component: int = MISSING
     target_amplitude: float = MISSING
+
+
+@dataclass
+class ComponentTargetSchema(ComponentSchema):
+    """ComponentSchema, with the network's own kernel logged and checkpoints (the networks trained here)."""
+
+    kernel_dt: float = MISSING
     checkpoint_minutes: float = MISSING
 
 
-def check_target(cfg: DictConfig) -> None:
-    """The checks of the Figure 3 settings both experiments share."""
+def check_components(cfg: DictConfig) -> None:
+    """The checks of the Figure 3 target (ComponentSchema) and of the training."""
     check_model_and_training(cfg)
     check_int("k", cfg.k, low=2)
     check_mnist(cfg, min_batch=cfg.k)
@@ -51,6 +57,11 @@ def check_target(cfg: DictConfig) -> None:
         raise ValueError(f"target_components must list components in [1, k={cfg.k}], got {list(cfg.target_components)}")
     if not 1 <= cfg.tracked_component <= cfg.k:
         raise ValueError(f"tracked_component must be in [1, k={cfg.k}], got {cfg.tracked_component}")
+
+
+def check_target(cfg: DictConfig) -> None:
+    """The checks of the Figure 3 settings both experiments share (ComponentTargetSchema)."""
+    check_components(cfg)
     check_nonnegative("checkpoint_minutes", cfg.checkpoint_minutes)
 
 

