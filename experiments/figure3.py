@@ -66,12 +66,23 @@ def check_target(cfg: DictConfig) -> None:
 
 
 def check_target_times(cfg: DictConfig) -> None:
-    """record_dt and kernel_dt fall on the steps of every network (at the lr of its width)."""
+    """record_dt and kernel_dt (where the experiment has it) fall on the steps of every network (at the lr of its width)."""
     for width in cfg.model.widths:
         sub = config_for_width(cfg, width)
         time_grid("record_dt", cfg.record_dt, sub.train.lr, sub.train.steps)
-        if cfg.kernel_dt != 0:
+        if cfg.get("kernel_dt", 0) != 0:
             time_grid("kernel_dt", cfg.kernel_dt, sub.train.lr, sub.train.steps)
+
+
+def check_narrow(cfg: DictConfig) -> None:
+    """narrow_width and narrow_lr (`config_for_width`): narrow_lr divides the training time, and every
+    recorded time is a step of every network."""
+    check_int("narrow_width", cfg.narrow_width, low=0)
+    check_positive("narrow_lr", cfg.narrow_lr)
+    t_end = cfg.train.lr * cfg.train.steps
+    if abs(t_end / cfg.narrow_lr - round(t_end / cfg.narrow_lr)) > 1e-9 * t_end / cfg.narrow_lr:
+        raise ValueError(f"narrow_lr={cfg.narrow_lr:g} must divide the training time t = train.lr x train.steps = {t_end:g}")
+    check_target_times(cfg)
 
 
 def config_for_width(cfg: DictConfig, width: int) -> DictConfig:

@@ -38,11 +38,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import MISSING, DictConfig
 
-from experiments.figure3 import ComponentTargetSchema, Shared, check_target, check_target_times, config_for_width, prepare, train_network
+from experiments.figure3 import ComponentTargetSchema, Shared, check_narrow, check_target, config_for_width, prepare, train_network
 from experiments.fits import fit_exponent
 from experiments.persistence import Checkpoint
 from experiments.runner import Experiment, per_network
-from experiments.validation import check_int, check_positive
 
 
 @dataclass
@@ -53,12 +52,7 @@ class MnistConvergenceSchema(ComponentTargetSchema):
 
 def check_config(cfg: DictConfig) -> None:
     check_target(cfg)
-    check_int("narrow_width", cfg.narrow_width, low=0)
-    check_positive("narrow_lr", cfg.narrow_lr)
-    t_end = cfg.train.lr * cfg.train.steps
-    if abs(t_end / cfg.narrow_lr - round(t_end / cfg.narrow_lr)) > 1e-9 * t_end / cfg.narrow_lr:
-        raise ValueError(f"narrow_lr={cfg.narrow_lr:g} must divide the training time t = train.lr x train.steps = {t_end:g}")
-    check_target_times(cfg)
+    check_narrow(cfg)
 
 
 TABLES = ("table", "components", "kernel", "loss")

@@ -31,11 +31,10 @@ import pandas as pd
 import torch
 from omegaconf import MISSING, DictConfig, open_dict
 
-from experiments.figure3 import ComponentSchema, Shared, check_components, config_for_width, prepare, train_network
+from experiments.figure3 import ComponentSchema, Shared, check_components, check_narrow, config_for_width, prepare, train_network
 from experiments.fits import fit_exponent
 from experiments.runner import Experiment, per_network
 from experiments.training import build_model, time_grid
-from experiments.validation import check_int, check_positive
 from ntk.empirical import empirical_ntk
 from ntk.finite import train_quadratic
 from ntk.train import largest_stable_lr
@@ -52,11 +51,7 @@ class MnistForecastSchema(ComponentSchema):
 
 def check_config(cfg: DictConfig) -> None:
     check_components(cfg)
-    check_int("narrow_width", cfg.narrow_width, low=0)
-    check_positive("narrow_lr", cfg.narrow_lr)
-    for width in cfg.model.widths:
-        sub = config_for_width(cfg, width)
-        time_grid("record_dt", cfg.record_dt, sub.train.lr, sub.train.steps)
+    check_narrow(cfg)
 
 
 def split(f: torch.Tensor, target: torch.Tensor, funcs: torch.Tensor, j: int) -> tuple[float, float]:
