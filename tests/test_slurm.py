@@ -86,7 +86,7 @@ def test_a_bad_value_anywhere_in_the_grid_queues_nothing(tmp_path):
     assert (
         last_line(proc.stderr) == "error: job #1 (width=0): model.widths entries must be an integer >= 1, got 0; nothing was run or queued"
     )
-    assert queue() == before and not (tmp_path / "multirun/.submitit").exists() and not (tmp_path / "out").exists()
+    assert set(queue()) <= set(before) and not (tmp_path / "multirun/.submitit").exists() and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_bad_launcher_settings_are_refused_before_anything_is_queued(tmp_path, a
     before = queue()
     proc = sweep(tmp_path, "width=16,24", *args)
     assert proc.returncode == 2 and last_line(proc.stderr).startswith(message), proc.stderr[-1000:]
-    assert queue() == before
+    assert set(queue()) <= set(before)  # nothing new queued
 
 
 def test_sigterm_after_submission_says_how_to_cancel_and_resume(tmp_path):
@@ -129,6 +129,9 @@ def test_sigterm_after_submission_says_how_to_cancel_and_resume(tmp_path):
         assert set(ids) & set(queue())  # the jobs were not cancelled by the interruption
     finally:
         subprocess.run(["scancel", ids[0].split("_")[0]], capture_output=True)
+        deadline = time.time() + 60
+        while set(ids) & set(queue()) and time.time() < deadline:  # gone before the next test looks at the queue
+            time.sleep(0.5)
 
 
 def test_a_time_limit_below_the_checkpoint_interval_is_refused(tmp_path):
@@ -138,4 +141,4 @@ def test_a_time_limit_below_the_checkpoint_interval_is_refused(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert last_line(proc.stderr).startswith("error: hydra.launcher.timeout_min=2 is below checkpoint_minutes=5"), proc.stderr[-1000:]
-    assert queue() == before
+    assert set(queue()) <= set(before)  # nothing new queued
