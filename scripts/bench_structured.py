@@ -6,7 +6,9 @@
 Models (scalar output, the full (N, N) kernel):
   mlp          nn.Sequential of nn.Linear 784-1000-1000-1 (ReLU), N = 256; also our layer-wise kernel
                on the NTK MLP of the same widths (the same maths: the target is within 1.2x of it)
-  cnn          conv 1->32 3x3, pool, conv 32->64 3x3, pool, linear, on 28 x 28 images, N = 64
+  cnn          conv 1->32 3x3, pool, conv 32->64 3x3, pool, linear, on 28 x 28 images, N = 64 (22,000
+               parameters: a small Jacobian)
+  lenet        the same convolutions, then a hidden linear layer of 512 (LeNet's shape), N = 64
   resnet18     torchvision's resnet18 (eval mode), 32 x 32 images, N = 16
   transformer  nn.TransformerEncoderLayer (d = 64, 4 heads, eval mode) + mean + linear, 16 tokens, N = 32
 Contenders per model: method="structured", torch.func Jacobian contraction and NTK-vector products
@@ -43,20 +45,22 @@ from ntk.utils import best_time, resolve_device
 from scripts.bench_ntk import layerwise_flops
 from scripts.common import BENCH_DIR, interleaved, parse_kv, spread, write_bench
 
-MODELS = ("mlp", "cnn", "resnet18", "transformer")
+MODELS = ("mlp", "cnn", "lenet", "resnet18", "transformer")
 TORCH_FUNC = ("jacobian", "ntk_vp")
 
 
 class CNN(nn.Module):
-    def __init__(self):
+    def __init__(self, hidden: int = 0):
         super().__init__()
         self.conv1, self.conv2 = nn.Conv2d(1, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1)
-        self.fc = nn.Linear(64 * 7 * 7, 1)
+        self.head = (
+            nn.Linear(64 * 7 * 7, 1) if not hidden else nn.Sequential(nn.Linear(64 * 7 * 7, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        )
 
     def forward(self, x):
         x = nn.functional.avg_pool2d(torch.relu(self.conv1(x)), 2)
         x = nn.functional.avg_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc(x.flatten(1))
+        return self.head(x.flatten(1))
 
 
 class Transformer(nn.Module):
@@ -75,8 +79,8 @@ def build(name: str, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
     if name == "mlp":
         model = nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 1))
         x = torch.rand(256, 784, generator=g)
-    elif name == "cnn":
-        model, x = CNN(), torch.rand(64, 1, 28, 28, generator=g)
+    elif name in ("cnn", "lenet"):
+        model, x = CNN(hidden=512 if name == "lenet" else 0), torch.rand(64, 1, 28, 28, generator=g)
     elif name == "resnet18":
         import torchvision
 
