@@ -139,16 +139,21 @@ def _watched_launch(launch, launcher, job_overrides, initial_job_idx):
     import submitit
 
     real = submitit.AutoExecutor.map_array
+    watches: list[Watch] = []
 
     def map_array(executor, fn, *iterables):
         jobs = real(executor, fn, *iterables)
-        watch = Watch(jobs, launcher, job_overrides)
-        watch.announce()
-        return [Watched(watch, i) for i in range(len(jobs))]
+        watches.append(Watch(jobs, launcher, job_overrides))
+        watches[-1].announce()
+        return [Watched(watches[-1], i) for i in range(len(jobs))]
 
     submitit.AutoExecutor.map_array = map_array
     try:
         return launch(launcher, job_overrides, initial_job_idx)
+    except KeyboardInterrupt as exc:  # a signal between the submission and the wait, or during it
+        if watches and not isinstance(exc, SubmittedInterrupt):
+            raise watches[-1].interrupted(exc) from None
+        raise
     finally:
         submitit.AutoExecutor.map_array = real
 
@@ -198,8 +203,6 @@ class Watch:
 
     def wait(self) -> None:
         """Until every job has a result; raises SweepJobFailed on the first failure."""
-        from experiments.cli import Interrupted
-
         if self.finished:
             return
         try:
@@ -220,15 +223,21 @@ class Watch:
                 if len(self.done) < len(self.jobs):
                     time.sleep(POLL_S)
         except KeyboardInterrupt as exc:
-            name, status = ("SIGTERM", 143) if isinstance(exc, Interrupted) else ("SIGINT", 130)
-            left = [str(j.job_id) for i, j in enumerate(self.jobs) if i not in self.done]
-            raise SubmittedInterrupt(
-                f"interrupted ({name}) after submitting {len(self.jobs)} job(s) ({self.ids()}): the {len(left)} unfinished one(s) "
-                f"keep running; {self.cancel_hint()}; run the same command again to resume (finished jobs are skipped)",
-                name,
-                status,
-            ) from None
+            raise self.interrupted(exc) from None
         self.finished = True
+
+    def interrupted(self, exc: KeyboardInterrupt) -> SubmittedInterrupt:
+        """What Ctrl-C or SIGTERM after the submission ends the command with."""
+        from experiments.cli import Interrupted
+
+        name, status = ("SIGTERM", 143) if isinstance(exc, Interrupted) else ("SIGINT", 130)
+        left = [str(j.job_id) for i, j in enumerate(self.jobs) if i not in self.done]
+        return SubmittedInterrupt(
+            f"interrupted ({name}) after submitting {len(self.jobs)} job(s) ({self.ids()}): the {len(left)} unfinished one(s) "
+            f"keep running; {self.cancel_hint()}; run the same command again to resume (finished jobs are skipped)",
+            name,
+            status,
+        )
 
     def failed(self, i: int) -> None:
         """Aggregate what finished, then end the sweep with the failed job's own error line."""
