@@ -63,14 +63,12 @@ def check_config(cfg: DictConfig) -> None:
 def threads_per_job() -> int | None:
     """CPU threads for one job when a launcher runs n_jobs > 1 jobs at once on this machine.
 
-    Inside a SLURM job, SLURM_CPUS_PER_TASK (hydra.launcher.cpus_per_task). With
-    `hydra/launcher=joblib hydra.launcher.n_jobs=k`, each of the k jobs gets cores // k threads, so
-    they do not oversubscribe the cores; None (torch's default) otherwise.
+    With `hydra/launcher=joblib hydra.launcher.n_jobs=k`, each of the k jobs gets cores // k threads,
+    so they do not oversubscribe the cores; None otherwise (inside a SLURM job `cli.apply_threads`
+    has set SLURM_CPUS_PER_TASK threads already).
     """
     from hydra.core.hydra_config import HydraConfig
 
-    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():  # a SLURM job: the CPUs it was given
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
     if not HydraConfig.initialized():
         return None
     jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)

@@ -173,7 +173,7 @@ class Watch:
     def __init__(self, jobs, launcher, job_overrides) -> None:
         self.jobs, self.launcher, self.overrides = list(jobs), launcher, [list(o) for o in job_overrides]
         self.common = shared_overrides(job_overrides)
-        self.slurm = type(self.jobs[0]).__name__ == "SlurmJob" if self.jobs else False
+        self.slurm = launcher._EXECUTOR == "slurm"
         self.done: set[int] = set()
         self.gone_since: dict[int, float] = {}
         self.finished = False

@@ -37,7 +37,6 @@ from experiments.runner import Experiment, per_network
 from experiments.training import build_model, time_grid
 from ntk.empirical import empirical_ntk
 from ntk.finite import train_quadratic
-from ntk.train import largest_stable_lr
 from ntk.utils import resolve_device, resolve_dtype
 
 PREDICTORS = ("forecast", "frozen", "inf")
@@ -66,23 +65,22 @@ def job(cfg: DictConfig, shared: Shared, width: int, seed: int, checkpoint=None)
     device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
     lr, steps, j, n = cfg.train.lr, cfg.train.steps, cfg.tracked_component - 1, shared.x.shape[0]
     record_t = time_grid("record_dt", cfg.record_dt, lr, steps)
-    net_cfg = cfg.copy()
-    with open_dict(net_cfg):
-        net_cfg.kernel_dt = 0  # the network's own kernel is not logged here
-    net = train_network(net_cfg, shared, width, seed)["table"]  # the network itself
-    model = build_model(cfg, shared.x.shape[1], width, seed, device, dtype)  # the same network at t = 0
+    model = build_model(cfg, shared.x.shape[1], width, seed, device, dtype)  # the network at t = 0
     x, funcs = shared.x.to(device, dtype), shared.funcs.to(device)
     with torch.no_grad():
         target = model(x).double() + shared.shift.to(device)
-    forecast: dict[float, tuple[float, float]] = {}
-    lr_max = largest_stable_lr(model, x)
-    train_quadratic(
-        model, x, target.to(dtype), lr, steps, record_t, lambda t, f: forecast.__setitem__(t, split(f, target, funcs, j)), lr_max=lr_max
-    )
     theta0 = empirical_ntk(model, x, dtype=kernel_dtype).double()  # (N, N)
     evals, evecs = torch.linalg.eigh(theta0)
-    r0 = (model(x).detach().double() - target)[:, 0]
-    coeffs = evecs.T @ r0
+    forecast: dict[float, tuple[float, float]] = {}
+    train_quadratic(
+        model, x, target.to(dtype), lr, steps, record_t, lambda t, f: forecast.__setitem__(t, split(f, target, funcs, j)),
+        lr_max=2 * n / evals[-1].item(),  # the stability bound 2 / lambda_max(Theta_0 / N) (`ntk.train.largest_stable_lr`)
+    )  # fmt: skip
+    net_cfg = cfg.copy()
+    with open_dict(net_cfg):
+        net_cfg.kernel_dt = 0  # the network's own kernel is not logged here
+    net = train_network(net_cfg, shared, width, seed)["table"]  # the same network, trained
+    coeffs = evecs.T @ -shared.shift[:, 0].to(evecs)  # r_0 = f_0 - f* = -A f(2), in Theta_0's eigenbasis
     lam_inf = shared.lambdas[j].item()
     rows = []
     for t in record_t:

@@ -130,6 +130,21 @@ def layerwise_kernel(model: NTKMLP, x1: Tensor, x2: Tensor | None, dtype, block:
 # ----------------------------------------------------------------------------- jacobian
 
 
+def flat_jacobian(model: nn.Module, params: dict[str, Tensor], fixed: dict[str, Tensor], x: Tensor) -> Tensor:
+    """Per-sample Jacobians (N, O, P) of `model` with respect to `params` (the rest held at `fixed`),
+    a function of `params` that torch.func can differentiate again (`ntk.finite.kernel_velocity`)."""
+
+    def f(p: dict[str, Tensor], xi: Tensor) -> Tensor:
+        return functional_call(model, {**fixed, **p}, (xi.unsqueeze(0),)).reshape(-1)  # (O,)
+
+    try:
+        j = vmap(jacrev(f), in_dims=(None, 0))(params, x)  # {name: (N, O, *shape)}
+    except RuntimeError:  # a module vmap cannot batch (recurrent cells build their state per call): one input at a time
+        per = [jacrev(f)(params, xi) for xi in x]
+        j = {k: torch.stack([p[k] for p in per]) for k in params}
+    return torch.cat([v.reshape(v.shape[0], v.shape[1], -1) for v in j.values()], dim=2)
+
+
 def jacobian_kernel(
     model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.dtype, trace: bool, names: list[str] | None = None
 ) -> Tensor:
@@ -138,23 +153,8 @@ def jacobian_kernel(
     if names is not None:
         fixed |= {k: v for k, v in params.items() if k not in names}
         params = {k: params[k] for k in names}
-
-    def f(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(model, {**fixed, **p}, (x.unsqueeze(0),)).reshape(-1)  # (O,)
-
-    jac = vmap(jacrev(f), in_dims=(None, 0))
-
-    def flat(x: Tensor) -> Tensor:
-        x = cast_input(x, dtype)
-        try:
-            j = jac(params, x)  # {name: (N, O, *shape)}
-        except RuntimeError:  # a module vmap cannot batch (recurrent cells build their state per call): one input at a time
-            per = [jacrev(f)(params, xi) for xi in x]
-            j = {k: torch.stack([p[k] for p in per]) for k in params}
-        return torch.cat([v.reshape(v.shape[0], v.shape[1], -1) for v in j.values()], dim=2)  # (N, O, P)
-
-    j1 = flat(x1)
-    j2 = j1 if x2 is None else flat(x2)
+    j1 = flat_jacobian(model, params, fixed, cast_input(x1, dtype))
+    j2 = j1 if x2 is None else flat_jacobian(model, params, fixed, cast_input(x2, dtype))
     if trace or j1.shape[1] == 1:
         return torch.einsum("iap,jap->ij", j1, j2)  # (N1, N2)
     return torch.einsum("iap,jbp->ijab", j1, j2)  # (N1, N2, O, O)

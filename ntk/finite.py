@@ -22,12 +22,13 @@ import math
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jacrev, jvp, vmap
+from torch.func import functional_call, grad, jvp
 
-from ntk.backends import cast_fixed, cast_input, cast_params, layerwise_kernel
+from ntk.activations import as_activation
+from ntk.backends import cast_fixed, cast_input, cast_params, flat_jacobian, layerwise_kernel
 from ntk.model import NTKMLP
-from ntk.planning import as_outputs
-from ntk.train import mse_cost
+from ntk.planning import as_model_input, as_outputs
+from ntk.train import mse_cost, record_steps
 
 Tensor = torch.Tensor
 
@@ -79,7 +80,7 @@ def kernel_velocity(
     device = next(model.parameters()).device
     x_train, x, y_train = x_train.to(device), x.to(device), y_train.to(device)
     with torch.no_grad():
-        f = as_outputs(model(cast_input(x_train[:1], next(model.parameters()).dtype)), 1)
+        f = as_outputs(model(as_model_input(model, x_train[:1])), 1)
     y = y_train.reshape(-1, 1) if y_train.dim() == 1 else y_train
     if y.shape != (x_train.shape[0], f.shape[1]):
         raise ValueError(
@@ -96,14 +97,7 @@ def kernel_velocity(
 
         return jvp(theta, (params,), (direction,))[1]
 
-    def single(p: dict[str, Tensor], xi: Tensor) -> Tensor:
-        return functional_call(model, {**fixed, **p}, (xi.unsqueeze(0),)).reshape(-1)  # (O,)
-
-    def jacobian(p: dict[str, Tensor]) -> Tensor:
-        j = vmap(jacrev(single), in_dims=(None, 0))(p, xs)  # {name: (M, O, *shape)}
-        return torch.cat([v.reshape(v.shape[0], v.shape[1], -1) for v in j.values()], dim=2)  # (M, O, P)
-
-    j, dj = jvp(jacobian, (params,), (direction,))
+    j, dj = jvp(lambda p: flat_jacobian(model, p, fixed, xs), (params,), (direction,))  # (M, O, P) each
     half = torch.einsum("iap,jbp->ijab", dj, j)  # D Theta = dJ J^T + J dJ^T
     velocity = half + half.permute(1, 0, 3, 2)
     return velocity[:, :, 0, 0] if velocity.shape[2] == 1 else velocity
@@ -137,8 +131,6 @@ def ntk_diagonal_ensemble(
     Returns:
         (n_networks,) in `dtype`, on x's device.
     """
-    from ntk.activations import as_activation
-
     act = as_activation(activation)
     if widths[0] != x.numel():
         raise ValueError(f"widths[0] must be the input dimension {x.numel()}, got {widths[0]}")
@@ -241,12 +233,7 @@ def train_quadratic(
         )
     f_quad, params = quadratic_model(model, x, dtype)
     y = y.to(next(iter(params.values())).dtype)
-    to_record = {}
-    for t in record_t:
-        k = round(t / lr)
-        if abs(k * lr - t) > 1e-9 * max(1.0, abs(t)) or not 0 <= k <= steps:
-            raise ValueError(f"record time {t!r} is not a step of lr={lr:g} in [0, {lr * steps:g}]")
-        to_record[k] = t
+    to_record = record_steps(record_t, lr, steps)  # step -> t, refusing times off the step grid
 
     def cost(d: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         out = f_quad(d, linear)

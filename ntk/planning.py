@@ -154,11 +154,11 @@ def _structured_sizes(model: nn.Module, x_example: Tensor) -> tuple[int, int, in
 
     key = ("structured", id(model), tuple(x_example.shape[1:]), x_example.dtype, x_example.device)
     if key not in _SIZES:
-        _, rest = structured.plan(model)
+        by_module, rest = structured.plan(model)
         names = set(rest)
         n_rest = sum(p.numel() for name, p in model.named_parameters() if name in names)
-        sizes = structured.recorded_sizes(model, x_example)
-        _SIZES[key] = (sum(n for n, _ in sizes), max([p for _, p in sizes], default=1), n_rest)
+        blocks = structured.one_input_blocks(model, x_example, by_module)
+        _SIZES[key] = (sum(b.numbers for b in blocks), max([b.positions for b in blocks], default=1), n_rest)
     return _SIZES[key]
 
 

@@ -415,16 +415,15 @@ def _attention_forward(
     if key_padding_mask is not None:
         padding = additive(key_padding_mask).reshape(n, 1, 1, lk)
         mask = padding if mask is None else mask + padding
-    causal = is_causal and mask is None
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (N, heads, Lq, E / heads)
-    out = module.out_proj(out.transpose(1, 2).reshape(n, lq, e))
     weights = None
-    if need_weights:
+    if need_weights:  # the weights are returned: form them, and the output from them
         scores = q @ k.transpose(-2, -1) / math.sqrt(e // heads)
-        if mask is not None:
-            scores = scores + mask
-        weights = scores.softmax(-1)
-        weights = weights.mean(1) if average_attn_weights else weights
+        full = (scores if mask is None else scores + mask).softmax(-1)  # (N, heads, Lq, Lk)
+        out = full @ v
+        weights = full.mean(1) if average_attn_weights else full
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)  # (N, heads, Lq, E / heads)
+    out = module.out_proj(out.transpose(1, 2).reshape(n, lq, e))
     return (out if module.batch_first else out.transpose(0, 1)), weights
 
 
@@ -633,29 +632,46 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
     return blocked_kernel(x1.shape[0], xs2.shape[0], block, symmetric, rows_of, part)
 
 
-def recorded_sizes(model: nn.Module, x_example: Tensor) -> list[tuple[int, int]]:
-    """(numbers recorded, positions) of every covered module call on one input (one forward pass)."""
-    by_module, _ = plan(model)
-    sizes: list[tuple[int, int]] = []
+@dataclass
+class Block:
+    """One weight block a covered module applies in a forward pass of one input."""
+
+    module: nn.Module
+    numbers: int  # what the kernel records for it per input: its inputs (patches, for a convolution) and outputs
+    positions: int  # positions that share the weight (tokens, patches; 1 for a plain linear layer)
+    fan_in: int  # per output channel: in/groups x kernel for a convolution, 1 for an elementwise weight
+    fan_out: int  # output channels (per group)
+    groups: int = 1
+
+
+def one_input_blocks(model: nn.Module, x1: Tensor, by_module: dict[nn.Module, dict[str, str]]) -> list[Block]:
+    """The weight blocks of every covered module call on one input (one forward pass, hooks; with grad
+    enabled, as in the kernel, so that no fused no-grad fast path bypasses the modules)."""
+    blocks: list[Block] = []
 
     def hook(module: nn.Module, args: tuple, out) -> None:
-        if isinstance(module, nn.MultiheadAttention):  # three projections of (L, E) in and out
-            sizes.append((6 * args[0].numel(), args[0].numel() // module.embed_dim))
-            return
-        rec = _record(module, args[0].detach())
-        if isinstance(module, CONVS):  # counted as patches, the larger form the kernel may build
-            rec = _conv_patches(module, rec)
-        positions = rec.shape[2] if isinstance(module, CONVS) else rec.shape[1]
-        sizes.append((rec.numel() + out.numel(), positions))
+        x = args[0].detach()
+        if isinstance(module, nn.MultiheadAttention):  # three blocks (E, E) on the L tokens, inputs and outputs (L, E) each
+            e = module.embed_dim
+            blocks.extend([Block(module, 2 * x.numel(), x.numel() // e, e, e)] * 3)
+        elif isinstance(module, CONVS):  # counted as patches, the larger form the kernel may build
+            patches, g = _conv_patches(module, _conv_padded(module, x)), module.groups
+            blocks.append(
+                Block(module, patches.numel() + out.numel(), patches.shape[2], module.weight[0].numel(), module.out_channels // g, g)
+            )
+        else:
+            cot = _out_positions(module, out)  # (1, positions, channels)
+            fan_in = x.shape[-1] if isinstance(module, nn.Linear) else 1
+            blocks.append(Block(module, _record(module, x).numel() + out.numel(), cot.shape[1], fan_in, cot.shape[-1]))
 
     handles = [m.register_forward_hook(hook) for m in by_module]
     try:
-        with torch.no_grad():
-            model(as_model_input(model, x_example[:1]))
+        with torch.enable_grad():
+            model(as_model_input(model, x1[:1]))
     finally:
         for h in handles:
             h.remove()
-    return sizes
+    return blocks
 
 
 def flop_counts(model: nn.Module, x_example: Tensor, n1: int, n2: int | None = None, trace: bool = True) -> dict[str, float]:
@@ -678,53 +694,26 @@ def flop_counts(model: nn.Module, x_example: Tensor, n1: int, n2: int | None = N
     symmetric = n2 is None
     n2 = n1 if symmetric else n2
     n = n1 if symmetric else n1 + n2
-    x1 = as_model_input(model, x_example[:1])
+    by_module, rest = plan(model)
     counter = FlopCounterMode(display=False)
-    with counter:  # (with grad enabled, as in the kernels: no fused no-grad fast path hides the products)
-        model(x1)
+    with counter:  # the same forward pass gives F and the blocks
+        blocks = one_input_blocks(model, x_example[:1], by_module)
     fwd = float(counter.get_total_flops())
-    o = output_dim(model, x1)
+    o = output_dim(model, x_example[:1])
     oo = o if trace else o * o
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    by_module, rest = plan(model)
     n_rest = sum(p.numel() for name, p in model.named_parameters() if name in set(rest))
     layers = 0.0
-    for module, (shapes, names) in _layer_shapes(model, x1, by_module).items():
-        for s, inp, out, groups in shapes:
-            if isinstance(module, (nn.Linear, nn.MultiheadAttention, *CONVS)) and ("weight" in names or "in_proj_weight" in names):
-                layers += 2 * groups * min(contraction_costs(n1, n2, o, s, s, inp + 1, out, trace, symmetric))
-            else:  # elementwise weights (norms), embeddings, lone biases: per-sample gradients and their Gram
-                layers += 2 * (n * o * s * out + n1 * n2 * oo * out)
+    for b in blocks:
+        names = by_module[b.module]
+        if isinstance(b.module, (nn.Linear, nn.MultiheadAttention, *CONVS)) and ("weight" in names or "in_proj_weight" in names):
+            costs = contraction_costs(n1, n2, o, b.positions, b.positions, b.fan_in + 1, b.fan_out, trace, symmetric)
+            layers += 2 * b.groups * min(costs)
+        else:  # elementwise weights (norms), embeddings, lone biases: per-sample gradients and their Gram
+            layers += 2 * (n * o * b.positions * b.fan_out + n1 * n2 * oo * b.fan_out)
     return dict(
         forward=fwd,
         jacobian=n * (fwd + 2 * o * fwd) + 2 * n1 * n2 * oo * n_params,
         ntk_vp=n2 * o * (3 * fwd + 3 * fwd * n1),
         structured=n * (fwd + o * fwd) + layers + ((n * 2 * o * fwd + 2 * n1 * n2 * oo * n_rest) if rest else 0.0),
     )
-
-
-def _layer_shapes(model: nn.Module, x1: Tensor, by_module) -> dict[nn.Module, tuple[list[tuple[int, int, int, int]], dict]]:
-    """Per covered module: (positions, inputs, outputs, groups) of each weight block it applies in one
-    forward pass on one input, and its covered parameter names."""
-    shapes: dict[nn.Module, tuple[list, dict]] = {}
-
-    def hook(module: nn.Module, args: tuple, out) -> None:
-        x = args[0]
-        if isinstance(module, nn.MultiheadAttention):  # three blocks (E, E)
-            e = module.embed_dim
-            found = [(x.numel() // e, e, e, 1)] * 3
-        elif isinstance(module, CONVS):
-            g = module.groups
-            found = [(math.prod(out.shape[2:]), module.weight[0].numel(), module.out_channels // g, g)]
-        else:
-            last = out.shape[-1] if not isinstance(module, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) else out.shape[1]
-            found = [(out.numel() // last, x.shape[-1] if isinstance(module, nn.Linear) else 1, last, 1)]
-        shapes.setdefault(module, ([], by_module[module]))[0].extend(found)
-
-    handles = [m.register_forward_hook(hook) for m in by_module]
-    try:
-        model(x1)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes

@@ -177,5 +177,5 @@ def test_quadratic_model_refuses_an_unstable_learning_rate_and_off_grid_times():
     x, y = data(4, 1)
     with pytest.raises(ValueError, match=r"lr must be in \(0, 1\], the stability bound"):
         train_quadratic(model, x, y, 2.0, 3, lr_max=1.0)
-    with pytest.raises(ValueError, match="record time 0.25 is not a step of lr=0.5"):
+    with pytest.raises(ValueError, match=r"record time t=0.25 is not on the grid t = lr \* k"):
         train_quadratic(model, x, y, 0.5, 3, record_t=[0.25])

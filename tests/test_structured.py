@@ -227,6 +227,9 @@ def test_attention_projections_are_covered_by_their_rule():
     empirical_ntk(model, inputs("sequence", 3, 0), method="structured")
     wrong, _ = structured._CHECKED[model][next(iter(structured._CHECKED[model]))]
     assert not wrong  # no parameter handed to the Jacobian
+    direct = build("attention", 1)  # sequence-first, masks, weights returned: the equivalent forward holds there too
+    empirical_ntk(direct, inputs("sequence", 3, 0), method="structured")
+    assert list(structured._CHECKED[direct].values()) == [(set(), set())]
 
 
 def test_convolution_takes_the_cheaper_contraction(monkeypatch):
