@@ -23,7 +23,9 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from experiments.runner import CONFIG_DIR, experiment_names
+from experiments.persistence import show_progress
+from experiments.runner import CONFIG_DIR, experiment_names, load_experiment
+from experiments.schema import register_all
 from ntk.memory import NTKMemoryError, check_fits
 from ntk.model import NTKMLP
 from ntk.train import DivergenceError
@@ -96,6 +98,7 @@ def _unknown_key_message(key: str) -> str:
     """Name the first unknown part of the dotted `key` and the keys allowed at that level."""
     from hydra import compose, initialize_config_dir
 
+    register_all()
     groups = [a for a in sys.argv[1:] if a.startswith(("+exp=", "hydra/"))]  # the experiment, Hydra's launcher and sweeper
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=groups, return_hydra_config=key.startswith("hydra."))
@@ -185,3 +188,16 @@ def interrupted(cfg: DictConfig, exc: BaseException) -> None:
 def signal_of(exc: BaseException) -> tuple[str, int]:
     """The signal behind an interruption and the exit status that reports it (128 + its number)."""
     return ("SIGTERM", 143) if isinstance(exc, Interrupted) else ("SIGINT", 130)
+
+
+def precheck(cfg: DictConfig) -> None:
+    """The checks that need no work: the experiment's own range checks, out_dir, model memory, data.root
+    (also run by a sweep on every job of its grid before any starts, `experiments.launching`)."""
+    experiment = load_experiment(cfg.name)
+    if experiment.check is not None:
+        experiment.check(cfg)
+    check_writable_dir(cfg.out_dir, "out_dir")
+    show_progress(cfg)  # progress is auto, true or false
+    check_model_fits(cfg)
+    if "data" in cfg and cfg.data.get("root") is not None and Path(cfg.data.root).exists() and not Path(cfg.data.root).is_dir():
+        raise ValueError(f"data.root={cfg.data.root} is a file; it must be torchvision's data directory (files in <root>/MNIST/raw)")

@@ -4,7 +4,7 @@ submitit jobs (SLURM or local) watched until each one has finished or failed.
 Hydra's launchers take the grid from the sweeper and start the jobs. `install()` wraps them:
 
 - Every launcher (basic, joblib, submitit) first composes the config of every job of the grid and
-  runs the checks that need no work (`experiments.run.precheck`). A bad value anywhere gives one
+  runs the checks that need no work (`experiments.cli.precheck`). A bad value anywhere gives one
   line naming the job, exit 2, and nothing runs or is queued. For SLURM the partition must exist
   (`sinfo`) and `hydra.launcher.timeout_min` must leave room for a job's first checkpoint.
 - The submitit launcher submits as before (one job array) and prints one line with the job ids.
@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from experiments import cli
 
 POLL_S = 2.0  # seconds between looks at the jobs
 GRACE_S = 10.0  # a job that left the queue without a result file: how long the file may lag (shared file systems)
@@ -96,13 +98,11 @@ def shared_overrides(job_overrides) -> set[str]:
 
 def check_grid(launcher, job_overrides) -> list[DictConfig]:
     """Compose every job's config and run its pre-checks; the first bad one raises one line."""
-    from experiments.run import precheck
-
     configs, common = [], shared_overrides(job_overrides)
     for idx, overrides in enumerate(job_overrides):
         cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
         try:
-            precheck(cfg)
+            cli.precheck(cfg)
         except ValueError as exc:
             raise ValueError(f"job #{idx} ({job_label(overrides, common)}): {exc}; nothing was run or queued") from None
         configs.append(cfg)
@@ -188,10 +188,8 @@ class Watch:
         return "they stop with this machine's processes (submitit_local)"
 
     def announce(self) -> None:
-        from experiments.cli import say
-
         kind = "SLURM job(s)" if self.slurm else "local submitit job(s)"
-        say(f"submitted {len(self.jobs)} {kind}: {self.ids()} (logs in {self.jobs[0].paths.folder.parent})")
+        cli.say(f"submitted {len(self.jobs)} {kind}: {self.ids()} (logs in {self.jobs[0].paths.folder.parent})")
 
     def running(self) -> set[str]:
         """Job ids that SLURM still lists (pending, running, completing)."""
@@ -228,9 +226,7 @@ class Watch:
 
     def interrupted(self, exc: KeyboardInterrupt) -> SubmittedInterrupt:
         """What Ctrl-C or SIGTERM after the submission ends the command with."""
-        from experiments.cli import Interrupted
-
-        name, status = ("SIGTERM", 143) if isinstance(exc, Interrupted) else ("SIGINT", 130)
+        name, status = ("SIGTERM", 143) if isinstance(exc, cli.Interrupted) else ("SIGINT", 130)
         left = [str(j.job_id) for i, j in enumerate(self.jobs) if i not in self.done]
         return SubmittedInterrupt(
             f"interrupted ({name}) after submitting {len(self.jobs)} job(s) ({self.ids()}): the {len(left)} unfinished one(s) "
@@ -241,8 +237,6 @@ class Watch:
 
     def failed(self, i: int) -> None:
         """Aggregate what finished, then end the sweep with the failed job's own error line."""
-        from experiments.cli import say
-
         job = self.jobs[i]
         line = error_line(job.paths.stderr) or error_line(job.paths.stdout) or f"no error line in {job.paths.stderr}"
         missing = [j for j in range(len(self.jobs)) if j not in self.done]
@@ -250,7 +244,7 @@ class Watch:
         if self.done:
             run_end_callbacks(self.launcher.config)
             names = "; ".join(job_label(self.overrides[j], self.common) for j in missing)
-            say(f"warning: {len(self.done)} of {len(self.jobs)} job(s) finished and were aggregated; missing: {names}")
+            cli.say(f"warning: {len(self.done)} of {len(self.jobs)} job(s) finished and were aggregated; missing: {names}")
         more = f"; {len(still)} other job(s) still running ({', '.join(still)}): {self.cancel_hint()}" if still else ""
         raise SweepJobFailed(
             f"job #{i} ({job_label(self.overrides[i], self.common)}, {'SLURM job ' if self.slurm else 'job '}{job.job_id}) failed: "

@@ -2,8 +2,8 @@
 
 Hydra composes configs/ into one config; `dispatch` runs the experiment it names
 (`experiments.runner.load_experiment`: configs/exp/<name>.yaml and experiments/<name>.py), after the
-checks that need no work (`precheck`, also run on every job of a sweep's grid before any starts:
-`experiments.launching`). Errors become one line and exit status 2, signals keep finished parts
+checks that need no work (`experiments.cli.precheck`, also run on every job of a sweep's grid before
+any starts: `experiments.launching`). Errors become one line and exit status 2, signals keep finished parts
 (`experiments.cli` says how).
 """
 
@@ -12,32 +12,20 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from experiments import cli, launching
-from experiments.persistence import show_progress
 from experiments.runner import load_experiment
+from experiments.schema import register_all
 
-
-def precheck(cfg: DictConfig) -> None:
-    """The checks that need no work: the experiment's own range checks, out_dir, model memory, data.root
-    (also run by a sweep on every job of its grid before any starts, `experiments.launching`)."""
-    experiment = load_experiment(cfg.name)
-    if experiment.check is not None:
-        experiment.check(cfg)
-    cli.check_writable_dir(cfg.out_dir, "out_dir")
-    show_progress(cfg)  # progress is auto, true or false
-    cli.check_model_fits(cfg)
-    if "data" in cfg and cfg.data.get("root") is not None and Path(cfg.data.root).exists() and not Path(cfg.data.root).is_dir():
-        raise ValueError(f"data.root={cfg.data.root} is a file; it must be torchvision's data directory (files in <root>/MNIST/raw)")
+register_all()  # the config schemas, before Hydra composes (also in the processes of a sweep's jobs, which import this module)
 
 
 def dispatch(cfg: DictConfig) -> object:
     """Run the experiment named by `cfg.name`."""
-    precheck(cfg)
+    cli.precheck(cfg)
     cli.apply_threads(cfg)
     return load_experiment(cfg.name).run(cfg)
 

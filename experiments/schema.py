@@ -3,10 +3,11 @@
 Each YAML file of configs/model, configs/train and configs/data starts from one of the group
 dataclasses here (its defaults list names `<file>_schema`), and each configs/exp/<name>.yaml from
 `exp_schema/<name>`, the schema its experiment module declares (`Experiment.schema`, registered by
-`experiments.runner.register_schemas`). Schemas hold types only: every value is in a YAML file. Hydra thus rejects a misspelled key or a value of the wrong type
-while composing, before any work; the ranges (width >= 1, lr > 0, ...) are checked once by the
-experiment's `check_config` (`experiments.runner` calls it first), also before any work.
-Importing this module registers the schemas.
+`experiments.runner.register_schemas`). Schemas hold types only: every value is in a YAML file.
+Hydra thus rejects a misspelled key or a value of the wrong type while composing, before any work;
+the ranges (width >= 1, lr > 0, ...) are checked once by the experiment's `check` (`experiments.runner`
+calls it first), also before any work. `register_all` registers the schemas; importing this module
+does not.
 """
 
 from __future__ import annotations
@@ -93,7 +94,13 @@ SCHEMAS = {
     ("data", "mnist_split_schema"): MnistSplitDataSchema,
 }
 
-store = ConfigStore.instance()
-for (group, name), node in SCHEMAS.items():
-    store.store(group=group, name=name, node=node)
-register_schemas(RootSchema)
+
+def register_all() -> None:
+    """Put every schema into Hydra's config store: the groups' above, and every experiment's joined
+    with `RootSchema` (`experiments.runner.register_schemas`, which imports each experiment module).
+    The entry points that compose configs call it (`experiments.run` on import, the unknown-key
+    message, the tests' compose fixture); calling it again changes nothing."""
+    store = ConfigStore.instance()
+    for (group, name), node in SCHEMAS.items():
+        store.store(group=group, name=name, node=node)
+    register_schemas(RootSchema)

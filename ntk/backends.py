@@ -1,6 +1,8 @@
-"""The three backends of `ntk.empirical.empirical_ntk`: layer-wise factors, Jacobian contraction,
-NTK-vector products. Each computes a whole kernel at a given block size; `ntk.empirical` checks the
-inputs and `ntk.planning` picks the method and block size first.
+"""Three backends of `ntk.empirical_ntk`: layer-wise factors, Jacobian contraction, NTK-vector
+products, and the blocking every blocked method shares (`blocked_kernel`). Each computes a whole
+kernel at a given block size; `ntk.empirical` checks the inputs and `ntk.planning` picks the method
+(from the table `ntk.methods.METHODS`) and the block size first. The fourth backend, the structured
+kernel of general modules, is the package `ntk.structured`.
 """
 
 from __future__ import annotations
@@ -11,28 +13,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from ntk.forward import cast_fixed, cast_input, cast_params, output_dim
 from ntk.model import NTKMLP, backward_factors, forward_with_cache
-from ntk.planning import output_dim
 
 Tensor = torch.Tensor
-
-
-def cast_params(model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
-    """The trainable parameters (requires_grad) by name, detached and cast to `dtype` (the model
-    itself is not touched): the parameters the kernel differentiates by."""
-    return {k: v.detach().to(dtype) for k, v in model.named_parameters() if v.requires_grad}
-
-
-def cast_fixed(model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
-    """Everything else a forward pass reads, cast likewise: frozen parameters and floating buffers."""
-    fixed = {k: v.detach().to(dtype) for k, v in model.named_parameters() if not v.requires_grad}
-    fixed |= {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.named_buffers()}
-    return fixed
-
-
-def cast_input(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Floating inputs in `dtype`; integer inputs (token ids) as they are."""
-    return x.to(dtype) if x.is_floating_point() else x
 
 
 # ----------------------------------------------------------------------------- layerwise

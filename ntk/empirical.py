@@ -1,4 +1,4 @@
-"""Exact empirical neural tangent kernel of a finite network, by three methods.
+"""Exact empirical neural tangent kernel of a finite network, by four methods.
 
     Theta(x, x') = sum_p  df(x)/dtheta_p  df(x')/dtheta_p^T                     (paper, Section 4)
 
@@ -20,15 +20,16 @@
 - ``"jacobian"`` (any module; the reference). torch.func ``vmap(jacrev)`` per-sample Jacobians
   through ``functional_call``, contracted over parameters. Memory O((N1 + N2) x O x parameters).
 
-``"auto"`` takes layerwise for an `NTKMLP`, otherwise the first method whose memory estimate fits
-(structured, jacobian, ntk_vp). Inputs may have any shape (N, ...) for a general module (images,
+The methods, what each applies to, its memory and its FLOPs form one table, `ntk.methods.METHODS`;
+``"auto"`` takes the first of it that applies and fits: layerwise for an `NTKMLP`, otherwise
+structured, jacobian, ntk_vp. Inputs may have any shape (N, ...) for a general module (images,
 sequences, integer token ids, which are never cast); its output must be (N, O) or (N,). Only
 trainable parameters (requires_grad) count: frozen ones are held fixed, in every method. Every method first estimates its memory (`memory_estimate`, formulas
-in its docstring) and refuses with `NTKMemoryError`, naming the methods that would fit, when the
+in `ntk.methods`) and refuses with `NTKMemoryError`, naming the methods that would fit, when the
 estimate exceeds the budget of `ntk.memory.available_memory`.
 
-The backends live in `ntk.backends`, the memory planning in `ntk.planning`; this module is the
-public API. Kernels are computed in float64 by default, whatever the dtype of the parameters (the parameters
+The backends live in `ntk.backends` and `ntk.structured`, the memory planning in `ntk.planning`;
+this module is the public API (also as `ntk.empirical_ntk`, ...). Kernels are computed in float64 by default, whatever the dtype of the parameters (the parameters
 are cast for the computation, never modified). Every function computes on the model's device: inputs
 on another device are moved there, and the result is returned there.
 """
@@ -39,14 +40,15 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from ntk.backends import cast_fixed, cast_input, cast_params, jacobian_kernel, layerwise_factors, layerwise_kernel, ntk_vp_kernel
+from ntk.backends import layerwise_factors
+from ntk.forward import cast_fixed, cast_input, cast_params
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
+from ntk.methods import METHODS, get_method
 from ntk.model import NTKMLP, forward_with_cache
 from ntk.planning import memory_estimate, plan_method
-from ntk.structured import check_independent_samples, structured_kernel
+from ntk.structured import check_independent_samples
 
 __all__ = [
-    "METHODS",
     "empirical_nngp",
     "empirical_ntk",
     "layerwise_factors",
@@ -57,8 +59,6 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-
-METHODS = ("auto", "layerwise", "structured", "ntk_vp", "jacobian")
 
 
 def empirical_ntk(
@@ -93,28 +93,21 @@ def empirical_ntk(
         ValueError: unknown method, malformed or non-finite inputs, layerwise on another module.
         NTKMemoryError: the method's memory estimate exceeds the budget.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown NTK method {method!r}; allowed: {', '.join(METHODS)}")
+    if method != "auto":
+        get_method(method)  # one line naming the allowed methods for an unknown name
     x1, x2 = on_model_device(model, x1), None if x2 is None else on_model_device(model, x2)
     _check_inputs(model, x1, x2)
     if not isinstance(model, NTKMLP):
         check_independent_samples(model)  # batch statistics: no kernel of input pairs, whatever the method
-    if method == "layerwise" and not isinstance(model, NTKMLP):
-        raise ValueError(f"method='layerwise' needs an NTKMLP, got {type(model).__name__}; use method='ntk_vp' or 'jacobian'")
+    if method != "auto" and (why := METHODS[method].refuses(model)) is not None:
+        raise ValueError(why)
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
         raise ValueError(f"block_size must be an integer >= 1 or None, got {block_size!r}")
     budget = memory_limit if memory_limit is not None else available_memory(x1.device)
     n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
     method, block = plan_method(model, x1, n1, n2, x2 is None, method, block_size, dtype, budget)
     with torch.no_grad():
-        if method == "layerwise":
-            kernel = layerwise_kernel(model, x1, x2, dtype, block, trace)
-        elif method == "structured":
-            kernel = structured_kernel(model, x1, x2, dtype, block, trace)
-        elif method == "jacobian":
-            kernel = jacobian_kernel(model, x1, x2, dtype, trace)
-        else:
-            kernel = ntk_vp_kernel(model, x1, x2, dtype, block, trace)
+        kernel = METHODS[method].compute(model, x1, x2, dtype, block, trace)
     if x2 is None:
         kernel = 0.5 * (kernel + (kernel.transpose(0, 1).transpose(2, 3) if kernel.dim() == 4 else kernel.T))
     return kernel

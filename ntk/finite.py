@@ -25,9 +25,9 @@ from torch import nn
 from torch.func import functional_call, grad, jvp
 
 from ntk.activations import as_activation
-from ntk.backends import cast_fixed, cast_input, cast_params, flat_jacobian, layerwise_kernel
+from ntk.backends import flat_jacobian, layerwise_kernel
+from ntk.forward import as_model_input, as_outputs, cast_fixed, cast_input, cast_params
 from ntk.model import NTKMLP
-from ntk.planning import as_model_input, as_outputs
 from ntk.train import mse_cost, record_steps
 
 Tensor = torch.Tensor

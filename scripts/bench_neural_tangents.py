@@ -85,8 +85,8 @@ def main(argv: list[str]) -> None:
     import torch
 
     from ntk.empirical import empirical_ntk
+    from ntk.methods import flop_counts
     from ntk.model import NTKMLP
-    from ntk.structured import flop_counts
     from scripts.bench_ntk import layerwise_flops
     from scripts.bench_structured import CNN
     from scripts.common import calls_per_round, parse_kv, write_bench
@@ -165,7 +165,7 @@ def main(argv: list[str]) -> None:
                     gemm_gflops=gemm_gflops,
                     method=method,
                     # both at our FLOP count (layer-wise: forward, input-gradient pass, Gram products;
-                    # structured: ntk.structured.flop_counts)
+                    # structured: ntk.methods.flop_counts)
                     ours_fraction_of_gemm=flops / med["ours"] / 1e9 / gemm_gflops,
                     neural_tangents_fraction_of_gemm=flops / med["neural_tangents"] / 1e9 / gemm_gflops,
                     jax=info["jax"],

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ntk import methods
 from ntk.empirical import empirical_ntk, memory_estimate, plan_method
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 from ntk.model import NTKMLP
@@ -47,11 +48,9 @@ METHODS = ("layerwise", "ntk_vp", "jacobian")
 
 
 def layerwise_flops(widths: list[int], n: int) -> float:
-    """FLOPs of the layer-wise kernel: forward, backward to the inputs, Gram products."""
-    forward = sum(2 * n * a * b for a, b in zip(widths[:-1], widths[1:]))
-    backward = sum(2 * n * a * b for a, b in zip(widths[1:-1], widths[2:]))
-    grams = sum(2 * n * n * widths[l] + 2 * n * n * widths[l + 1] for l in range(len(widths) - 2)) + 2 * n * n * widths[-2]
-    return float(forward + backward + grams)
+    """FLOPs of the layer-wise kernel (N x N, scalar output): forward, backward to the inputs, Gram
+    products (`ntk.methods.layerwise_flops`, the formula of the methods table)."""
+    return methods.layerwise_flops(widths, n)
 
 
 def breakdown(fn, arch: str, n: int, calls: int, device: torch.device) -> list[dict]:

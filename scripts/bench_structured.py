@@ -19,7 +19,7 @@ takes longer than `slow_limit` seconds, or whose memory estimate exceeds the bud
 the rounds with the reason. The rest alternate over `rounds` rounds (`scripts.common.interleaved`:
 each round repeats a contender for at least 0.25 s, mean per call). Reported: median, min and max;
 the speed-up over the faster torch.func method as the median of per-round ratios; the FLOPs of one
-call by formula (`ntk.structured.flop_counts` for the structured method, with its per-layer choice,
+call by formula (`ntk.methods.flop_counts` for the structured method, with its per-layer choice,
 and the two torch.func methods; `scripts.bench_ntk.layerwise_flops` for the layer-wise kernel;
 torch's profiler for nngeometry) and the achieved rate as a fraction of the same rounds' GEMM rate;
 and, from the memory planner, the largest N each method handles within this machine's budget. The structured method's check of its rules against autograd
@@ -39,8 +39,8 @@ from torch import nn
 
 from ntk.empirical import empirical_ntk, memory_estimate
 from ntk.memory import available_memory
+from ntk.methods import flop_counts
 from ntk.model import NTKMLP
-from ntk.structured import flop_counts
 from ntk.utils import best_time, resolve_device
 from scripts.bench_ntk import layerwise_flops
 from scripts.common import BENCH_DIR, interleaved, parse_kv, spread, write_bench

@@ -7,6 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from experiments.schema import register_all
 from ntk.model import NTKMLP
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -35,8 +36,11 @@ def rel_fro(a: torch.Tensor, b: torch.Tensor) -> float:
 def compose_cfg():
     """compose_cfg(overrides) -> the config `python -m experiments.run <overrides>` would run."""
 
-    def _compose(overrides: list[str]) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides)
+    return compose_config
 
-    return _compose
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config `python -m experiments.run <overrides>` would run (the schemas registered first, as that entry point does)."""
+    register_all()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)

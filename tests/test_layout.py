@@ -1,6 +1,10 @@
-"""The layers point one way: scripts -> experiments -> ntk. Nothing imports what is above it."""
+"""The layers point one way: scripts -> experiments -> ntk. Nothing imports what is above it, and
+inside `ntk` and `experiments` the imports form a DAG that can be drawn top to bottom."""
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,122 @@ def test_no_import_points_up(package):
     assert files
     bad = {str(p.relative_to(ROOT)): sorted(imported_packages(p) & FORBIDDEN[package]) for p in files}
     assert {k: v for k, v in bad.items() if v} == {}
+
+
+PACKAGES = ("ntk", "experiments")
+
+
+def module_files(package: str) -> dict[str, Path]:
+    """Every module of `package` by its dotted name (a package by its own name, for its __init__)."""
+    out = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def project_imports(path: Path, package: str, modules: set[str]) -> list[tuple[str, bool]]:
+    """(module of `package` imported, whether at module level) for every import in the file, wherever
+    it stands; `from package import name` counts as importing package.name when that is a module."""
+    tree = ast.parse(path.read_text())
+    top_level = {id(node) for node in tree.body} | {id(n) for node in tree.body if isinstance(node, ast.If) for n in ast.walk(node)}
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = [f"{node.module}.{alias.name}" for alias in node.names]
+            names = [m for m in subs if m in modules] or [node.module]
+        for name in names:
+            while name not in modules and "." in name:
+                name = name.rsplit(".", 1)[0]
+            if name.split(".")[0] == package and name in modules:
+                found.append((name, id(node) in top_level))
+    return found
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    files = module_files(package)
+    return {m: {d for d, _ in project_imports(p, package, set(files)) if d != m} for m, p in files.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), or a module importing itself."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycles_are_found():
+    """The cycle finder itself, on graphs with and without a cycle."""
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_form_a_dag(package):
+    graph = import_graph(package)
+    assert len(graph) > 5 and any(graph.values())  # the parse found the package's imports
+    assert cycles(graph) == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_project_import_hides_inside_a_function(package):
+    """An import of the package's own modules inside a function is how a cycle is dodged: none are left."""
+    files = module_files(package)
+    inner = {m: sorted(d for d, top in project_imports(p, package, set(files)) if not top) for m, p in files.items()}
+    assert {m: d for m, d in inner.items() if d} == {}
+
+
+def test_importing_one_experiment_imports_only_what_it_needs():
+    """In a fresh interpreter, importing experiments.<name> loads exactly the experiments modules its
+    imports reach (no registry that imports every experiment)."""
+    graph = import_graph("experiments")
+    names = sorted(m.split(".")[1] for m in graph if m.count(".") == 1 and (ROOT / "configs" / "exp" / f"{m.split('.')[1]}.yaml").exists())
+    assert len(names) >= 10
+    code = (
+        "import importlib, json, sys; out = {}\n"
+        f"for name in {names!r}:\n"
+        "    for m in [m for m in sys.modules if m.startswith('experiments')]: del sys.modules[m]\n"
+        "    importlib.import_module('experiments.' + name)\n"
+        "    out[name] = sorted(m for m in sys.modules if m.startswith('experiments'))\n"
+        "print(json.dumps(out))"
+    )
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    for name in names:
+        reach, todo = set(), [f"experiments.{name}"]
+        while todo:
+            m = todo.pop()
+            if m not in reach:
+                reach.add(m)
+                todo += graph[m]
+                todo += [".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)]  # its parent packages
+        assert set(loaded[name]) == reach, name
 
 
 THROWAWAY = {

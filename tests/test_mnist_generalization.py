@@ -84,13 +84,10 @@ def test_gradient_descent_flow_matrix_is_the_iteration():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-
-    from tests.conftest import CONFIG_DIR
+    from tests.conftest import compose_config
 
     out = tmp_path_factory.mktemp("gen")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*TINY, f"out_dir={out}"])
+    cfg = compose_config([*TINY, f"out_dir={out}"])
     mnist_generalization.run(cfg)
     return out
 

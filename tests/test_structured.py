@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from ntk import structured
 from ntk.empirical import empirical_ntk
 from ntk.memory import NTKMemoryError
-from ntk.structured import plan
+from ntk.methods import flop_counts
+from ntk.structured import contraction_costs, plan
+from ntk.structured.capture import checked_rules, inplace_outputs
 from tests.conftest import rel_fro
 
 
@@ -224,30 +225,62 @@ def test_attention_projections_are_covered_by_their_rule():
     by_module, rest = plan(model)
     assert rest == []
     assert sorted(by_module[model.layer.self_attn].values()) == ["layer.self_attn.in_proj_bias", "layer.self_attn.in_proj_weight"]
-    empirical_ntk(model, inputs("sequence", 3, 0), method="structured")
-    wrong, _ = structured._CHECKED[model][next(iter(structured._CHECKED[model]))]
-    assert not wrong  # no parameter handed to the Jacobian
+    wrong, _ = checked_rules(model, inputs("sequence", 3, 0), by_module)
+    assert not wrong  # the rule's gradient equals autograd's: no parameter handed to the Jacobian
     direct = build("attention", 1)  # sequence-first, masks, weights returned: the equivalent forward holds there too
-    empirical_ntk(direct, inputs("sequence", 3, 0), method="structured")
-    assert list(structured._CHECKED[direct].values()) == [(set(), set())]
+    assert checked_rules(direct, inputs("sequence", 3, 0), plan(direct)[0]) == (set(), set())
 
 
-def test_convolution_takes_the_cheaper_contraction(monkeypatch):
-    used = []
-    for name in ("_gram_explicit", "_gram_weight"):
-        real = getattr(structured, name)
-        monkeypatch.setattr(structured, name, lambda *a, real=real, name=name, **k: used.append(name) or real(*a, **k))
-    empirical_ntk(build("conv_gram_of_grams", 1), inputs("small_image", 2, 0), method="structured")
-    assert used.count("_gram_weight") == 4  # both convolutions (two groups for the first) and the Linear: Gram of Grams
-    used.clear()
-    empirical_ntk(build("cnn", 1), inputs("image", 8, 0), method="structured")
-    assert used.count("_gram_explicit") == 2  # 64 positions: per-sample gradients
+class WideSmallSpatial(nn.Module):
+    """Many channels on 2 x 2 images: the Gram of Grams is far cheaper than per-sample gradients."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(64, 128, 3, padding=1)
+        self.fc = nn.Linear(128 * 4, 1)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["wide_small_spatial", "cnn"])
+def test_the_kernel_costs_what_the_cheaper_contraction_predicts(name):
+    """FLOPs counted by torch while the kernel runs (an independent count) against the cost model: within
+    a factor 2 of the predicted structured cost, and below half of what the costlier contraction of
+    every layer would take (Gram of Grams wins on the 2 x 2 images, per-sample gradients on the 8 x 8 ones)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ntk.structured.cost import one_input_blocks
+
+    model, x = (
+        (seeded(WideSmallSpatial()).double().eval(), torch.randn(32, 64, 2, 2, dtype=torch.float64))
+        if name != "cnn"
+        else (
+            build("cnn", 1),
+            inputs("image", 8, 0),
+        )
+    )
+    n = x.shape[0]
+    empirical_ntk(model, x, method="structured")  # the check of the rules, once per model: not counted
+    counter = FlopCounterMode(display=False)
+    with counter:
+        empirical_ntk(model, x, method="structured")
+    measured = counter.get_total_flops()
+    predicted = flop_counts(model, x, n)["structured"]
+    costs = [
+        (b.groups, contraction_costs(n, n, 1, b.positions, b.positions, b.fan_in + 1, b.fan_out, True, True))
+        for b in one_input_blocks(model, x[:1], plan(model)[0])
+    ]
+    costlier = predicted + sum(2 * g * (max(c) - min(c)) for g, c in costs)
+    assert costlier > 3 * predicted  # the two contractions differ enough for the count to tell them apart
+    assert predicted / 2 < measured < 2 * predicted
+    assert measured < costlier / 2
 
 
 def test_outputs_modified_in_place_are_copied_and_only_those():
     model = build("inplace", 1)
     by_module, _ = plan(model)
-    assert structured.inplace_outputs(model, inputs("mlp", 3, 0), by_module) == {model[0]}  # ReLU(inplace=True) follows it
+    assert inplace_outputs(model, inputs("mlp", 3, 0), by_module) == {model[0]}  # ReLU(inplace=True) follows it
 
 
 def test_uncovered_parameters_go_to_the_jacobian():
@@ -281,8 +314,26 @@ def test_output_of_the_wrong_shape_is_refused():
 
 def test_flop_counts_count_the_forward_pass_and_favour_structure_on_wide_linear_layers():
     small = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1)).double()
-    assert structured.flop_counts(small, inputs("mlp", 4, 0), 4)["forward"] == 2 * (3 * 16 + 16 * 1)  # one multiply-add per weight
+    assert flop_counts(small, inputs("mlp", 4, 0), 4)["forward"] == 2 * (3 * 16 + 16 * 1)  # one multiply-add per weight
     wide = nn.Sequential(nn.Linear(3, 512), nn.Tanh(), nn.Linear(512, 512), nn.Tanh(), nn.Linear(512, 1)).double()
-    counts = structured.flop_counts(wide, inputs("mlp", 64, 0), 64)
+    counts = flop_counts(wide, inputs("mlp", 64, 0), 64)
     # one position per layer: Gram of Grams costs N^2 (in + out) per layer against N^2 in out for the Jacobian's contraction
     assert counts["structured"] < counts["jacobian"] / 10 and counts["jacobian"] < counts["ntk_vp"]
+
+
+def test_a_model_changed_after_its_first_kernel_is_checked_again_and_can_be_freed():
+    """The rules are checked once per model and kind of input; a model changed afterwards (here a Linear
+    whose forward now doubles its weight, so that its rule no longer gives the whole gradient) is
+    checked again, and its kernel still equals Jacobian contraction. Nothing keeps the model alive."""
+    import gc
+    import weakref
+
+    model, x = build("inplace", 1), inputs("mlp", 4, 0)
+    empirical_ntk(model, x, method="structured")
+    layer = model[2]
+    layer.forward = lambda a, w=layer.weight, b=layer.bias: nn.functional.linear(a, 2 * w, b)
+    assert rel_fro(empirical_ntk(model, x, method="structured"), empirical_ntk(model, x, method="jacobian")) < 1e-10
+    alive = weakref.ref(model)
+    del model, layer
+    gc.collect()
+    assert alive() is None

@@ -1,0 +1,317 @@
+"""The kernel methods of `ntk.empirical_ntk`, in one table: what each applies to, its memory and its FLOPs.
+
+`METHODS` maps each name to a `KernelMethod`, in the order method="auto" tries them. The memory
+planner (`ntk.planning`), the memory guard, the message for an unknown name and the documentation's
+table of methods (docs/library.md, generated from here) all read this table; a new method is one
+entry here.
+
+Memory (bytes) and cost (FLOPs, a multiply-add is 2) by formula, with b bytes per number, P
+trainable parameters, O outputs, N1 x N2 inputs (n distinct: N1, or N1 + N2), K = N1 N2 O^2 b the
+result and F the FLOPs of a forward pass of one input:
+
+| method | applies to | memory | FLOPs |
+|---|---|---|---|
+| layerwise | `NTKMLP` | b B (2 F_l + 2 B O^2) + K, F_l = sum_l (2 n_l + O n_{l+1}) | forward, O input-gradient passes, two Gram products per layer |
+| structured | any module | b (2 B A (1 + O) + min(4 B^2 O^2 S^2, 2 B O P) + 2 O P_rest 2 B) + K | n (F + O F) + the cheaper contraction per layer + the Jacobian terms of P_rest |
+| jacobian | any module | 2 b O P (N1 + N2) + K (N2 left out when symmetric) | n (F + 2 O F) + 2 N1 N2 O^2 P |
+| ntk_vp | any module | b c (2 P + 3 N1 A) + b P + K | N2 O (3 F + 3 F N1) |
+
+B is the rows per block (block_size), c the columns per vectorised chunk, A the numbers a rule
+records per input (structured: inputs and outputs of the covered calls) or all leaf modules produce
+(ntk_vp), S the most positions of a covered call and P_rest the parameters no rule covers.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ntk.backends import jacobian_kernel, layerwise_kernel, ntk_vp_kernel
+from ntk.forward import leaf_output_numel, output_dim
+from ntk.model import NTKMLP
+from ntk.structured import plan, structured_kernel
+from ntk.structured.cost import Block, layer_flops, one_input_blocks
+
+Tensor = torch.Tensor
+
+JACOBIAN_OVERHEAD = 2.0  # vmap(jacrev) holds the Jacobians and about as much in intermediates
+
+
+class ModelSizes:
+    """What the memory and FLOP formulas read of one model on one kind of input, each measured on
+    first use (a forward pass of `x_example`, one input) and kept for this object's life only: the
+    planner makes one per call, so nothing outlives the call or survives a change of the model."""
+
+    def __init__(self, model: nn.Module, x_example: Tensor | None):
+        self.model = model
+        self.x_example = None if x_example is None else x_example[:1]
+
+    @functools.cached_property
+    def out_dim(self) -> int:
+        """O."""
+        return output_dim(self.model, self.x_example)
+
+    @functools.cached_property
+    def n_params(self) -> int:
+        """P, the trainable parameters."""
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    @functools.cached_property
+    def leaf_numel(self) -> int:
+        """Numbers all leaf modules produce per input (A of ntk_vp)."""
+        return leaf_output_numel(self.model, self.x_example)
+
+    @functools.cached_property
+    def structured_plan(self) -> tuple[dict[nn.Module, dict[str, str]], list[str]]:
+        """The structured rules' coverage (`ntk.structured.plan`)."""
+        return plan(self.model)
+
+    @functools.cached_property
+    def blocks(self) -> list[Block]:
+        """The weight blocks of the covered module calls on one input."""
+        if "counted" in self.__dict__:
+            return self.counted[0]
+        return one_input_blocks(self.model, self.x_example, self.structured_plan[0])
+
+    @functools.cached_property
+    def counted(self) -> tuple[list[Block], float]:
+        """The blocks and F, the FLOPs of one input's forward pass (`torch.utils.flop_counter`), from one pass."""
+        counter = FlopCounterMode(display=False)
+        with counter:
+            blocks = one_input_blocks(self.model, self.x_example, self.structured_plan[0])
+        return blocks, float(counter.get_total_flops())
+
+    @property
+    def forward_flops(self) -> float:
+        """F."""
+        return self.counted[1]
+
+    @functools.cached_property
+    def n_rest(self) -> int:
+        """P_rest, the trainable parameters no structured rule covers."""
+        rest = set(self.structured_plan[1])
+        return sum(p.numel() for name, p in self.model.named_parameters() if name in rest)
+
+
+@dataclass(frozen=True)
+class KernelMethod:
+    """One exact method of the empirical NTK.
+
+    Attributes:
+        name: the value of `empirical_ntk(method=...)`.
+        summary: what it does, in one line (the documentation's table).
+        applies_to: the models it takes, in words.
+        refuses: model -> None if the method takes it, else why not (one line).
+        in_auto: model -> whether method="auto" tries it for this model.
+        blocks: what block_size counts: "rows" (of x1 and x2), "columns" (of the kernel, per
+            vectorised chunk) or None (no blocking).
+        memory: (sizes, n1, n2, symmetric, dtype, block) -> bytes.
+        flops: (sizes, n1, n2, symmetric, trace) -> FLOPs of the (n1, n2) kernel.
+        compute: (model, x1, x2, dtype, block, trace) -> the kernel.
+    """
+
+    name: str
+    summary: str
+    applies_to: str
+    refuses: Callable[[nn.Module], str | None]
+    in_auto: Callable[[nn.Module], bool]
+    blocks: str | None
+    memory: Callable[[ModelSizes, int, int, bool, torch.dtype, int | None], float]
+    flops: Callable[[ModelSizes, int, int, bool, bool], float]
+    compute: Callable[..., Tensor]
+
+    def largest_block(self, sizes: ModelSizes, n1: int, n2: int) -> int | None:
+        """The block that computes everything at once (None for a method without blocks)."""
+        if self.blocks == "rows":
+            return max(n1, n2)
+        if self.blocks == "columns":
+            return n2 * sizes.out_dim
+        return None
+
+
+def _bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _result_bytes(s: ModelSizes, n1: int, n2: int, b: int) -> float:
+    return n1 * n2 * s.out_dim**2 * b
+
+
+def _rows(block: int | None, n1: int, n2: int) -> int:
+    return min(block or max(n1, n2), max(n1, n2))
+
+
+def _layerwise_memory(s: ModelSizes, n1: int, n2: int, symmetric: bool, dtype: torch.dtype, block: int | None) -> float:
+    b = _bytes(dtype)
+    rows, o, widths = _rows(block, n1, n2), s.out_dim, s.model.widths
+    per_input = sum(2 * widths[l] + o * widths[l + 1] for l in range(s.model.depth))
+    cast = max(p.numel() for p in s.model.parameters()) * b if s.model.layers[0].weight.dtype != dtype else 0
+    return b * rows * (2 * per_input + 2 * rows * o**2) + cast + _result_bytes(s, n1, n2, b)
+
+
+def _structured_memory(s: ModelSizes, n1: int, n2: int, symmetric: bool, dtype: torch.dtype, block: int | None) -> float:
+    b = _bytes(dtype)
+    rows, o = _rows(block, n1, n2), s.out_dim
+    per_input = sum(blk.numbers for blk in s.blocks)
+    positions = max([blk.positions for blk in s.blocks], default=1)
+    grams = 4 * rows * rows * o**2 * positions**2  # Gram-of-Grams temporaries (bounded below)
+    jac = JACOBIAN_OVERHEAD * o * s.n_rest * 2 * rows
+    return b * (2 * rows * per_input * (1 + o) + min(grams, 2 * rows * o * s.n_params) + jac) + _result_bytes(s, n1, n2, b)
+
+
+def _jacobian_memory(s: ModelSizes, n1: int, n2: int, symmetric: bool, dtype: torch.dtype, block: int | None) -> float:
+    b = _bytes(dtype)
+    return JACOBIAN_OVERHEAD * b * s.out_dim * s.n_params * (n1 + (0 if symmetric else n2)) + _result_bytes(s, n1, n2, b)
+
+
+def _ntk_vp_memory(s: ModelSizes, n1: int, n2: int, symmetric: bool, dtype: torch.dtype, block: int | None) -> float:
+    b = _bytes(dtype)
+    chunk = block or 1
+    return b * chunk * (2 * s.n_params + 3 * n1 * s.leaf_numel) + b * s.n_params + _result_bytes(s, n1, n2, b)
+
+
+def layerwise_flops(widths: list[int], n1: int, n2: int | None = None, o: int = 1, trace: bool = True) -> float:
+    """FLOPs of the layer-wise kernel of an MLP with `widths` n_0 ... n_L: the forward pass, O passes
+    back to the first hidden layer, and per layer the Gram products of its inputs and cotangents."""
+    symmetric = n2 is None
+    n2 = n1 if symmetric else n2
+    n = n1 if symmetric else n1 + n2
+    oo = o if trace else o * o
+    forward = sum(2 * n * a * b for a, b in zip(widths[:-1], widths[1:]))
+    backward = o * sum(2 * n * a * b for a, b in zip(widths[1:-1], widths[2:]))
+    grams = sum(2 * n1 * n2 * w for w in widths[:-1]) + sum(2 * n1 * n2 * oo * w for w in widths[1:-1])
+    grams += 2 * n1 * n2 * oo * o if o > 1 else 0
+    return float(forward + backward + grams)
+
+
+def _jacobian_flops(s: ModelSizes, n1: int, n2: int, symmetric: bool, trace: bool) -> float:
+    o, f = s.out_dim, s.forward_flops
+    return (n1 if symmetric else n1 + n2) * (f + 2 * o * f) + 2 * n1 * n2 * (o if trace else o * o) * s.n_params
+
+
+def _ntk_vp_flops(s: ModelSizes, n1: int, n2: int, symmetric: bool, trace: bool) -> float:
+    return n2 * s.out_dim * (3 * s.forward_flops + 3 * s.forward_flops * n1)
+
+
+def _structured_flops(s: ModelSizes, n1: int, n2: int, symmetric: bool, trace: bool) -> float:
+    o, f, n = s.out_dim, s.forward_flops, n1 if symmetric else n1 + n2
+    by_module, rest = s.structured_plan
+    layers = layer_flops(s.blocks, by_module, n1, n2, o, trace, symmetric)
+    return n * (f + o * f) + layers + ((n * 2 * o * f + 2 * n1 * n2 * (o if trace else o * o) * s.n_rest) if rest else 0.0)
+
+
+def _layerwise(model: nn.Module, x1, x2, dtype, block, trace) -> Tensor:
+    return layerwise_kernel(model, x1, x2, dtype, block, trace)
+
+
+def _structured(model: nn.Module, x1, x2, dtype, block, trace) -> Tensor:
+    return structured_kernel(model, x1, x2, dtype, block, trace)
+
+
+def _jacobian(model: nn.Module, x1, x2, dtype, block, trace) -> Tensor:
+    return jacobian_kernel(model, x1, x2, dtype, trace)
+
+
+def _ntk_vp(model: nn.Module, x1, x2, dtype, block, trace) -> Tensor:
+    return ntk_vp_kernel(model, x1, x2, dtype, block, trace)
+
+
+def _needs_mlp(model: nn.Module) -> str | None:
+    if isinstance(model, NTKMLP):
+        return None
+    return f"method='layerwise' needs an NTKMLP, got {type(model).__name__}; use method='structured', 'ntk_vp' or 'jacobian'"
+
+
+METHODS: dict[str, KernelMethod] = {
+    m.name: m
+    for m in (
+        KernelMethod(
+            name="layerwise",
+            summary="the NTK MLP's kernel layer by layer from one forward and one backward pass (paper, Section 4)",
+            applies_to="NTKMLP",
+            refuses=_needs_mlp,
+            in_auto=lambda model: isinstance(model, NTKMLP),
+            blocks="rows",
+            memory=_layerwise_memory,
+            flops=lambda s, n1, n2, symmetric, trace: layerwise_flops(s.model.widths, n1, None if symmetric else n2, s.out_dim, trace),
+            compute=_layerwise,
+        ),
+        KernelMethod(
+            name="structured",
+            summary="per-layer rules, the cheaper exact contraction per layer (Novak et al. 2022), the Jacobian for the rest",
+            applies_to="any module",
+            refuses=lambda model: None,
+            in_auto=lambda model: not isinstance(model, NTKMLP),  # layerwise is the same rule, faster, on an NTKMLP
+            blocks="rows",
+            memory=_structured_memory,
+            flops=_structured_flops,
+            compute=_structured,
+        ),
+        KernelMethod(
+            name="jacobian",
+            summary="torch.func vmap(jacrev) per-sample Jacobians, contracted over the parameters (the reference)",
+            applies_to="any module",
+            refuses=lambda model: None,
+            in_auto=lambda model: True,
+            blocks=None,
+            memory=_jacobian_memory,
+            flops=_jacobian_flops,
+            compute=_jacobian,
+        ),
+        KernelMethod(
+            name="ntk_vp",
+            summary="Jacobian-free: one vjp per column and one jvp over x1, vectorised over a chunk of columns",
+            applies_to="any module",
+            refuses=lambda model: None,
+            in_auto=lambda model: True,
+            blocks="columns",
+            memory=_ntk_vp_memory,
+            flops=_ntk_vp_flops,
+            compute=_ntk_vp,
+        ),
+    )
+}
+
+METHOD_NAMES = ("auto", *METHODS)  # what `empirical_ntk(method=...)` accepts
+
+
+def get_method(name: str) -> KernelMethod:
+    """The method called `name`; one line naming the allowed ones otherwise."""
+    if name not in METHODS:
+        raise ValueError(f"unknown NTK method {name!r}; allowed: {', '.join(METHOD_NAMES)}")
+    return METHODS[name]
+
+
+def flop_counts(model: nn.Module, x_example: Tensor, n1: int, n2: int | None = None, trace: bool = True) -> dict[str, float]:
+    """FLOPs (a multiply-add is 2) of one (n1, n2) kernel (n2 None: symmetric) by every method that
+    applies to `model`, by the formulas of the table (module docstring), in the manner of Novak et
+    al. (2022, Tables 1-2); F from `torch.utils.flop_counter` on one input of `x_example`.
+
+    Returns:
+        {method name: FLOPs} for every applicable method, and "forward": F.
+
+    Example:
+        >>> import torch
+        >>> counts = flop_counts(torch.nn.Linear(3, 1), torch.zeros(1, 3), 4)
+        >>> counts["forward"], counts["jacobian"]  # F = 2 x 3; 4 (F + 2F) + 2 x 16 x 4 parameters
+        (6.0, 200.0)
+    """
+    sizes = ModelSizes(model, x_example)
+    symmetric, n2 = n2 is None, n1 if n2 is None else n2
+    out = {"forward": sizes.forward_flops}
+    out |= {m.name: float(m.flops(sizes, n1, n2, symmetric, trace)) for m in METHODS.values() if m.refuses(model) is None}
+    return out
+
+
+def methods_table() -> str:
+    """The table of methods as Markdown (name, what it applies to, whether auto tries it, what block_size
+    counts, what it does), for the documentation."""
+    rows = ["| method | applies to | block_size counts | what it does |", "|---|---|---|---|"]
+    for m in METHODS.values():
+        rows.append(f"| `{m.name}` | {m.applies_to} | {m.blocks or '(no blocks)'} | {m.summary} |")
+    return "\n".join(rows)

@@ -1,0 +1,77 @@
+"""The cost model of the structured kernel: its weight blocks per input, their sizes and FLOPs.
+
+`one_input_blocks` measures, in one forward pass of one input, every weight block a covered module
+applies (the memory planner's sizes, `ntk.methods.ModelSizes`), and `layer_flops` the FLOPs of the
+cheaper contraction of every block (`ntk.methods.flop_counts` adds the passes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ntk.forward import as_model_input, hooked
+from ntk.structured.contractions import contraction_costs
+from ntk.structured.coverage import CONVS
+from ntk.structured.records import conv_padded, conv_patches, out_positions, record
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Block:
+    """One weight block a covered module applies in a forward pass of one input."""
+
+    module: nn.Module
+    numbers: int  # what the kernel records for it per input: its inputs (patches, for a convolution) and outputs
+    positions: int  # positions that share the weight (tokens, patches; 1 for a plain linear layer)
+    fan_in: int  # per output channel: in/groups x kernel for a convolution, 1 for an elementwise weight
+    fan_out: int  # output channels (per group)
+    groups: int = 1
+
+
+def one_input_blocks(model: nn.Module, x1: Tensor, by_module: dict[nn.Module, dict[str, str]]) -> list[Block]:
+    """The weight blocks of every covered module call on one input (one forward pass, hooks; with grad
+    enabled, as in the kernel, so that no fused no-grad fast path bypasses the modules)."""
+    blocks: list[Block] = []
+
+    def hook(module: nn.Module, args: tuple, out) -> None:
+        x = args[0].detach()
+        if isinstance(module, nn.MultiheadAttention):  # three blocks (E, E) on the L tokens, inputs and outputs (L, E) each
+            e = module.embed_dim
+            blocks.extend([Block(module, 2 * x.numel(), x.numel() // e, e, e)] * 3)
+        elif isinstance(module, CONVS):  # counted as patches, the larger form the kernel may build
+            patches, g = conv_patches(module, conv_padded(module, x)), module.groups
+            blocks.append(
+                Block(module, patches.numel() + out.numel(), patches.shape[2], module.weight[0].numel(), module.out_channels // g, g)
+            )
+        else:
+            cot = out_positions(module, out)  # (1, positions, channels)
+            fan_in = x.shape[-1] if isinstance(module, nn.Linear) else 1
+            blocks.append(Block(module, record(module, x).numel() + out.numel(), cot.shape[1], fan_in, cot.shape[-1]))
+
+    with hooked(by_module, hook), torch.enable_grad():
+        model(as_model_input(model, x1[:1]))
+    return blocks
+
+
+def layer_flops(
+    blocks: list[Block], by_module: dict[nn.Module, dict[str, str]], n1: int, n2: int, o: int, trace: bool, symmetric: bool
+) -> float:
+    """FLOPs (a multiply-add is 2) of the covered modules' shares of an (n1, n2) kernel with O outputs:
+    for a weight matrix the cheaper of the two contractions (`contraction_costs`, its bias as one more
+    input column), for elementwise weights, embeddings and lone biases the per-sample gradients and
+    their Gram."""
+    n = n1 if symmetric else n1 + n2
+    oo = o if trace else o * o
+    total = 0.0
+    for b in blocks:
+        names = by_module[b.module]
+        if isinstance(b.module, (nn.Linear, nn.MultiheadAttention, *CONVS)) and ("weight" in names or "in_proj_weight" in names):
+            costs = contraction_costs(n1, n2, o, b.positions, b.positions, b.fan_in + 1, b.fan_out, trace, symmetric)
+            total += 2 * b.groups * min(costs)
+        else:
+            total += 2 * (n * o * b.positions * b.fan_out + n1 * n2 * oo * b.fan_out)
+    return total

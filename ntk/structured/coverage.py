@@ -1,0 +1,74 @@
+"""Which trainable parameters the structured kernel's rules cover, and which go to Jacobian contraction.
+
+A rule covers the weight and bias of nn.Linear, nn.Conv1d/2d/3d (zero padding), nn.Embedding (no
+max_norm), nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d/2d/3d in eval mode with running statistics, and
+the packed input projection of nn.MultiheadAttention. `plan` splits a model's trainable parameters
+between the rules and the Jacobian; `check_independent_samples` refuses models whose samples interact.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+WEIGHT_BIAS = ("weight", "bias")
+ATTENTION = ("in_proj_weight", "in_proj_bias")
+
+
+def covered(module: nn.Module) -> bool:
+    """Whether a rule covers `module` (its weight and bias)."""
+    if isinstance(module, nn.Linear):
+        return True
+    if isinstance(module, CONVS):
+        return module.padding_mode == "zeros"
+    if isinstance(module, nn.Embedding):
+        return module.max_norm is None
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        return module.affine and module.track_running_stats
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+        return getattr(module, "elementwise_affine", getattr(module, "affine", False))
+    if isinstance(module, nn.MultiheadAttention):
+        simple = module._qkv_same_embed_dim and module.bias_k is None and not module.add_zero_attn
+        return simple and not (module.training and module.dropout > 0)
+    return False
+
+
+def _rule_names(module: nn.Module) -> tuple[str, ...]:
+    return ATTENTION if isinstance(module, nn.MultiheadAttention) else WEIGHT_BIAS
+
+
+def _own_params(module: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in module.named_parameters(recurse=False) if p is not None}
+
+
+def plan(model: nn.Module) -> tuple[dict[nn.Module, dict[str, str]], list[str]]:
+    """Which trainable parameters the rules cover (module -> its parameter names) and which are left
+    to Jacobian contraction (full names). A parameter shared by several modules, or one a rule does not
+    know (say a covered module with an extra parameter), goes to the Jacobian."""
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, p in _own_params(module).items():
+            owners.setdefault(id(p), []).append((module, name))
+    by_module: dict[nn.Module, dict[str, str]] = {}  # module -> {its parameter name: full name}
+    rest: list[str] = []
+    for full, p in model.named_parameters():  # (named_parameters lists a shared parameter once)
+        if not p.requires_grad:
+            continue
+        uses = owners[id(p)]
+        module, name = uses[0]
+        if len(uses) == 1 and covered(module) and name in _rule_names(module):
+            by_module.setdefault(module, {})[name] = full
+        else:
+            rest.append(full)
+    return by_module, rest
+
+
+def check_independent_samples(model: nn.Module) -> None:
+    """Refuse a model whose samples interact (batch statistics), whose NTK per input pair is undefined."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or not module.track_running_stats):
+            raise ValueError(
+                f"{name or 'the model'} ({type(module).__name__}) normalises by the statistics of the batch, so the output for one input "
+                "depends on the others and the NTK is not a kernel of input pairs; call model.eval() (with running statistics) first"
+            )
