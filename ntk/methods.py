@@ -113,6 +113,11 @@ class KernelMethod:
         memory: (sizes, n1, n2, symmetric, dtype, block) -> bytes.
         flops: (sizes, n1, n2, symmetric, trace) -> FLOPs of the (n1, n2) kernel.
         compute: (model, x1, x2, dtype, block, trace) -> the kernel.
+
+    Example:
+        >>> import ntk
+        >>> [(m.name, m.applies_to) for m in ntk.METHODS.values()]
+        [('layerwise', 'NTKMLP'), ('structured', 'any module'), ('jacobian', 'any module'), ('ntk_vp', 'any module')]
     """
 
     name: str

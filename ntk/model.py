@@ -37,6 +37,12 @@ class NTKDense(nn.Module):
         generator: source of the N(0, 1) draws; weight first, then bias. The draws are made on
             the generator's device (the CPU for `torch.Generator()`) and then moved to `device`,
             so a CPU generator gives the same network on every device.
+
+    Example:
+        >>> import torch, ntk
+        >>> layer = ntk.NTKDense(3, 4, beta=0.1, generator=torch.Generator().manual_seed(0))
+        >>> layer(torch.randn(2, 3)).shape
+        torch.Size([2, 4])
     """
 
     def __init__(
@@ -92,6 +98,12 @@ class NTKMLP(nn.Module):
 
     Parameters are named `layers.{l}.weight` (n_{l+1}, n_l) and `layers.{l}.bias`, so the module
     works with `torch.func.functional_call`.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(in_dim=2, width=100, depth=3, generator=torch.Generator().manual_seed(0))
+        >>> model(torch.randn(5, 2)).shape  # every parameter N(0, 1); widths 2-100-100-1
+        torch.Size([5, 1])
     """
 
     def __init__(

@@ -41,8 +41,8 @@ def memory_estimate(
         >>> import torch
         >>> from ntk import NTKMLP
         >>> model = NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
-        >>> memory_estimate(model, "jacobian", 10, 10, True, torch.float64)  # 2 x 8 B x 10 x 10,401 + 8 B x 100
-        1664960.0
+        >>> memory_estimate(model, "jacobian", 10, 10, True, torch.float64)  # 2 x 8 B x 10 x 10,501 + 8 B x 100
+        1680960.0
     """
     sizes = sizes if sizes is not None else ModelSizes(model, x_example)
     return float(get_method(method).memory(sizes, n1, n2, symmetric, dtype, block_size))

@@ -44,6 +44,13 @@ def flow_matrix(ntk_train: Tensor, t: float, rcond: float = 1e-10, lr: float | N
 
     With lr, gradient descent's A_t = K^{-1} (I - (I - lr K / N)^(t / lr)); t must then be a
     multiple of lr (t = math.inf: K^{-1} as well, for lr below the stability bound 2 N / lambda_max).
+
+    Example:
+        >>> import torch, ntk
+        >>> theta = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        >>> ntk.flow_matrix(theta, t=1.0)  # Theta^-1 (I - exp(-t Theta / N)), N = 2
+        tensor([[0.3161, 0.0000],
+                [0.0000, 0.3935]], dtype=torch.float64)
     """
     if ntk_train.dim() != 2 or ntk_train.shape[0] != ntk_train.shape[1]:
         raise ValueError(f"the training kernel must be square (N, N), got {tuple(ntk_train.shape)}")
@@ -106,6 +113,13 @@ def kernel_regression(
 
     Returns:
         (M,) or (M, O).
+
+    Example:
+        >>> import torch, ntk
+        >>> theta = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+        >>> y = torch.tensor([1.0, -1.0], dtype=torch.float64)
+        >>> torch.allclose(ntk.kernel_regression(theta, theta, y), y)  # at t = inf the training points are fitted
+        True
     """
     device = ntk_train.device
     residual = y_train.to(device) if f0_train is None else y_train.to(device) - f0_train.to(device)
@@ -131,13 +145,33 @@ def gaussian_prediction(
         y_train: (N,).
         t: training time.
         lr: gradient descent at this learning rate instead of the gradient flow (`flow_matrix`).
+
+    Example:
+        >>> import torch, ntk
+        >>> x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> nngp, theta = ntk.limiting_kernels(x, None, depth=3)
+        >>> tr, te = slice(0, 3), slice(3, 5)
+        >>> mean, cov = ntk.gaussian_prediction(theta[te, tr], theta[tr, tr], nngp[te, te], nngp[te, tr], nngp[tr, tr], x[tr, 0])
+        >>> mean.shape, cov.shape
+        (torch.Size([2]), torch.Size([2, 2]))
     """
     b = ntk_test_train @ flow_matrix(ntk_train, t, lr=lr)  # k(x) A_t, (M, N)
     return b @ y_train.to(b.device, b.dtype).reshape(-1), prediction_covariance(b, nngp_test, nngp_test_train, nngp_train)
 
 
 def prediction_covariance(gain: Tensor, nngp_test: Tensor, nngp_test_train: Tensor, nngp_train: Tensor) -> Tensor:
-    """The covariance (M, M) of `gaussian_prediction` from its gain k(x) A_t, (M, N), when that is known."""
+    """The covariance (M, M) of `gaussian_prediction` from its gain k(x) A_t, (M, N), when that is known.
+
+    Example:
+        >>> import torch, ntk
+        >>> x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> nngp, theta = ntk.limiting_kernels(x, None, depth=3)
+        >>> tr, te = slice(0, 3), slice(3, 5)
+        >>> gain = theta[te, tr] @ ntk.flow_matrix(theta[tr, tr], float("inf"))
+        >>> _, cov = ntk.gaussian_prediction(theta[te, tr], theta[tr, tr], nngp[te, te], nngp[te, tr], nngp[tr, tr], x[tr, 0])
+        >>> torch.allclose(ntk.prediction_covariance(gain, nngp[te, te], nngp[te, tr], nngp[tr, tr]), cov)
+        True
+    """
     cross = gain @ nngp_test_train.T  # k(x) A_t Sigma(X, x'), (M, M)
     cov = nngp_test - cross - cross.T + gain @ nngp_train @ gain.T
     return 0.5 * (cov + cov.T)
@@ -161,6 +195,14 @@ def linearised_gradient_descent(
 
     Returns:
         {t: f_lin(x_eval) at t, shape (M, O)} for every t in `record_t`.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> out = ntk.linearised_gradient_descent(model, x, x[:, :1], lr=1.0, steps=10, x_eval=x, record_t=[0, 10])
+        >>> sorted(out), out[10.0].shape
+        ([0.0, 10.0], torch.Size([4, 1]))
     """
     to_record = record_steps(record_t, lr, steps)
     params = {k: v.detach().to(dtype) for k, v in model.named_parameters()}
@@ -226,6 +268,14 @@ def kernel_gradient_descent(
     Returns:
         {t: f_lin(x_eval) at t, shape (M, O)} for every t in `record_t`, in the dtype and on the
         device of `ntk_train`.
+
+    Example:
+        >>> import torch, ntk
+        >>> theta = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+        >>> zeros, y = torch.zeros(2, 1, dtype=torch.float64), torch.ones(2, 1, dtype=torch.float64)
+        >>> out = ntk.kernel_gradient_descent(theta, theta, zeros, zeros, y, lr=0.5, steps=2000, record_t=[1000.0])
+        >>> torch.allclose(out[1000.0], y)  # the training outputs reach the targets
+        True
     """
     to_record = record_steps(record_t, lr, steps)
     n, m = ntk_train.shape[0], ntk_eval_train.shape[0]

@@ -45,6 +45,13 @@ def kernel_pca(kernel: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
     Returns:
         lambdas (k,) descending, and f (N, k) with (1/N) sum_j f[j, i]^2 = 1.
+
+    Example:
+        >>> import torch, ntk
+        >>> k = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+        >>> eigenvalues, eigenvectors = ntk.kernel_pca(k, 2)  # of K / N
+        >>> eigenvalues
+        tensor([1.0000, 0.6667], dtype=torch.float64)
     """
     if kernel.dim() != 2 or kernel.shape[0] != kernel.shape[1]:
         raise ValueError(f"kernel must be square (N, N), got {tuple(kernel.shape)}")
@@ -70,6 +77,13 @@ def rayleigh_quotients(kernel: Tensor, funcs: Tensor) -> Tensor:
 
     Returns:
         (k,) quotients, in the dtype of `kernel`.
+
+    Example:
+        >>> import torch, ntk
+        >>> k = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+        >>> values, functions = ntk.kernel_pca(k, 2)  # normalised: (1/N) sum_j f(x_j)^2 = 1
+        >>> torch.allclose(ntk.rayleigh_quotients(k, functions), values)
+        True
     """
     n = kernel.shape[0]
     if kernel.dim() != 2 or kernel.shape[1] != n or funcs.dim() != 2 or funcs.shape[0] != n:
@@ -93,6 +107,13 @@ def kernel_pca_matrix_free(
         n: N.  k: number of components (< N).  tol: eigsh's relative tolerance.
         device: where the vectors v handed to `matvec` live (the model's device); the Lanczos
             iteration itself runs in scipy on the CPU, and the eigenpairs are returned on `device`.
+
+    Example:
+        >>> import torch, ntk
+        >>> k = torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64))
+        >>> values, _ = ntk.kernel_pca_matrix_free(lambda v: k @ v, n=6, k=2)
+        >>> torch.allclose(values, torch.tensor([1.0, 5 / 6], dtype=torch.float64))
+        True
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
@@ -123,6 +144,13 @@ def power_iteration(
     `tol` (relative) or after `iters` iterations. The start block is drawn from `generator` on its
     own device (a CPU generator: the same start everywhere) and moved to `device`, where `matvec`
     receives its blocks and the eigenpairs are returned.
+
+    Example:
+        >>> import torch, ntk
+        >>> k = torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64))
+        >>> values, _ = ntk.power_iteration(lambda v: k @ v, n=6, k=2, generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(values, torch.tensor([1.0, 5 / 6], dtype=torch.float64))
+        True
     """
     source = generator.device if generator is not None else "cpu"
     v = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=dtype, device=source).to(device))[0]
@@ -172,6 +200,12 @@ def top_eigenvalue(
 
     Raises:
         RuntimeError: the residual is still above tol after max_iter iterations.
+
+    Example:
+        >>> import torch, ntk
+        >>> k = torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64))
+        >>> round(ntk.top_eigenvalue(k), 8)
+        6.0
     """
     if isinstance(operator, Tensor):
         if operator.dim() != 2 or operator.shape[0] != operator.shape[1]:

@@ -41,7 +41,16 @@ class DivergenceError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """Loss at every step, and the stability bound computed at initialisation."""
+    """Loss at every step, and the stability bound computed at initialisation.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> result = ntk.gradient_descent(model, x, x[:, :1], lr=1.0, steps=10)
+        >>> result.t[:3], result.lr_max > 1.0
+        ([0.0, 1.0, 2.0], True)
+    """
 
     t: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
@@ -55,7 +64,17 @@ class TrainResult:
 @dataclass
 class TrainState:
     """What a callback sees: the model at time t = lr * step, its outputs on the training inputs
-    f (N, O) and its training loss there."""
+    f (N, O) and its training loss there.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> states = []
+        >>> _ = ntk.gradient_descent(model, x, x[:, :1], lr=0.5, steps=4, record_t=[1.0], callback=states.append)
+        >>> states[0].t, states[0].step, states[0].f.shape
+        (1.0, 2, torch.Size([4, 1]))
+    """
 
     t: float
     step: int
@@ -66,7 +85,13 @@ class TrainState:
 
 
 def mse_cost(f: Tensor, y: Tensor) -> Tensor:
-    """C = 1/(2N) sum_i ||f_i - y_i||^2 for f, y of shape (N, O)."""
+    """C = 1/(2N) sum_i ||f_i - y_i||^2 for f, y of shape (N, O).
+
+    Example:
+        >>> import torch, ntk
+        >>> ntk.mse_cost(torch.ones(2, 1), torch.zeros(2, 1))  # 1/(2N) sum ||f - y||^2
+        tensor(0.5000)
+    """
     return 0.5 * (f - y).square().sum() / f.shape[0]
 
 
@@ -75,6 +100,14 @@ def largest_stable_lr(model: nn.Module, x: Tensor, dtype: torch.dtype | None = N
 
     The kernel is computed in `dtype` (default the parameters'), its top eigenvalue in float64 by
     Lanczos (`ntk.spectrum.top_eigenvalue`, a few dozen kernel-vector products) on its device.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> lam = torch.linalg.eigvalsh(ntk.empirical_ntk(model, x) / 4)[-1]
+        >>> abs(ntk.largest_stable_lr(model, x) * lam.item() / 2 - 1) < 1e-6  # the float32 kernel's, by Lanczos
+        True
     """
     kernel = empirical_ntk(model, x, dtype=dtype or next(model.parameters()).dtype)
     n = x.shape[0]
@@ -85,7 +118,13 @@ def largest_stable_lr(model: nn.Module, x: Tensor, dtype: torch.dtype | None = N
 
 
 def record_steps(record_t: Sequence[float], lr: float, steps: int) -> dict[int, float]:
-    """Map requested times t to step numbers k = t / lr, refusing times not on the step grid."""
+    """Map requested times t to step numbers k = t / lr, refusing times not on the step grid.
+
+    Example:
+        >>> import ntk
+        >>> ntk.record_steps([0, 0.5, 1.0], lr=0.25, steps=4)  # {step: t}
+        {0: 0.0, 2: 0.5, 4: 1.0}
+    """
     out = {}
     for t in record_t:
         k = round(t / lr)
@@ -136,6 +175,18 @@ def gradient_descent(
     Raises:
         DivergenceError: non-finite loss, or a loss above `divergence_factor` times its initial
             value; the message gives lr_max.
+
+    Example:
+        >>> import torch, ntk
+        >>> model = ntk.NTKMLP(2, 100, 3, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+        >>> y = x[:, :1] * x[:, 1:]
+        >>> seen = []
+        >>> result = ntk.gradient_descent(model, x, y, lr=1.0, steps=100, record_t=[0, 100], callback=lambda s: seen.append(s.t))
+        >>> seen, len(result.loss)  # the loss at t = 0, 1, ..., 100
+        ([0.0, 100.0], 101)
+        >>> result.loss[-1] < result.loss[0]
+        True
     """
     if not lr > 0 or not math.isfinite(lr):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")

@@ -11,7 +11,13 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; otherwise a device string torch understands."""
+    """'auto' -> CUDA when available, else CPU; otherwise a device string torch understands.
+
+    Example:
+        >>> import ntk
+        >>> ntk.resolve_device("cpu")  # "auto" is CUDA when there is one, else the CPU
+        device(type='cpu')
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -29,7 +35,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
-    """'float32' or 'float64' -> torch dtype."""
+    """'float32' or 'float64' -> torch dtype.
+
+    Example:
+        >>> import ntk
+        >>> ntk.resolve_dtype("float64")
+        torch.float64
+    """
     try:
         return DTYPES[dtype]
     except (KeyError, TypeError):

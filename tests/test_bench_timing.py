@@ -1,32 +1,39 @@
-"""The benchmark timer alternates its contenders and repeats short calls within a round."""
+"""The benchmark timer alternates its contenders and repeats short calls within a round (on a fake
+clock: what it computes is checked, never how long anything takes)."""
 
-import time
-
+import pytest
 import torch
 
+from scripts import common
 from scripts.common import calls_per_round, interleaved, spread
 
 
-def test_interleaved_rotates_and_repeats_short_calls():
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """A clock that moves only when a contender runs: each call advances it by that contender's cost."""
+    now = [0.0]
+    monkeypatch.setattr(common.time, "perf_counter", lambda: now[0])
+    return now
+
+
+def test_interleaved_rotates_and_reports_the_mean_per_call(fake_clock):
     log = []
 
     def contender(name, seconds):
         def call():
             log.append(name)
-            time.sleep(seconds)
+            fake_clock[0] += seconds
 
         return call
 
     contenders = {"short": contender("short", 0.002), "long": contender("long", 0.03)}
     times, calls = interleaved(contenders, rounds=4, device=torch.device("cpu"), min_time=0.02)
-    assert calls["long"] == 1 and calls["short"] >= 5  # 0.02 s / (0.002 s + overhead)
-    assert {k: len(v) for k, v in times.items()} == {"short": 4, "long": 4}
-    # per-call means, not per-round totals
-    assert all(0.002 <= t < 0.02 for t in times["short"]) and all(t >= 0.03 for t in times["long"])
-    k = calls["short"]
-    short, long = ["short"] * k, ["long"]
+    assert calls == {"short": 10, "long": 1}  # ceil(0.02 / 0.002), and one call of 0.03 s fills a round
+    assert times == {"short": [pytest.approx(0.002)] * 4, "long": [pytest.approx(0.03)] * 4}  # per call, not per round
+    short, long = ["short"] * 10, ["long"]
+    assert log[:4] == ["short", "short", "long", "long"]  # a warm-up and a timed call each
     assert log[4:] == short + long + long + short + short + long + long + short  # the order rotates
-    assert spread(times["long"])["rounds"] == 4
+    assert spread(times["long"]) == dict(median_s=pytest.approx(0.03), min_s=pytest.approx(0.03), max_s=pytest.approx(0.03), rounds=4)
 
 
 def test_calls_per_round():

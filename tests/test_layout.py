@@ -242,3 +242,18 @@ def test_an_experiment_is_three_new_files_and_no_edit(tmp_path):
         text=True,
     )
     assert (bad.returncode, bad.stderr.strip().splitlines()[-1]) == (2, "error: n_points must be an integer >= 1, got 0")
+
+
+def test_the_public_api_is_one_namespace_with_an_example_for_every_name():
+    """`import ntk` gives every public name (`__all__`), each function and class with an example in its
+    docstring (run as a doctest by the default test run: pytest.ini's --doctest-modules over ntk/)."""
+    import inspect
+
+    import ntk
+
+    assert {"empirical_ntk", "NTKMLP", "limiting_kernels", "gradient_descent", "METHODS"} <= set(ntk.__all__)
+    assert sorted(set(ntk.__all__)) == sorted(ntk.__all__) and all(hasattr(ntk, name) for name in ntk.__all__)
+    documented = [name for name in ntk.__all__ if inspect.isfunction(getattr(ntk, name)) or inspect.isclass(getattr(ntk, name))]
+    exempt = {"DivergenceError"}  # an exception raised by gradient_descent (its docstring says when)
+    assert len(documented) > 40
+    assert [name for name in documented if name not in exempt and ">>> " not in (inspect.getdoc(getattr(ntk, name)) or "")] == []
