@@ -5,20 +5,13 @@ planner (`ntk.planning`), the memory guard, the message for an unknown name and 
 table of methods (docs/library.md, generated from here) all read this table; a new method is one
 entry here.
 
-Memory (bytes) and cost (FLOPs, a multiply-add is 2) by formula, with b bytes per number, P
+Memory (bytes) and cost (FLOPs, a multiply-add is 2) are formulas of each entry, written out in its
+`memory_formula` and `flops_formula` (`methods_table` renders them), with b bytes per number, P
 trainable parameters, O outputs, N1 x N2 inputs (n distinct: N1, or N1 + N2), K = N1 N2 O^2 b the
-result and F the FLOPs of a forward pass of one input:
-
-| method | applies to | memory | FLOPs |
-|---|---|---|---|
-| layerwise | `NTKMLP` | b B (2 F_l + 2 B O^2) + K, F_l = sum_l (2 n_l + O n_{l+1}) | forward, O input-gradient passes, two Gram products per layer |
-| structured | any module | b (2 B A (1 + O) + min(4 B^2 O^2 S^2, 2 B O P) + 2 O P_rest 2 B) + K | n (F + O F) + the cheaper contraction per layer + the Jacobian terms of P_rest |
-| jacobian | any module | 2 b O P (N1 + N2) + K (N2 left out when symmetric) | n (F + 2 O F) + 2 N1 N2 O^2 P |
-| ntk_vp | any module | b c (2 P + 3 N1 A) + b P + K | N2 O (3 F + 3 F N1) |
-
-B is the rows per block (block_size), c the columns per vectorised chunk, A the numbers a rule
-records per input (structured: inputs and outputs of the covered calls) or all leaf modules produce
-(ntk_vp), S the most positions of a covered call and P_rest the parameters no rule covers.
+result, F the FLOPs of a forward pass of one input, B the rows per block (block_size), c the columns
+per vectorised chunk, A the numbers a rule records per input (structured: inputs and outputs of the
+covered calls) or all leaf modules produce (ntk_vp), S the most positions of a covered call and
+P_rest the parameters no structured rule covers.
 """
 
 from __future__ import annotations
@@ -129,6 +122,8 @@ class KernelMethod:
     memory: Callable[[ModelSizes, int, int, bool, torch.dtype, int | None], float]
     flops: Callable[[ModelSizes, int, int, bool, bool], float]
     compute: Callable[..., Tensor]
+    memory_formula: str = ""
+    flops_formula: str = ""
 
     def largest_block(self, sizes: ModelSizes, n1: int, n2: int) -> int | None:
         """The block that computes everything at once (None for a method without blocks)."""
@@ -245,6 +240,8 @@ METHODS: dict[str, KernelMethod] = {
             memory=_layerwise_memory,
             flops=lambda s, n1, n2, symmetric, trace: layerwise_flops(s.model.widths, n1, None if symmetric else n2, s.out_dim, trace),
             compute=_layerwise,
+            memory_formula="b B (2 F_l + 2 B O^2) + K, F_l = sum_l (2 n_l + O n_{l+1}) numbers per input",
+            flops_formula="forward, O passes back to the first hidden layer, two Gram products per layer",
         ),
         KernelMethod(
             name="structured",
@@ -256,6 +253,8 @@ METHODS: dict[str, KernelMethod] = {
             memory=_structured_memory,
             flops=_structured_flops,
             compute=_structured,
+            memory_formula="b (2 B A (1 + O) + min(4 B^2 O^2 S^2, 2 B O P) + 4 O P_rest B) + K",
+            flops_formula="n (F + O F) + the cheaper contraction of each covered layer + the Jacobian terms of P_rest",
         ),
         KernelMethod(
             name="jacobian",
@@ -267,6 +266,8 @@ METHODS: dict[str, KernelMethod] = {
             memory=_jacobian_memory,
             flops=_jacobian_flops,
             compute=_jacobian,
+            memory_formula="2 b O P (N1 + N2) + K (N2 left out when symmetric)",
+            flops_formula="n (F + 2 O F) + 2 N1 N2 O^2 P",
         ),
         KernelMethod(
             name="ntk_vp",
@@ -278,6 +279,8 @@ METHODS: dict[str, KernelMethod] = {
             memory=_ntk_vp_memory,
             flops=_ntk_vp_flops,
             compute=_ntk_vp,
+            memory_formula="b c (2 P + 3 N1 A) + b P + K",
+            flops_formula="N2 O (3 F + 3 F N1)",
         ),
     )
 }
@@ -314,9 +317,14 @@ def flop_counts(model: nn.Module, x_example: Tensor, n1: int, n2: int | None = N
 
 
 def methods_table() -> str:
-    """The table of methods as Markdown (name, what it applies to, whether auto tries it, what block_size
-    counts, what it does), for the documentation."""
-    rows = ["| method | applies to | block_size counts | what it does |", "|---|---|---|---|"]
+    """The table of methods as Markdown, in the order "auto" tries them: what each applies to, what
+    block_size counts, its memory and FLOPs by formula, what it does (the documentation's table).
+
+    Example:
+        >>> print(methods_table().splitlines()[0])
+        | method | applies to | block_size counts | memory (bytes) | FLOPs | what it does |
+    """
+    rows = ["| method | applies to | block_size counts | memory (bytes) | FLOPs | what it does |", "|---|---|---|---|---|---|"]
     for m in METHODS.values():
-        rows.append(f"| `{m.name}` | {m.applies_to} | {m.blocks or '(no blocks)'} | {m.summary} |")
+        rows.append(f"| `{m.name}` | {m.applies_to} | {m.blocks or '(no blocks)'} | {m.memory_formula} | {m.flops_formula} | {m.summary} |")
     return "\n".join(rows)
