@@ -8,22 +8,23 @@ and Generalization in Neural Networks" (NeurIPS 2018), and what followed.
     >>> nngp, theta = ntk.limiting_kernels(x.double(), None, depth=4)  # its n = inf limit (Theorem 1)
     >>> result = ntk.gradient_descent(model, x, x[:, :1] * x[:, 1:], lr=1.0, steps=100)  # t = lr x steps
 
-The names below are the public API; the submodules hold them by topic: `ntk.model` and `ntk.cnn`
-(NTK-parameterised networks), `ntk.empirical` (the empirical NTK; its methods in the table
-`ntk.methods`, its memory plan in `ntk.planning`), `ntk.analytic` (infinite-width kernels), `ntk.train`
+The names below are the public API; the submodules hold them by topic: `ntk.model`, `ntk.cnn` and
+`ntk.blocks` (NTK-parameterised networks and their building blocks), `ntk.empirical` (the empirical NTK; its methods in the table
+`ntk.methods`, its memory plan in `ntk.planning`), `ntk.analytic` and `ntk.limits` (infinite-width kernels of MLPs and of any composition of blocks), `ntk.train`
 (gradient descent in t = lr x steps), `ntk.predict` (kernel regression, the n = inf Gaussian),
 `ntk.spectrum` (kernel PCA, Lanczos), `ntk.finite` (finite-width corrections), `ntk.drift`,
 `ntk.activations`, `ntk.data`, `ntk.memory`, `ntk.utils`.
 """
 
 from ntk.activations import ACTIVATIONS, Activation, as_activation, get_activation
-from ntk.analytic import limiting_kernels
 from ntk.backends import layerwise_factors
+from ntk.blocks import AvgPool, Conv, Dense, Elementwise, Flatten, GlobalAvgPool, Residual
 from ntk.cnn import NTKCNN
 from ntk.data import circle_grid, circle_points, gaussian_inputs, load_mnist, mnist_batch, mnist_split, product_target
 from ntk.drift import DriftLogger, kernel_drift, weight_drift
 from ntk.empirical import empirical_nngp, empirical_ntk, ntk_row, ntk_vector_product
 from ntk.finite import flow_direction, kernel_velocity, ntk_diagonal_ensemble, quadratic_model, train_quadratic
+from ntk.limits import limiting_kernels, model_limiting_kernels
 from ntk.memory import NTKMemoryError, available_memory, parse_bytes
 from ntk.methods import METHODS, KernelMethod, flop_counts
 from ntk.model import NTKMLP, NTKDense
@@ -45,6 +46,13 @@ __all__ = [
     "NTKMLP",
     "NTKDense",
     "NTKCNN",
+    "Dense",
+    "Conv",
+    "Elementwise",
+    "AvgPool",
+    "GlobalAvgPool",
+    "Flatten",
+    "Residual",
     "Activation",
     "ACTIVATIONS",
     "get_activation",
@@ -65,6 +73,7 @@ __all__ = [
     "parse_bytes",
     # infinite width and predictions
     "limiting_kernels",
+    "model_limiting_kernels",
     "flow_matrix",
     "kernel_regression",
     "gaussian_prediction",

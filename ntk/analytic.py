@@ -125,6 +125,50 @@ def limiting_kernels(
     return _recursion(x1, x2, depth, beta, expect)
 
 
+def gaussian_expectations(
+    activation: str | Activation | tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]],
+    method: str = "auto",
+    quadrature_order: int = 24,
+) -> Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """The activation's Gaussian maps, the same as `limiting_kernels` uses: a function
+    expect(a, b, c) -> (E[sigma(u) sigma(v)], E[sigma'(u) sigma'(v)]) for (u, v) ~ N(0, [[a, c], [c, b]]),
+    a, b and c broadcasting against each other (any shapes; the convolutional kernels of `ntk.limits`
+    pass per-position variances). `method` as in `limiting_kernels`; "auto" takes the closed form
+    where there is one (the quadrature for a call whose variances leave its range), else the
+    Hermite series with the quadrature where it does not converge.
+
+    Example:
+        >>> import torch
+        >>> expect = gaussian_expectations("relu")
+        >>> expect(torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0))  # E[relu(u)^2] = 1/2, E[relu'(u)^2] = 1/2
+        (tensor(0.5000), tensor(0.5000))
+    """
+    act = as_activation(activation)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} for the Gaussian expectations; allowed: {', '.join(METHODS)}")
+    if method == "closed" and act.gaussian is None:
+        raise ValueError(f"activation {act.name!r} has no closed form; use method='auto', 'hermite' or 'quadrature'")
+    _check_finite(act)
+    if method == "closed":
+        return act.gaussian
+    if method == "auto" and act.gaussian is not None:
+        limit = getattr(act.gaussian, "max_variance", math.inf)
+        if limit == math.inf:
+            return act.gaussian
+        fallback = _quadrature(act, quadrature_order)
+
+        def expect(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+            inside = max(float(a.max()), float(b.max())) <= limit
+            return act.gaussian(a, b, c) if inside else fallback(a, b, c)
+
+        return expect
+    if method == "auto":
+        return _hermite(act, fallback=_quadrature(act, quadrature_order))
+    if method == "hermite":
+        return _hermite(act)
+    return _quadrature(act, quadrature_order)
+
+
 def _rows_per_block(n1: int, n2: int, order: int, memory_limit: int | None, device: torch.device) -> int:
     """Rows of x1 per block so that the recursion's temporaries fit the memory budget.
 

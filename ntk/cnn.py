@@ -4,24 +4,31 @@
 
 Every weight is drawn i.i.d. N(0, 1); the 1/sqrt(fan-in) (fan-in = C_in k^2 for a k x k
 convolution, C for the read-out) lives in the forward pass, applied to each layer's input, so that
-every layer is a plain `nn.Conv2d` or `nn.Linear` without bias and the structured empirical NTK
-(`ntk.structured`) covers all of its parameters. `channels` is the width: the infinite-width
-limit of Jacot et al. (2018) is channels -> infinity.
+every convolution is a plain `nn.Conv2d` without bias and the structured empirical NTK
+(`ntk.structured`) covers its weights. `channels` is the width: the infinite-width limit of Jacot
+et al. (2018) is channels -> infinity, whose kernels `ntk.limiting_kernels(model, x)` computes
+(`ntk.limits`).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from ntk.blocks import Conv, Dense, Elementwise, GlobalAvgPool
 
 Tensor = torch.Tensor
 
 
-class NTKCNN(nn.Module):
+class NTKCNN(nn.Sequential):
     """Convolutions of `channels` channels (3 x 3, the first at stride 1, the others at stride 2),
-    ReLU, a global average pool and a linear read-out to `out_dim` outputs.
+    ReLU, a global average pool and a linear read-out to `out_dim` outputs: the composition of
+    `ntk.blocks`
+
+        Conv(C_in, C, 3, padding 1, no bias), Elementwise("relu"), Conv(C, C, 3, stride 2, padding 1,
+        no bias), Elementwise("relu"), ..., GlobalAvgPool(), Dense(C, out_dim, no bias)
+
+    so that `ntk.limiting_kernels(model, x)` gives its n = inf kernels (channels -> infinity).
 
     Args:
         in_channels: channels of the input images (N, C, H, W).
@@ -48,25 +55,23 @@ class NTKCNN(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
         for name, n in (("in_channels", in_channels), ("channels", channels), ("depth", depth), ("out_dim", out_dim)):
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
         widths = [in_channels] + [channels] * depth
-        self.convs = nn.ModuleList(
-            nn.Conv2d(c_in, c_out, 3, stride=1 if l == 0 else 2, padding=1, bias=False, device=device, dtype=dtype)
-            for l, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]))
-        )
-        self.readout = nn.Linear(channels, out_dim, bias=False, device=device, dtype=dtype)
-        source = generator.device if generator is not None else device
-        with torch.no_grad():
-            for layer in [*self.convs, self.readout]:
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator, device=source, dtype=layer.weight.dtype))
-        self.scales = [1.0 / math.sqrt(c * 9) for c in widths[:-1]] + [1.0 / math.sqrt(channels)]
+        kw = dict(generator=generator, device=device, dtype=dtype)
+        layers: list[nn.Module] = []
+        for l, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
+            layers += [Conv(c_in, c_out, 3, stride=1 if l == 0 else 2, padding=1, bias=False, **kw), Elementwise("relu")]
+        layers += [GlobalAvgPool(), Dense(channels, out_dim, beta=0.0, bias=False, **kw)]
+        super().__init__(*layers)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """f(x) for images (N, C, H, W); returns (N, out_dim)."""
-        h = x
-        for conv, scale in zip(self.convs, self.scales):
-            h = torch.relu(conv(h * scale))
-        return self.readout(h.mean((2, 3)) * self.scales[-1])
+    @property
+    def convs(self) -> list[Conv]:
+        """The convolution blocks, first to last."""
+        return [m for m in self if isinstance(m, Conv)]
+
+    @property
+    def readout(self) -> Dense:
+        """The linear read-out."""
+        return self[-1]

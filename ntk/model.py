@@ -28,7 +28,8 @@ Tensor = torch.Tensor
 
 
 class NTKDense(nn.Module):
-    """One NTK-parameterised affine layer z = W a / sqrt(n_in) + beta * b.
+    """One NTK-parameterised affine layer z = sigma_w W a / sqrt(n_in) + beta * b (the dense building
+    block, `ntk.blocks.Dense`).
 
     Args:
         in_features: n_l, the fan-in.
@@ -37,6 +38,8 @@ class NTKDense(nn.Module):
         generator: source of the N(0, 1) draws; weight first, then bias. The draws are made on
             the generator's device (the CPU for `torch.Generator()`) and then moved to `device`,
             so a CPU generator gives the same network on every device.
+        sigma_w: weight scale (1 in the paper).
+        bias: whether the layer has a bias (without one, z = sigma_w W a / sqrt(n_in) and beta is unused).
 
     Example:
         >>> import torch, ntk
@@ -53,22 +56,27 @@ class NTKDense(nn.Module):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        sigma_w: float = 1.0,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
-        self.beta = float(beta)
-        self.scale = 1.0 / math.sqrt(in_features)
+        self.beta = float(beta) if bias else 0.0
+        self.sigma_w = float(sigma_w)
+        self.scale = self.sigma_w / math.sqrt(in_features)
         source = generator.device if generator is not None else device  # where the numbers are drawn
         kw = dict(generator=generator, device=source, dtype=dtype)
         self.weight = nn.Parameter(torch.randn(out_features, in_features, **kw).to(device))  # (n_{l+1}, n_l)
-        self.bias = nn.Parameter(torch.randn(out_features, **kw).to(device))  # (n_{l+1},)
+        self.bias = nn.Parameter(torch.randn(out_features, **kw).to(device)) if bias else None  # (n_{l+1},)
 
     def forward(self, a: Tensor) -> Tensor:
+        if self.bias is None:
+            return nn.functional.linear(a * self.scale, self.weight)
         return dense(a, self.weight, self.bias, self.scale, self.beta)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, beta={self.beta}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, beta={self.beta}, sigma_w={self.sigma_w}, bias={self.bias is not None}"
 
 
 def dense(a: Tensor, weight: Tensor, bias: Tensor, scale: float, beta: float) -> Tensor:

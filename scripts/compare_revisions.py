@@ -42,7 +42,10 @@ from scripts.common import BENCH_DIR, interleaved, parse_kv, spread
 from scripts.compare_devices import as_list, compare_tables, tables_of
 
 ROOT = Path(__file__).resolve().parent.parent
-MLP_CASES = [dict(width=1000, depth=4, n=256, methods=("layerwise", "jacobian", "ntk_vp")), dict(width=2000, depth=4, n=256, methods=("layerwise",))]
+MLP_CASES = [
+    dict(width=1000, depth=4, n=256, methods=("layerwise", "jacobian", "ntk_vp")),
+    dict(width=2000, depth=4, n=256, methods=("layerwise",)),
+]
 STRUCTURED_MODELS = ("mlp", "cnn", "lenet", "resnet18", "transformer")
 
 
@@ -134,7 +137,9 @@ def bench(base_empirical, base_model, rounds: int) -> pd.DataFrame:
 
 
 def main(argv: list[str]) -> int:
-    args = parse_kv(argv, dict(base="HEAD~1", names=experiment_names(), rtol=1e-12, rounds=5, bench=True, tables=True, out_dir=str(BENCH_DIR)))
+    args = parse_kv(
+        argv, dict(base="HEAD~1", names=experiment_names(), rtol=1e-12, rounds=5, bench=True, tables=True, out_dir=str(BENCH_DIR))
+    )
     names, out_dir = as_list(args["names"]), Path(args["out_dir"])
     unknown = sorted(set(names) - set(experiment_names()))
     if unknown:
@@ -165,7 +170,10 @@ def main(argv: list[str]) -> int:
             md += [f"- {f}" for f in failures]
             print("\n".join(md))
             atomic_write_text(out_dir / "revisions_tables.md", "\n".join(md) + "\n")
-            atomic_write_json(out_dir / "revisions_tables.provenance.json", provenance(command=["python", "-m", "scripts.compare_revisions", *argv], **prov))
+            atomic_write_json(
+                out_dir / "revisions_tables.provenance.json",
+                provenance(command=["python", "-m", "scripts.compare_revisions", *argv], **prov),
+            )
             status = 1 if len(off) or failures else 0
         if args["bench"]:
             base_empirical, base_model = load_base_package(tree, work)
@@ -174,7 +182,10 @@ def main(argv: list[str]) -> int:
             print(md)
             atomic_write_text(out_dir / "revisions_bench.csv", results.to_csv(index=False))
             atomic_write_text(out_dir / "revisions_bench.md", md + "\n")
-            atomic_write_json(out_dir / "revisions_bench.provenance.json", provenance(command=["python", "-m", "scripts.compare_revisions", *argv], **prov))
+            atomic_write_json(
+                out_dir / "revisions_bench.provenance.json",
+                provenance(command=["python", "-m", "scripts.compare_revisions", *argv], **prov),
+            )
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

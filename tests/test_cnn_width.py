@@ -58,7 +58,7 @@ def test_cnn_is_ntk_parameterised():
     traces = []
     for channels in (16, 256):
         model = NTKCNN(1, channels, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        w = model.convs[1].weight
+        w = model.convs[1].conv.weight
         assert abs(w.mean().item()) < 5 / w.numel() ** 0.5 and abs(w.std().item() - 1) < 5 / w.numel() ** 0.5
         traces.append(empirical_ntk(model, x).trace().item())
     assert 0.5 < traces[1] / traces[0] < 2

@@ -337,3 +337,15 @@ def test_a_model_changed_after_its_first_kernel_is_checked_again_and_can_be_free
     del model, layer
     gc.collect()
     assert alive() is None
+
+
+def test_ntk_dense_layers_have_their_rule():
+    """NTKDense (z = W (a / sqrt(n)) + beta b) is covered, its bias with the factor beta: the structured
+    kernel of an NTKMLP equals its layer-wise kernel, with no parameter left to the Jacobian."""
+    from ntk.model import NTKMLP
+
+    model = NTKMLP(3, 16, 3, out_dim=2, beta=0.3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = inputs("mlp", 5, 0)
+    assert plan(model)[1] == []
+    assert checked_rules(model, x, plan(model)[0])[0] == set()
+    assert rel_fro(empirical_ntk(model, x, method="structured"), empirical_ntk(model, x, method="layerwise")) < 1e-12

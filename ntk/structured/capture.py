@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ntk.forward import as_model_input, as_outputs, cast_fixed, cast_input, cast_params, hooked
-from ntk.structured.coverage import CONVS
+from ntk.structured.coverage import CONVS, LINEAR, bias_scale
 from ntk.structured.records import Call, conv_weight_grad, linear_inputs, out_positions, record
 
 Tensor = torch.Tensor
@@ -181,8 +181,8 @@ def rule_gradient(module: nn.Module, name: str, calls: list[Call], like: Tensor,
             else:
                 total += g.sum((0, *range(2, g.dim())))
         elif name == "bias":
-            total += g.sum((0, 1)).reshape(like.shape)
-        elif isinstance(module, nn.Linear):
+            total += g.sum((0, 1)).reshape(like.shape) * bias_scale(module)
+        elif isinstance(module, LINEAR):
             total += torch.einsum("nsj,nsi->ji", g, c.inputs)
         elif isinstance(module, nn.Embedding):
             ids = c.inputs.reshape(-1)

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from ntk.structured.coverage import CONVS
+from ntk.structured.coverage import CONVS, LINEAR, bias_scale
 from ntk.structured.records import Call, conv_patches, conv_positions, conv_sample_grads
 
 Tensor = torch.Tensor
@@ -37,12 +37,13 @@ def contraction_costs(n1: int, n2: int, o: int, s1: int, s2: int, inp: int, out:
     return explicit, grams
 
 
-def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool, with_bias: bool = False) -> Tensor:
+def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool, with_bias: bool = False, bias_sq: float = 1.0) -> Tensor:
     """Weight part of a linear-in-W layer: sum over shared positions, the cheaper exact form.
 
     a: (N, S, in), g: (N, O, S, out). Returns (N1, N2, O, O), or (N1, N2) with trace. With
     `with_bias` the layer's bias is included, as a weight column whose input is 1 at every position
-    (in the Gram of Grams: a_s . a'_s' + 1), so it costs no product of its own.
+    (in the Gram of Grams: a_s . a'_s' + 1), so it costs no product of its own; `bias_sq` is the square
+    of the bias's factor in the output (beta^2 for an NTKDense, 1 otherwise).
     """
     same = a2 is a1 and g2 is g1
     n1, o, s1, out = g1.shape
@@ -55,16 +56,16 @@ def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool, wi
             kernel = w1.reshape(n1, -1) @ w2.reshape(n2, -1).T
         else:
             kernel = (w1.reshape(n1 * o, -1) @ w2.reshape(n2 * o, -1).T).view(n1, o, n2, o).permute(0, 2, 1, 3)
-        return kernel + _gram_sum(g1, g2, trace) if with_bias else kernel
+        return kernel + _scaled(_gram_sum(g1, g2, trace), bias_sq) if with_bias else kernel
     if s1 == s2 == 1:  # one position (a plain MLP layer): two matrix products, as the layer-wise kernel
-        aa = torch.addmm(a1.new_full((), float(with_bias)), a1[:, 0], a2[:, 0].T)  # (N1, N2)
+        aa = torch.addmm(a1.new_full((), float(with_bias) * bias_sq), a1[:, 0], a2[:, 0].T)  # (N1, N2)
         if trace:
             return aa.mul_(g1.reshape(n1, -1) @ g2.reshape(n2, -1).T)
         gram = (g1.reshape(n1 * o, out) @ g2.reshape(n2 * o, out).T).view(n1, o, n2, o)
         return gram.mul_(aa[:, None, :, None]).permute(0, 2, 1, 3)
     aa = torch.einsum("asi,bti->abst", a1, a2)  # (N1, N2, S1, S2)
     if with_bias:
-        aa += 1
+        aa += bias_sq
     if trace:
         gg = torch.einsum("aosj,botj->abst", g1, g2)
         return (aa * gg).sum((2, 3))
@@ -127,6 +128,10 @@ def _conv_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call
         term = _gram_weight(a1, g1, a2, g2, trace, with_bias=with_b)
         total = term if total is None else total + term
     return total
+
+
+def _scaled(t: Tensor, factor: float) -> Tensor:
+    return t if factor == 1.0 else t.mul_(factor)
 
 
 def _gram_sum(g1: Tensor, g2: Tensor, trace: bool) -> Tensor:
@@ -193,8 +198,9 @@ def module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Cal
         return _conv_kernel(module, names, calls1, calls2, trace)
     a1, g1 = stacked(calls1)
     a2, g2 = (a1, g1) if calls2 is calls1 else stacked(calls2)
-    if "weight" in names and isinstance(module, nn.Linear):
-        add(_gram_weight(a1, g1, a2, g2, trace, with_bias="bias" in names))
+    bias_sq = bias_scale(module) ** 2
+    if "weight" in names and isinstance(module, LINEAR):
+        add(_gram_weight(a1, g1, a2, g2, trace, with_bias="bias" in names, bias_sq=bias_sq))
         return total
     if "weight" in names:
         if isinstance(module, nn.Embedding):
@@ -202,5 +208,5 @@ def module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Cal
         else:
             add(_gram_diagonal(a1, g1, a2, g2, trace))
     if "bias" in names:
-        add(_gram_sum(g1, g2, trace))
+        add(_scaled(_gram_sum(g1, g2, trace), bias_sq))
     return total

@@ -14,7 +14,7 @@ from torch import nn
 
 from ntk.forward import as_model_input, hooked
 from ntk.structured.contractions import contraction_costs
-from ntk.structured.coverage import CONVS
+from ntk.structured.coverage import CONVS, LINEAR
 from ntk.structured.records import conv_padded, conv_patches, out_positions, record
 
 Tensor = torch.Tensor
@@ -49,7 +49,7 @@ def one_input_blocks(model: nn.Module, x1: Tensor, by_module: dict[nn.Module, di
             )
         else:
             cot = out_positions(module, out)  # (1, positions, channels)
-            fan_in = x.shape[-1] if isinstance(module, nn.Linear) else 1
+            fan_in = x.shape[-1] if isinstance(module, LINEAR) else 1
             blocks.append(Block(module, record(module, x).numel() + out.numel(), cot.shape[1], fan_in, cot.shape[-1]))
 
     with hooked(by_module, hook), torch.enable_grad():
@@ -69,7 +69,7 @@ def layer_flops(
     total = 0.0
     for b in blocks:
         names = by_module[b.module]
-        if isinstance(b.module, (nn.Linear, nn.MultiheadAttention, *CONVS)) and ("weight" in names or "in_proj_weight" in names):
+        if isinstance(b.module, (*LINEAR, nn.MultiheadAttention, *CONVS)) and ("weight" in names or "in_proj_weight" in names):
             costs = contraction_costs(n1, n2, o, b.positions, b.positions, b.fan_in + 1, b.fan_out, trace, symmetric)
             total += 2 * b.groups * min(costs)
         else:

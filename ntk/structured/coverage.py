@@ -1,6 +1,6 @@
 """Which trainable parameters the structured kernel's rules cover, and which go to Jacobian contraction.
 
-A rule covers the weight and bias of nn.Linear, nn.Conv1d/2d/3d (zero padding), nn.Embedding (no
+A rule covers the weight and bias of nn.Linear, `ntk.NTKDense`, nn.Conv1d/2d/3d (zero padding), nn.Embedding (no
 max_norm), nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d/2d/3d in eval mode with running statistics, and
 the packed input projection of nn.MultiheadAttention. `plan` splits a model's trainable parameters
 between the rules and the Jacobian; `check_independent_samples` refuses models whose samples interact.
@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from ntk.model import NTKDense
+
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+LINEAR = (nn.Linear, NTKDense)  # y = W a + b, or NTKDense's z = W (scale a) + beta b
 
 WEIGHT_BIAS = ("weight", "bias")
 ATTENTION = ("in_proj_weight", "in_proj_bias")
@@ -18,7 +21,7 @@ ATTENTION = ("in_proj_weight", "in_proj_bias")
 
 def covered(module: nn.Module) -> bool:
     """Whether a rule covers `module` (its weight and bias)."""
-    if isinstance(module, nn.Linear):
+    if isinstance(module, LINEAR):
         return True
     if isinstance(module, CONVS):
         return module.padding_mode == "zeros"
@@ -32,6 +35,11 @@ def covered(module: nn.Module) -> bool:
         simple = module._qkv_same_embed_dim and module.bias_k is None and not module.add_zero_attn
         return simple and not (module.training and module.dropout > 0)
     return False
+
+
+def bias_scale(module: nn.Module) -> float:
+    """d output / d bias: beta for an NTKDense (z = ... + beta b), 1 for every other rule."""
+    return module.beta if isinstance(module, NTKDense) else 1.0
 
 
 def _rule_names(module: nn.Module) -> tuple[str, ...]:

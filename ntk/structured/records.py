@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
 
-from ntk.structured.coverage import CONVS
+from ntk.model import NTKDense
+from ntk.structured.coverage import CONVS, LINEAR
 
 Tensor = torch.Tensor
 
@@ -96,7 +97,9 @@ def norm_inputs(module: nn.Module, x: Tensor) -> Tensor:
 
 
 def record(module: nn.Module, x: Tensor) -> Tensor:
-    if isinstance(module, nn.Linear):
+    if isinstance(module, NTKDense):  # the input its weight multiplies: scale x
+        return linear_inputs(module, x * module.scale)
+    if isinstance(module, LINEAR):
         return linear_inputs(module, x)
     if isinstance(module, CONVS):
         return conv_padded(module, x)  # (N, C, *spatial): patches or per-sample gradients when the kernel needs them

@@ -1,0 +1,422 @@
+"""Exact infinite-width kernels of any composition of the NTK building blocks (`ntk.blocks`): the
+NNGP kernel and the NTK of dense, convolutional, pooled and residual networks.
+
+As the channel counts go to infinity (Novak et al. 2019, "Bayesian deep convolutional networks with
+many channels are Gaussian processes"; Garriga-Alonso et al. 2019; Arora et al. 2019, "On exact
+computation with an infinitely wide neural net", Section 4 and Appendix C), every channel of a
+layer's output is an independent Gaussian process whose covariance over (input, position) pairs,
+Sigma(x, s; x', s'), and tangent kernel Theta(x, s; x', s') follow the blocks one by one:
+
+  input           Sigma = (1/C) sum_c x_c(s) x'_c(s'),  Theta = 0            ((1/d) x.x' for vectors)
+  Conv / Dense    Sigma' = sigma_w^2 A[Sigma] + beta^2,  Theta' = sigma_w^2 A[Theta] + Sigma'
+                  A[K](s, s') = (1/k) sum_{delta in window} K(s + delta, s' + delta)   (zero padding,
+                  stride; k the window size, padded positions count as zeros), the mean over the
+                  positions of a flattened input for Dense, K itself for a vector
+  Elementwise     Sigma' = E[sigma(u) sigma(v)],  Theta' = Theta E[sigma'(u) sigma'(v)],
+                  (u, v) ~ N(0, [[Sigma(x, s; x, s), Sigma], [Sigma, Sigma(x', s'; x', s')]])
+                  (the maps of `ntk.analytic.gaussian_expectations`: closed forms, else quadrature)
+  AvgPool         K'(t, t') = mean of K(s, s') over s in window t, s' in window t'
+  GlobalAvgPool   K' = mean of K(s, s') over all s, s'
+  Flatten         keeps K(s, s) per position (a Dense layer then takes their mean)
+  Residual        K' = K + K_branch (the branch ends with Dense or Conv: its output is independent of x)
+
+An activation needs a Gaussian input (the output of a Dense or Conv block, pooled, flattened or
+summed with another Gaussian), as in neural-tangents; anything else is refused.
+
+The output's kernels (N1, N2) are the NNGP kernel and the NTK of every output (Theorem 1; the
+paper's MLP recursion is the dense case, equal to `ntk.analytic.limiting_kernels`).
+
+Cost. The recursion keeps, per pair of inputs, only what the layers above need: the per-position
+covariance Sigma(x, s; x', s) (N1 N2 S numbers, ~ N1 N2 S k per convolution) where nothing above
+mixes positions, the full spatial covariance (N1 N2 S^2 numbers, ~ N1 N2 S^2 k per convolution) only
+below a pooling layer (decided by one pass backwards over the blocks); a convolution, activation or
+flatten above which nothing pools drops to the diagonal. Pairs are computed in chunks that fit the
+memory budget (`ntk.memory.available_memory`), the upper triangle only when x2 is None; every
+layer's per-position variances are computed once per input. Float64 by default.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ntk.analytic import gaussian_expectations
+from ntk.analytic import limiting_kernels as mlp_limiting_kernels
+from ntk.blocks import AvgPool, Conv, Dense, Elementwise, Flatten, GlobalAvgPool, Residual
+from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
+from ntk.model import NTKMLP
+
+Tensor = torch.Tensor
+
+VECTOR, DIAG, FULL = 0, 1, 2  # what a layer's kernel keeps per pair: no positions, (s, s) pairs, all (s, s') pairs
+SUPPORTED = "ntk.blocks.Dense (NTKDense), Conv, Elementwise, AvgPool, GlobalAvgPool, Flatten, Residual, nn.Sequential, NTKMLP, NTKCNN"
+TEMPORARIES = 12  # arrays of a state's size alive at once (kernels, window sums, the Gaussian maps' intermediates)
+
+
+@dataclass
+class _State:
+    """The kernels of one representation for P pairs of inputs."""
+
+    nngp: Tensor  # (P, *positions): () for VECTOR, spatial for DIAG, spatial x spatial for FULL
+    ntk: Tensor | None  # None while it is zero (before the first layer with parameters)
+    layout: int
+    spatial: tuple[int, ...]  # one input's spatial shape: (L,), (H, W), or () for a vector
+    flat: bool = False  # flattened: positions kept (DIAG), a Dense layer takes their mean
+    gaussian: bool = False  # a Gaussian process in the limit (the output of an affine layer, pooled or summed)
+
+    def diagonal(self) -> _State:
+        """The same representation keeping only equal positions (FULL -> DIAG)."""
+        if self.layout != FULL:
+            return self
+        return _State(
+            _diag(self.nngp, len(self.spatial)),
+            None if self.ntk is None else _diag(self.ntk, len(self.spatial)),
+            DIAG,
+            self.spatial,
+            self.flat,
+        )
+
+
+def _diag(t: Tensor, dims: int) -> Tensor:
+    """(P, *sp, *sp) -> (P, *sp), the entries at equal positions."""
+    if dims == 1:
+        return t.diagonal(dim1=1, dim2=2)
+    return t.diagonal(dim1=1, dim2=3).diagonal(dim1=1, dim2=2)
+
+
+def _children(module: nn.Module) -> list[nn.Module]:
+    """The blocks a composition applies in order (an NTKMLP as Dense, Elementwise, ..., Dense)."""
+    if isinstance(module, NTKMLP):
+        out: list[nn.Module] = []
+        for l, layer in enumerate(module.layers):
+            if l:
+                out.append(Elementwise(module.activation))
+            out.append(layer)
+        return out
+    return list(module)
+
+
+def _composite(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Sequential, NTKMLP))
+
+
+def check_blocks(model: nn.Module, where: str = "model") -> None:
+    """Refuse, in one line naming it, any module that is not a building block of `ntk.blocks`."""
+    if _composite(model):
+        for i, child in enumerate(_children(model)):
+            check_blocks(child, f"{where}[{i}]")
+    elif isinstance(model, Residual):
+        check_blocks(model.branch, f"{where}.branch")
+    elif not isinstance(model, (Dense, Conv, Elementwise, AvgPool, GlobalAvgPool, Flatten)):
+        raise ValueError(f"{where} is a {type(model).__name__}, which has no infinite-width kernel here; supported: {SUPPORTED}")
+
+
+def _need_in(module: nn.Module, need_out: int) -> int:
+    """What the kernel at a block's input must keep so that its output keeps `need_out`."""
+    if _composite(module):
+        need = need_out
+        for child in reversed(_children(module)):
+            need = _need_in(child, need)
+        return need
+    if isinstance(module, Residual):
+        return max(need_out, _need_in(module.branch, need_out))
+    if isinstance(module, (AvgPool, GlobalAvgPool)):
+        return FULL
+    if isinstance(module, (Dense, Flatten)):
+        return DIAG
+    if isinstance(module, Conv):
+        return max(need_out, DIAG)
+    return need_out  # Elementwise
+
+
+def _window_mean_diag(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
+    """A[K] on the diagonal: (P, *sp) -> (P, *sp_out), (1/k) sum over the window (zero padding)."""
+    conv = F.conv1d if len(kernel) == 1 else F.conv2d
+    ones = t.new_full((1, 1, *kernel), 1.0 / math.prod(kernel))
+    return conv(t.unsqueeze(1), ones, stride=stride, padding=padding).squeeze(1)
+
+
+def _window_mean_full(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
+    """A[K] on all position pairs: (P, *sp, *sp) -> (P, *sp_out, *sp_out), both positions shifted by
+    the same offset (one weight per offset): k strided slices of the zero-padded kernel."""
+    d = len(kernel)
+    sizes = t.shape[1 : 1 + d]
+    pad = [p for p in reversed(padding) for _ in range(2)] * 2  # F.pad: last dimension first
+    tp = F.pad(t, pad) if any(padding) else t
+    out_sizes = [(n + 2 * p - k) // s + 1 for n, k, s, p in zip(sizes, kernel, stride, padding)]
+    total = None
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        index = [slice(None)] + [slice(o, o + s * (m - 1) + 1, s) for o, s, m in zip(offset, stride, out_sizes)] * 2
+        part = tp[tuple(index)]
+        total = part.clone() if total is None else total.add_(part)
+    return total.mul_(1.0 / math.prod(kernel))
+
+
+def _pool_full(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> Tensor:
+    """Average pooling of both positions of a FULL kernel, one positional dimension at a time."""
+    d = len(kernel)
+    for axis in range(2 * d):
+        k, s = kernel[axis % d], stride[axis % d]
+        t = t.unfold(1 + axis, k, s).mean(-1)
+    return t
+
+
+def _affine(state: _State, sigma_w: float, beta: float, mean: Callable[[Tensor], Tensor]) -> _State:
+    """Sigma' = sigma_w^2 A[Sigma] + beta^2, Theta' = sigma_w^2 A[Theta] + Sigma' (Conv and Dense)."""
+    s2 = sigma_w**2
+    nngp = mean(state.nngp).mul_(s2).add_(beta**2) if s2 != 1.0 or beta else mean(state.nngp)
+    ntk = nngp.clone() if state.ntk is None else mean(state.ntk).mul_(s2).add_(nngp)
+    return _State(nngp, ntk, state.layout, state.spatial, state.flat, gaussian=True)
+
+
+class _Run:
+    """One pass of the recursion over a batch of pairs. In self mode (pairs (x, x)) each activation's
+    per-position variances are read from the state itself and recorded; in pair mode they come from
+    the two inputs' self runs (`marginals`, in the order the activations are met)."""
+
+    def __init__(self, expect_of: Callable[[Elementwise], Callable], marginals: Iterator | None = None):
+        self.expect_of = expect_of
+        self.marginals = marginals
+        self.records: list[Tensor] = []
+        self.peak = 0  # largest state, in numbers per pair
+
+    def run(self, module: nn.Module, state: _State, need_out: int) -> _State:
+        if _composite(module):
+            children = _children(module)
+            needs, need = [], need_out
+            for child in reversed(children):
+                needs.append(need)
+                need = _need_in(child, need)
+            for child, need in zip(children, reversed(needs)):
+                state = self.run(child, state, need)
+                if state.layout == FULL and need <= DIAG:
+                    state = state.diagonal()  # nothing above mixes positions: keep (s, s) only
+                self.peak = max(self.peak, state.nngp[0].numel())
+            return state
+        if isinstance(module, Residual):
+            branch = self.run(module.branch, state, need_out)
+            skip = state
+            if branch.layout != skip.layout:
+                branch, skip = branch.diagonal(), skip.diagonal()
+            if branch.nngp.shape != skip.nngp.shape:
+                raise ValueError(
+                    f"a residual branch changes the shape of its input's kernel ({tuple(skip.nngp.shape[1:])} to {tuple(branch.nngp.shape[1:])}); its output must have its input's shape"
+                )
+            ntk = branch.ntk if skip.ntk is None else skip.ntk + branch.ntk
+            return _State(skip.nngp + branch.nngp, ntk, skip.layout, skip.spatial, skip.flat, skip.gaussian and branch.gaussian)
+        if isinstance(module, Dense):
+            if state.layout == FULL or (state.layout == DIAG and not state.flat):
+                raise ValueError(
+                    f"a Dense block needs inputs (N, features), got positions {state.spatial}: put Flatten or GlobalAvgPool before it"
+                )
+            dims = tuple(range(1, state.nngp.dim()))
+            mean = (lambda t: t.mean(dims)) if dims else (lambda t: t.clone())
+            out = _affine(state, module.sigma_w, module.beta if module.bias is not None else 0.0, mean)
+            return _State(out.nngp, out.ntk, VECTOR, (), gaussian=True)
+        if isinstance(module, Conv):
+            if state.flat or len(state.spatial) != module.dims:
+                raise ValueError(f"a {module.dims}-D Conv block needs inputs with {module.dims} spatial dimension(s), got {state.spatial}")
+            window = _window_mean_full if state.layout == FULL else _window_mean_diag
+            out = _affine(state, module.sigma_w, module.beta, lambda t: window(t, module.kernel_size, module.stride, module.padding))
+            spatial = tuple(
+                (n + 2 * p - k) // s + 1 for n, k, s, p in zip(state.spatial, module.kernel_size, module.stride, module.padding)
+            )
+            return _State(out.nngp, out.ntk, state.layout, spatial, gaussian=True)
+        if isinstance(module, Elementwise):
+            return self.activation(module, state)
+        if isinstance(module, AvgPool):
+            spatial = tuple((n - k) // s + 1 for n, k, s in zip(state.spatial, module.kernel_size, module.stride))
+            pool = lambda t: _pool_full(t, module.kernel_size, module.stride)  # noqa: E731
+            return _State(pool(state.nngp), None if state.ntk is None else pool(state.ntk), FULL, spatial, gaussian=state.gaussian)
+        if isinstance(module, GlobalAvgPool):
+            dims = tuple(range(1, state.nngp.dim()))
+            return _State(state.nngp.mean(dims), None if state.ntk is None else state.ntk.mean(dims), VECTOR, (), gaussian=state.gaussian)
+        if isinstance(module, Flatten):
+            if state.layout == VECTOR:
+                return state
+            flat = state.diagonal()
+            return _State(flat.nngp, flat.ntk, DIAG, flat.spatial, flat=True, gaussian=state.gaussian)
+        raise ValueError(f"{type(module).__name__} has no infinite-width kernel here; supported: {SUPPORTED}")
+
+    def activation(self, module: Elementwise, state: _State) -> _State:
+        if not state.gaussian:
+            raise ValueError(
+                f"the input of activation {module.name!r} is not Gaussian in the limit (an activation or the input itself comes "
+                "before it): put a Dense or Conv block before every activation"
+            )
+        d = len(state.spatial)
+        if self.marginals is None:  # self pairs: the variances are the state's own diagonal
+            var = _diag(state.nngp, d).contiguous() if state.layout == FULL else state.nngp  # a copy: no view keeps the full kernel
+            self.records.append(var)
+            var1 = var2 = var
+        else:
+            var1, var2 = next(self.marginals)
+        if state.layout == FULL:  # (P, *sp, 1...) and (P, 1..., *sp) against (P, *sp, *sp)
+            var1 = var1.reshape(var1.shape + (1,) * d)
+            var2 = var2.reshape(var2.shape[:1] + (1,) * d + var2.shape[1:])
+        e_ss, e_dd = self.expect_of(module)(var1, var2, state.nngp)
+        ntk = None if state.ntk is None else state.ntk * e_dd
+        return _State(e_ss, ntk, state.layout, state.spatial, state.flat)
+
+
+def _input_state(x1: Tensor, x2: Tensor, i: Tensor, j: Tensor, layout: int) -> _State:
+    """The input's kernel for the pairs (x1[i], x2[j])."""
+    a, b = x1[i], x2[j]
+    if a.dim() == 2:  # vectors (P, d)
+        return _State((a * b).sum(1) / a.shape[1], None, VECTOR, ())
+    spatial = tuple(a.shape[2:])
+    a, b = a.flatten(2), b.flatten(2)  # (P, C, S)
+    if layout == FULL:
+        k = torch.bmm(a.transpose(1, 2), b) / a.shape[1]  # (P, S, S)
+        return _State(k.reshape(k.shape[0], *spatial, *spatial), None, FULL, spatial)
+    return _State(((a * b).sum(1) / a.shape[1]).reshape(-1, *spatial), None, DIAG, spatial)
+
+
+def limiting_kernels(model_or_x1, *args, **kwargs) -> tuple[Tensor, Tensor]:
+    """NNGP kernel and NTK of an infinite-width network, in either form:
+
+    - `limiting_kernels(model, x1, x2=None, method="auto", dtype=torch.float64, memory_limit=None)`
+      for a composition of the blocks of `ntk.blocks` (`model_limiting_kernels`);
+    - `limiting_kernels(x1, x2, depth, beta=0.1, activation="relu", ...)`, the paper's MLP by the
+      recursion of `ntk.analytic.limiting_kernels`.
+
+    Example:
+        >>> import torch, ntk
+        >>> x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> mlp = ntk.NTKMLP(3, 10, depth=3, activation="erf", generator=torch.Generator().manual_seed(0))
+        >>> by_model, by_depth = ntk.limiting_kernels(mlp, x), ntk.limiting_kernels(x, None, depth=3, activation="erf")
+        >>> all(torch.allclose(a, b, rtol=1e-12, atol=0) for a, b in zip(by_model, by_depth))
+        True
+    """
+    if isinstance(model_or_x1, nn.Module):
+        return model_limiting_kernels(model_or_x1, *args, **kwargs)
+    return mlp_limiting_kernels(model_or_x1, *args, **kwargs)
+
+
+def model_limiting_kernels(
+    model: nn.Module,
+    x1: Tensor,
+    x2: Tensor | None = None,
+    method: str = "auto",
+    dtype: torch.dtype = torch.float64,
+    memory_limit: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """NNGP kernel and NTK of the infinite-width network `model`, (N1, N2) each.
+
+    `model` is a composition of the building blocks of `ntk.blocks` (an `NTKMLP`, an `NTKCNN`, an
+    `nn.Sequential` of blocks): the recursion of the module docstring, from the same module object
+    that trains (`ntk.limiting_kernels(model, x1, x2)` calls this).
+
+    Args:
+        model: the network; its parameters are not read, only its architecture.
+        x1: inputs (N1, ...) as the model takes them: (N, d), (N, C, L) or (N, C, H, W).
+        x2: inputs (N2, ...), or None for x2 = x1 (only the upper triangle is computed).
+        method: the Gaussian maps' method ("auto", "closed", "hermite", "quadrature"; `ntk.analytic`).
+        dtype: precision of the computation and the result (float64).
+        memory_limit: bytes the computation may use (default `ntk.memory.available_memory`).
+
+    Returns:
+        (nngp, ntk), each (N1, N2).
+
+    Raises:
+        ValueError: a layer that is not a block (named, with the supported ones), inputs the
+            model cannot take (rank, channels, a kernel or stride that does not fit).
+        NTKMemoryError: not even one pair fits the budget.
+
+    Example:
+        >>> import torch, ntk
+        >>> from ntk.blocks import Conv, Dense, Elementwise, GlobalAvgPool
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = torch.nn.Sequential(Conv(1, 64, 3, padding=1, generator=g), Elementwise("relu"), GlobalAvgPool(), Dense(64, 1, beta=0.1, generator=g))
+        >>> x = torch.randn(3, 1, 6, 6, dtype=torch.float64, generator=g)
+        >>> nngp, theta = ntk.limiting_kernels(model, x)  # the CNN-GP and the CNTK, (3, 3)
+        >>> theta.shape, bool(torch.allclose(theta, theta.T))
+        (torch.Size([3, 3]), True)
+    """
+    check_blocks(model)
+    for name, x in (("x1", x1), ("x2", x2)):
+        if x is not None and (not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] < 1):
+            raise ValueError(f"{name} must be a tensor (N, ...) of inputs, got {getattr(x, 'shape', type(x))}")
+        if x is not None and x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains non-finite values")
+    if x2 is not None and x2.shape[1:] != x1.shape[1:]:
+        raise ValueError(f"x1 and x2 have different input shapes: {tuple(x1.shape[1:])} and {tuple(x2.shape[1:])} per input")
+    _probe(model, x1[:1])
+    x1 = x1.to(dtype)
+    xs2 = x1 if x2 is None else x2.to(dtype)
+    maps: dict[int, Callable] = {}
+
+    def expect_of(block: Elementwise) -> Callable:
+        key = id(block.activation)
+        if key not in maps:
+            maps[key] = gaussian_expectations(block.activation, method)
+        return maps[key]
+
+    layout = _need_in(model, VECTOR)
+    one = _Run(expect_of)
+    one.run(model, _input_state(x1, x1, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), layout), VECTOR)
+    per_pair = max(
+        one.peak, _input_state(x1, x1, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), layout).nngp[0].numel()
+    )
+    budget = memory_limit if memory_limit is not None else available_memory(x1.device)
+    bytes_per_pair = TEMPORARIES * per_pair * torch.empty((), dtype=dtype).element_size()
+    n1, n2 = x1.shape[0], xs2.shape[0]
+    result = 2 * n1 * n2 * torch.empty((), dtype=dtype).element_size()
+    if result + bytes_per_pair > budget:
+        raise NTKMemoryError(
+            f"the infinite-width kernels need {fmt_bytes(bytes_per_pair)} per pair of inputs and {fmt_bytes(result)} for the result, "
+            f"more than the {fmt_bytes(budget)} available; use fewer inputs or raise the limit (NTK_MEMORY_LIMIT)"
+        )
+    chunk = max(1, int((budget - result) // bytes_per_pair))
+
+    def self_records(x: Tensor) -> list[Tensor]:
+        """Every activation's per-position input variances of every input, (N, *spatial) each."""
+        parts = []
+        for start in range(0, x.shape[0], chunk):
+            idx = torch.arange(start, min(start + chunk, x.shape[0]), device=x.device)
+            run = _Run(expect_of)
+            run.run(model, _input_state(x, x, idx, idx, layout), VECTOR)
+            parts.append(run.records)
+        return [torch.cat(r) for r in zip(*parts)] if parts and parts[0] else []
+
+    rec1 = self_records(x1)
+    rec2 = rec1 if x2 is None else self_records(xs2)
+    if x2 is None:
+        i_all, j_all = torch.triu_indices(n1, n1, device=x1.device)
+    else:
+        i_all = torch.arange(n1, device=x1.device).repeat_interleave(n2)
+        j_all = torch.arange(n2, device=x1.device).repeat(n1)
+    nngp = x1.new_zeros(n1, n2)
+    ntk = x1.new_zeros(n1, n2)
+    for start in range(0, i_all.numel(), chunk):
+        i, j = i_all[start : start + chunk], j_all[start : start + chunk]
+        run = _Run(expect_of, iter([(r1[i], r2[j]) for r1, r2 in zip(rec1, rec2)]))
+        out = run.run(model, _input_state(x1, xs2, i, j, layout), VECTOR)
+        if out.layout != VECTOR:
+            raise ValueError("the model's output has positions: end it with GlobalAvgPool or Flatten and a Dense block")
+        nngp[i, j], ntk[i, j] = out.nngp, out.ntk if out.ntk is not None else torch.zeros_like(out.nngp)
+        if x2 is None:
+            nngp[j, i], ntk[j, i] = nngp[i, j], ntk[i, j]
+    return nngp, ntk
+
+
+def _probe(model: nn.Module, x: Tensor) -> None:
+    """One forward pass of the finite network on one input: inputs it cannot take are refused in one line."""
+    param = next(model.parameters(), None)
+    try:
+        with torch.no_grad():
+            out = model(x.to(param.dtype) if param is not None else x)
+    except ValueError:
+        raise
+    except RuntimeError as err:
+        raise ValueError(f"the model cannot take inputs of shape {tuple(x.shape[1:])}: {str(err).splitlines()[0]}") from None
+    if out.dim() != 2:
+        raise ValueError(
+            f"the model's output must be (N, O), got {tuple(out.shape)}: end it with GlobalAvgPool or Flatten and a Dense block"
+        )

@@ -1,0 +1,188 @@
+"""Infinite-width kernels of block compositions (ntk.limits) against independent computations:
+neural-tangents' stax (golden values), the MLP recursion of ntk.analytic, and Monte Carlo over wide
+finite networks of the same modules."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import ntk
+from ntk.blocks import AvgPool, Conv, Dense, Elementwise, Flatten, GlobalAvgPool, Residual
+from ntk.memory import NTKMemoryError
+from tests.conftest import rel_fro
+
+GOLDEN = Path(__file__).parent / "data" / "neural_tangents_cnn.json"
+
+
+def build(specs: list, in_shape: list[int], width: int, generator: torch.Generator, dtype=torch.float64) -> nn.Module:
+    """The network of a golden file's layer specifications, from ntk.blocks (scripts/neural_tangents_cnn_golden.py)."""
+    dims = len(in_shape) - 1
+    channels = in_shape[0]
+    features = in_shape[0] if dims == 0 else None
+    layers = []
+    for spec in specs:
+        kind = spec[0]
+        if kind == "conv":
+            _, _, k, stride, pad, w_std, b_std = spec
+            layers.append(
+                Conv(
+                    channels,
+                    width,
+                    k,
+                    stride,
+                    pad,
+                    dims=dims,
+                    sigma_w=w_std,
+                    beta=b_std or 0.0,
+                    bias=b_std is not None,
+                    generator=generator,
+                    dtype=dtype,
+                )
+            )
+            channels = width
+        elif kind == "dense":
+            _, outputs, w_std, b_std = spec
+            layers.append(
+                Dense(
+                    features,
+                    outputs if outputs == 1 and spec is specs[-1] else width,
+                    beta=b_std or 0.0,
+                    sigma_w=w_std,
+                    bias=b_std is not None,
+                    generator=generator,
+                    dtype=dtype,
+                )
+            )
+            features = layers[-1].out_features
+        elif kind in ("relu", "erf", "gelu"):
+            layers.append(Elementwise(kind))
+        elif kind == "avgpool":
+            layers.append(AvgPool(spec[1], dims=dims))
+        elif kind == "gap":
+            layers.append(GlobalAvgPool())
+            features = channels
+        elif kind == "flatten":
+            layers.append(Flatten())
+            features = None  # set below from a forward pass
+        elif kind == "residual":
+            layers.append(Residual(build(spec[1], [channels, *[1] * dims], width, generator, dtype)))
+        if features is None and kind == "flatten":
+            probe = nn.Sequential(*layers)(torch.zeros(1, *in_shape, dtype=dtype))
+            features = probe.shape[1]
+    return nn.Sequential(*layers)
+
+
+def golden_cases() -> list[str]:
+    return sorted(json.loads(GOLDEN.read_text())["architectures"]) if GOLDEN.exists() else []
+
+
+@pytest.mark.parametrize("name", golden_cases())
+def test_equals_neural_tangents(name):
+    """The NNGP kernel and NTK of six CNN architectures and an MLP against neural-tangents' stax, to 1e-7."""
+    case = json.loads(GOLDEN.read_text())["architectures"][name]
+    model = build(case["layers"], case["input"], 4, torch.Generator().manual_seed(0))
+    x1, x2 = (torch.tensor(case[k], dtype=torch.float64) for k in ("x1", "x2"))
+    nngp, theta = ntk.limiting_kernels(model, x1)
+    assert rel_fro(nngp, torch.tensor(case["nngp"])) < 1e-7
+    assert rel_fro(theta, torch.tensor(case["ntk"])) < 1e-7
+    nngp12, theta12 = ntk.limiting_kernels(model, x1, x2)
+    assert rel_fro(nngp12, torch.tensor(case["nngp_12"])) < 1e-7
+    assert rel_fro(theta12, torch.tensor(case["ntk_12"])) < 1e-7
+
+
+def test_the_golden_file_covers_the_required_architectures():
+    assert {"no_pooling", "strided_gap", "bias_erf_avgpool", "residual", "conv1d_gelu", "deep_gap"} <= set(golden_cases())
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf", "tanh", "gelu"])
+def test_dense_only_equals_the_mlp_recursion(activation):
+    """An NTKMLP through the block recursion equals ntk.analytic's MLP recursion (the paper's Theorem 1)."""
+    x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = ntk.NTKMLP(3, 8, depth=4, beta=0.2, activation=activation, generator=torch.Generator().manual_seed(0))
+    nngp, theta = ntk.limiting_kernels(model, x)
+    ref_nngp, ref_theta = ntk.limiting_kernels(x, None, depth=4, beta=0.2, activation=activation)
+    assert rel_fro(nngp, ref_nngp) < 1e-12 and rel_fro(theta, ref_theta) < 1e-12
+    nngp12, theta12 = ntk.limiting_kernels(model, x[:2], x[2:])
+    assert rel_fro(theta12, ref_theta[:2, 2:]) < 1e-12
+
+
+def small_cnn(width: int, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    return nn.Sequential(
+        Conv(1, width, 3, padding=1, generator=g, dtype=torch.float64),
+        Elementwise("relu"),
+        Conv(width, width, 3, stride=2, padding=1, generator=g, dtype=torch.float64),
+        Elementwise("relu"),
+        GlobalAvgPool(),
+        Dense(width, 1, beta=0.1, generator=g, dtype=torch.float64),
+    )
+
+
+def test_wide_networks_approach_the_limit_at_width_to_the_minus_one_half():
+    """Monte Carlo: the empirical NTK (structured, exact) averaged over 6 networks of the same module
+    approaches the analytic CNTK; its error falls by about 2 from 16 to 64 channels (C^-1/2)."""
+    x = torch.randn(4, 1, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    _, theta = ntk.limiting_kernels(small_cnn(1, 0), x)
+    errors = []
+    for width in (16, 64):
+        mean = torch.stack([ntk.empirical_ntk(small_cnn(width, seed), x) for seed in range(6)]).mean(0)
+        errors.append(rel_fro(mean, theta))
+    assert errors[1] < 0.1
+    assert 1.3 < errors[0] / errors[1] < 3.2  # 4x the channels: 2x smaller error expected
+
+
+def test_pairs_in_chunks_equal_all_at_once():
+    model = (
+        build(json.loads(GOLDEN.read_text())["architectures"]["bias_erf_avgpool"]["layers"], [2, 8, 8], 4, torch.Generator().manual_seed(0))
+        if GOLDEN.exists()
+        else None
+    )
+    if model is None:
+        pytest.skip("no golden file")
+    x = torch.randn(5, 2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    whole = ntk.limiting_kernels(model, x)
+    chunked = ntk.limiting_kernels(model, x, memory_limit=2_000_000)  # a few pairs at a time
+    assert all(torch.equal(a, b) for a, b in zip(whole, chunked))
+    with pytest.raises(NTKMemoryError, match="per pair of inputs"):
+        ntk.limiting_kernels(model, x, memory_limit=10_000)
+
+
+def test_ntkcnn_is_a_composition_of_blocks_with_its_limit():
+    model = ntk.NTKCNN(1, 16, depth=2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.randn(3, 1, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert all(isinstance(m, (Conv, Elementwise, GlobalAvgPool, Dense)) for m in model)
+    nngp, theta = ntk.limiting_kernels(model, x)
+    assert nngp.shape == theta.shape == (3, 3) and torch.all(torch.linalg.eigvalsh(theta) > 0)
+
+
+@pytest.mark.parametrize(
+    "model,x,message",
+    [
+        (
+            nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()),
+            torch.randn(2, 1, 5, 5),
+            r"model\[0\] is a Conv2d, which has no infinite-width kernel here; supported: .*Conv",
+        ),
+        (nn.Sequential(Conv(1, 4, 3), Elementwise("relu"), nn.ReLU()), torch.randn(2, 1, 5, 5), r"model\[2\] is a ReLU"),
+        (nn.Sequential(Conv(3, 4, 3), GlobalAvgPool(), Dense(4, 1, 0.1)), torch.randn(2, 1, 5, 5), "3 input channels needs"),
+        (nn.Sequential(Conv(1, 4, 3), GlobalAvgPool(), Dense(4, 1, 0.1)), torch.randn(2, 25), r"needs \(N, C, H, W\) inputs"),
+        (nn.Sequential(Conv(1, 4, 7), GlobalAvgPool(), Dense(4, 1, 0.1)), torch.randn(2, 1, 5, 5), "does not fit the padded input"),
+        (nn.Sequential(Conv(1, 4, 3), Elementwise("relu")), torch.randn(2, 1, 5, 5), r"output must be \(N, O\)"),
+    ],
+)
+def test_bad_models_and_inputs_are_refused_in_one_line(model, x, message):
+    with pytest.raises(ValueError, match=message) as err:
+        ntk.limiting_kernels(model.double(), x.double())
+    assert "\n" not in str(err.value)
+
+
+def test_bad_blocks_are_refused_when_built():
+    with pytest.raises(ValueError, match="padding_mode='reflect' is not supported"):
+        Conv(1, 4, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ValueError, match="must end with a Dense or Conv block"):
+        Residual(nn.Sequential(Conv(4, 4, 3, padding=1), Elementwise("relu")))
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        Elementwise("swish")
