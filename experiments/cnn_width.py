@@ -7,11 +7,16 @@ MNIST digits (each image standardised to zero mean and unit variance; target +1 
 -1 for 0-4) to t = lr x steps, and compute its empirical NTK on `n_probe` other digits at t = 0
 and at the end, exactly, by the structured method (`ntk.structured`).
 
-Outputs (cfg.out_dir): kernel.csv (channels, seed, t, i, j, ntk), loss.csv, summary.csv (per C:
-the relative spread of Theta_0 across seeds, RMS over the probe pairs of the seeds' standard
-deviation over the RMS mean kernel; the relative change ||Theta_T - Theta_0||_F / ||Theta_0||_F,
-mean and standard deviation over seeds), fits.csv (exponent of each against C with its 95%
-interval), config.yaml, provenance.json and cnn_width.png/.pdf.
+The n = inf limit: the same architecture's CNTK on the probe digits (`ntk.limiting_kernels(model,
+x)`, exact), and each network's distance to it at t = 0, ||Theta_0 - Theta_inf||_F / ||Theta_inf||_F
+(expected C^-1/2: the kernel's fluctuations at initialisation, Jacot et al.'s Theorem 1).
+
+Outputs (cfg.out_dir): kernel.csv (channels, seed, t, i, j, ntk), limit.csv (i, j, nngp, ntk at
+n = inf), loss.csv, summary.csv (per C: the relative spread of Theta_0 across seeds, RMS over the
+probe pairs of the seeds' standard deviation over the RMS mean kernel; the relative change
+||Theta_T - Theta_0||_F / ||Theta_0||_F and the distance to the limit, mean and standard deviation
+over seeds), fits.csv (exponent of each against C with its 95% interval), config.yaml,
+provenance.json and cnn_width.png/.pdf.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from experiments.validation import check_choice, check_int, check_model_and_trai
 from ntk.cnn import NTKCNN
 from ntk.data import MNIST_SOURCES, mnist_split
 from ntk.empirical import empirical_ntk
+from ntk.limits import model_limiting_kernels
 from ntk.train import TrainState
 from ntk.utils import resolve_device, resolve_dtype
 
@@ -62,13 +68,19 @@ class Shared:
     x_train: torch.Tensor  # (n_train, 1, 28, 28), CPU float64
     y_train: torch.Tensor  # (n_train, 1), +-1
     x_probe: torch.Tensor  # (n_probe, 1, 28, 28)
+    limit: pd.DataFrame  # i, j, nngp, ntk: the n = inf kernels on the probe digits (channels -> infinity)
 
 
 def prepare(cfg: DictConfig) -> Shared:
     d = cfg.data
     x_train, l_train, x_probe, _ = mnist_split(d.n_train, cfg.n_probe, d.seed, d.source, d.root, d.download)
     y_train = torch.where(l_train >= 5, 1.0, -1.0).to(torch.float64)[:, None]
-    return Shared(standardise(x_train), y_train, standardise(x_probe))
+    x_probe = standardise(x_probe)
+    nngp, ntk = model_limiting_kernels(NTKCNN(1, 1, cfg.model.depth), x_probe)  # the architecture's CNN-GP and CNTK, (M, M)
+    m = x_probe.shape[0]
+    i, j = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+    limit = pd.DataFrame(dict(i=i.ravel(), j=j.ravel(), nngp=nngp.numpy().ravel(), ntk=ntk.numpy().ravel()))
+    return Shared(standardise(x_train), y_train, x_probe, limit)
 
 
 def job(cfg: DictConfig, shared: Shared, channels: int, seed: int, checkpoint: Checkpoint | None = None) -> dict[str, pd.DataFrame]:
@@ -100,7 +112,18 @@ def kernel_changes(kernel: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarise(kernel: pd.DataFrame, changes: pd.DataFrame | None = None) -> pd.DataFrame:
+def limit_distances(kernel: pd.DataFrame, limit: pd.DataFrame) -> pd.DataFrame:
+    """Per network (channels, seed): ||Theta_0 - Theta_inf||_F / ||Theta_inf||_F on the probe digits."""
+    t0 = kernel.t.min()
+    reference = limit.sort_values(["i", "j"]).ntk.to_numpy()
+    rows = []
+    for (channels, seed), group in kernel[kernel.t == t0].groupby(["channels", "seed"]):
+        theta = group.sort_values(["i", "j"]).ntk.to_numpy()
+        rows.append(dict(channels=channels, seed=seed, dist_to_limit=np.linalg.norm(theta - reference) / np.linalg.norm(reference)))
+    return pd.DataFrame(rows)
+
+
+def summarise(kernel: pd.DataFrame, changes: pd.DataFrame | None = None, distances: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per channel count: the spread of Theta_0 across seeds and the change of Theta during training
     (`kernel_changes`, mean and standard deviation over seeds)."""
     changes = kernel_changes(kernel) if changes is None else changes
@@ -111,16 +134,22 @@ def summarise(kernel: pd.DataFrame, changes: pd.DataFrame | None = None) -> pd.D
         # RMS over probe pairs of the seeds' standard deviation, over the RMS of the seed-mean kernel
         spread = np.sqrt(start.var(axis=1, ddof=1).mean() / (start.mean(axis=1) ** 2).mean()) if start.shape[1] > 1 else np.nan
         change = changes[changes.channels == channels].change
-        rows.append(dict(channels=channels, seeds=start.shape[1], spread=spread, change=change.mean(), change_sd=change.std(ddof=1)))
+        row = dict(channels=channels, seeds=start.shape[1], spread=spread, change=change.mean(), change_sd=change.std(ddof=1))
+        if distances is not None:
+            dist = distances[distances.channels == channels].dist_to_limit
+            row |= dict(dist_to_limit=dist.mean(), dist_to_limit_sd=dist.std(ddof=1))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def assemble(cfg: DictConfig, shared: Shared, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     changes = kernel_changes(tables["kernel"])
-    summary = summarise(tables["kernel"], changes)
+    distances = limit_distances(tables["kernel"], shared.limit)
+    summary = summarise(tables["kernel"], changes, distances)
     fits = [dict(quantity="spread") | fit_exponent(summary.channels, summary.spread)]
     fits += [dict(quantity="change") | fit_exponent(changes.channels, changes.change)]
-    return dict(tables) | {"summary": summary, "fits": pd.DataFrame(fits)}
+    fits += [dict(quantity="dist_to_limit") | fit_exponent(distances.channels, distances.dist_to_limit)]
+    return dict(tables) | {"summary": summary, "fits": pd.DataFrame(fits), "limit": shared.limit}
 
 
 EXPERIMENT = Experiment(

@@ -64,6 +64,7 @@ def train(
     probe: torch.Tensor | None = None,
     checkpoint: Checkpoint | None = None,
     job_state: dict[str, list] | None = None,
+    lr_max: float | None = None,
 ) -> tuple[TrainResult, list[dict]]:
     """Full-batch gradient descent as configured in cfg.train, with optional drift logging.
 
@@ -76,7 +77,8 @@ def train(
     (`Checkpoint.steps`) after every `checkpoint.minutes` of training;
     if the checkpoint exists when training starts, `model` (freshly initialised: anything computed
     from the initial network before this call stays valid) and those lists are restored from it
-    and training continues from its step, giving what an uninterrupted run gives.
+    and training continues from its step, giving what an uninterrupted run gives. `lr_max`, when
+    given, is the stability bound reported instead of computing it (`ntk.train.gradient_descent`).
     """
     lr = cfg.train.lr
     steps = cfg.train.steps
@@ -126,6 +128,7 @@ def train(
         divergence_factor=cfg.train.divergence_factor,
         progress=show_progress(cfg),
         resume=history,
+        lr_max=lr_max,
     )
     return result, drift
 

@@ -57,18 +57,30 @@ Tensor = torch.Tensor
 VECTOR, DIAG, FULL = 0, 1, 2  # what a layer's kernel keeps per pair: no positions, (s, s) pairs, all (s, s') pairs
 SUPPORTED = "ntk.blocks.Dense (NTKDense), Conv, Elementwise, AvgPool, GlobalAvgPool, Flatten, Residual, nn.Sequential, NTKMLP, NTKCNN"
 TEMPORARIES = 12  # arrays of a state's size alive at once (kernels, window sums, the Gaussian maps' intermediates)
+CHUNK_NUMBERS = 2**22  # numbers per state array of a chunk of pairs (32 MB in float64): large arrays cost page faults, not speed
 
 
 @dataclass
 class _State:
     """The kernels of one representation for P pairs of inputs."""
 
-    nngp: Tensor  # (P, *positions): () for VECTOR, spatial for DIAG, spatial x spatial for FULL
+    nngp: Tensor | None  # (P, *positions): () for VECTOR, spatial for DIAG, spatial x spatial for FULL; None: `raw`
     ntk: Tensor | None  # None while it is zero (before the first layer with parameters)
     layout: int
     spatial: tuple[int, ...]  # one input's spatial shape: (L,), (H, W), or () for a vector
     flat: bool = False  # flattened: positions kept (DIAG), a Dense layer takes their mean
     gaussian: bool = False  # a Gaussian process in the limit (the output of an affine layer, pooled or summed)
+    raw: tuple[Tensor, Tensor] | None = None  # the inputs of the pairs, (P, C, *spatial) each, before their kernel is formed
+
+    def materialized(self) -> _State:
+        """The input's kernel formed from `raw` (for a block other than a convolution)."""
+        if self.raw is None:
+            return self
+        a, b = (t.flatten(2) for t in self.raw)  # (P, C, S)
+        if self.layout == FULL:
+            k = torch.bmm(a.transpose(1, 2), b) / a.shape[1]  # (P, S, S)
+            return _State(k.reshape(k.shape[0], *self.spatial, *self.spatial), None, FULL, self.spatial)
+        return _State(((a * b).sum(1) / a.shape[1]).reshape(-1, *self.spatial), None, DIAG, self.spatial)
 
     def diagonal(self) -> _State:
         """The same representation keeping only equal positions (FULL -> DIAG)."""
@@ -144,18 +156,44 @@ def _window_mean_diag(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...
 
 def _window_mean_full(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
     """A[K] on all position pairs: (P, *sp, *sp) -> (P, *sp_out, *sp_out), both positions shifted by
-    the same offset (one weight per offset): k strided slices of the zero-padded kernel."""
+    the same offset (one weight per offset): for every offset, the slice of K it reads added into the
+    outputs whose window stays inside the input (zero padding contributes nothing)."""
     d = len(kernel)
     sizes = t.shape[1 : 1 + d]
-    pad = [p for p in reversed(padding) for _ in range(2)] * 2  # F.pad: last dimension first
-    tp = F.pad(t, pad) if any(padding) else t
     out_sizes = [(n + 2 * p - k) // s + 1 for n, k, s, p in zip(sizes, kernel, stride, padding)]
-    total = None
+    total = t.new_zeros(t.shape[0], *out_sizes, *out_sizes)
     for offset in itertools.product(*[range(k) for k in kernel]):
-        index = [slice(None)] + [slice(o, o + s * (m - 1) + 1, s) for o, s, m in zip(offset, stride, out_sizes)] * 2
-        part = tp[tuple(index)]
-        total = part.clone() if total is None else total.add_(part)
+        outs, ins = [], []
+        for o, s, p, n, m in zip(offset, stride, padding, sizes, out_sizes):
+            lo = max(0, math.ceil((p - o) / s))  # first output whose input s i + o - p is >= 0
+            hi = min(m, (n - 1 - o + p) // s + 1)  # outputs whose input is <= n - 1
+            if hi <= lo:
+                break
+            outs.append(slice(lo, hi))
+            start = lo * s + o - p
+            ins.append(slice(start, start + (hi - lo - 1) * s + 1, s))
+        else:
+            total[(slice(None), *outs, *outs)] += t[(slice(None), *ins, *ins)]
     return total.mul_(1.0 / math.prod(kernel))
+
+
+def _first_conv(module: Conv, state: _State) -> _State:
+    """A convolution applied to the inputs themselves: Sigma' = sigma_w^2 (patch . patch') / (C k) + beta^2
+    from the patches of both inputs (one batched product per pair), Theta' = Sigma'."""
+    a, b = state.raw
+    if module.dims == 1:  # (P, C, L) as (P, C, 1, L)
+        a, b = a.unsqueeze(2), b.unsqueeze(2)
+    one = module.dims == 1  # the extra dimension: kernel 1, stride 1, no padding
+    k, s, p = ((1,) * one + module.kernel_size, (1,) * one + module.stride, (0,) * one + module.padding)
+    pa, pb = (F.unfold(t, k, padding=p, stride=s) for t in (a, b))  # (P, C k, S_out)
+    spatial = tuple((n + 2 * q - kk) // ss + 1 for n, kk, ss, q in zip(state.spatial, module.kernel_size, module.stride, module.padding))
+    scale = module.sigma_w**2 / pa.shape[1]
+    if state.layout == FULL:
+        nngp = torch.bmm(pa.transpose(1, 2), pb).reshape(pa.shape[0], *spatial, *spatial)
+    else:
+        nngp = (pa * pb).sum(1).reshape(pa.shape[0], *spatial)
+    nngp.mul_(scale).add_(module.beta**2)
+    return _State(nngp, nngp.clone(), state.layout, spatial, gaussian=True)
 
 
 def _pool_full(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> Tensor:
@@ -187,6 +225,8 @@ class _Run:
         self.peak = 0  # largest state, in numbers per pair
 
     def run(self, module: nn.Module, state: _State, need_out: int) -> _State:
+        if not _composite(module) and not isinstance(module, Conv):
+            state = state.materialized()
         if _composite(module):
             children = _children(module)
             needs, need = [], need_out
@@ -222,6 +262,8 @@ class _Run:
         if isinstance(module, Conv):
             if state.flat or len(state.spatial) != module.dims:
                 raise ValueError(f"a {module.dims}-D Conv block needs inputs with {module.dims} spatial dimension(s), got {state.spatial}")
+            if state.raw is not None:
+                return _first_conv(module, state)
             window = _window_mean_full if state.layout == FULL else _window_mean_diag
             out = _affine(state, module.sigma_w, module.beta, lambda t: window(t, module.kernel_size, module.stride, module.padding))
             spatial = tuple(
@@ -266,16 +308,12 @@ class _Run:
 
 
 def _input_state(x1: Tensor, x2: Tensor, i: Tensor, j: Tensor, layout: int) -> _State:
-    """The input's kernel for the pairs (x1[i], x2[j])."""
+    """The input's kernel for the pairs (x1[i], x2[j]): (1/d) x.x' for vectors; for images and
+    sequences the inputs themselves, whose kernel the first convolution forms from its patches."""
     a, b = x1[i], x2[j]
     if a.dim() == 2:  # vectors (P, d)
         return _State((a * b).sum(1) / a.shape[1], None, VECTOR, ())
-    spatial = tuple(a.shape[2:])
-    a, b = a.flatten(2), b.flatten(2)  # (P, C, S)
-    if layout == FULL:
-        k = torch.bmm(a.transpose(1, 2), b) / a.shape[1]  # (P, S, S)
-        return _State(k.reshape(k.shape[0], *spatial, *spatial), None, FULL, spatial)
-    return _State(((a * b).sum(1) / a.shape[1]).reshape(-1, *spatial), None, DIAG, spatial)
+    return _State(None, None, layout, tuple(a.shape[2:]), raw=(a, b))
 
 
 def limiting_kernels(model_or_x1, *args, **kwargs) -> tuple[Tensor, Tensor]:
@@ -361,9 +399,8 @@ def model_limiting_kernels(
     layout = _need_in(model, VECTOR)
     one = _Run(expect_of)
     one.run(model, _input_state(x1, x1, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), layout), VECTOR)
-    per_pair = max(
-        one.peak, _input_state(x1, x1, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), layout).nngp[0].numel()
-    )
+    first = _input_state(x1, x1, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), layout).materialized()
+    per_pair = max(one.peak, first.nngp[0].numel())
     budget = memory_limit if memory_limit is not None else available_memory(x1.device)
     bytes_per_pair = TEMPORARIES * per_pair * torch.empty((), dtype=dtype).element_size()
     n1, n2 = x1.shape[0], xs2.shape[0]
@@ -373,7 +410,7 @@ def model_limiting_kernels(
             f"the infinite-width kernels need {fmt_bytes(bytes_per_pair)} per pair of inputs and {fmt_bytes(result)} for the result, "
             f"more than the {fmt_bytes(budget)} available; use fewer inputs or raise the limit (NTK_MEMORY_LIMIT)"
         )
-    chunk = max(1, int((budget - result) // bytes_per_pair))
+    chunk = max(1, min(int((budget - result) // bytes_per_pair), CHUNK_NUMBERS // per_pair))
 
     def self_records(x: Tensor) -> list[Tensor]:
         """Every activation's per-position input variances of every input, (N, *spatial) each."""

@@ -149,6 +149,7 @@ def gradient_descent(
     divergence_factor: float = 1e4,
     progress: bool = False,
     resume: TrainResult | None = None,
+    lr_max: float | None = None,
 ) -> TrainResult:
     """Train `model` in place by full-batch gradient descent on `mse_cost` up to t = lr * steps.
 
@@ -167,6 +168,9 @@ def gradient_descent(
             (`TrainResult.until(k)`), with `model` holding the parameters after those k steps. The
             first step taken is then step k (t = lr * k); lr_max and the initial loss are kept, so
             the continued run returns what an uninterrupted one would.
+        lr_max: the stability bound when the caller knows it (then it is not computed: that takes
+            the empirical NTK of all N inputs, (N O)^2 numbers, too much for thousands of images
+            with 10 outputs); the divergence message and `TrainResult.lr_max` report it.
 
     Returns:
         A `TrainResult` with the loss at every step (t = 0, lr, ..., lr * steps) and
@@ -213,7 +217,7 @@ def gradient_descent(
     if resume is not None:
         result = TrainResult(t=list(resume.t), loss=list(resume.loss), lr_max=resume.lr_max)
     else:
-        result = TrainResult(lr_max=largest_stable_lr(model, x))
+        result = TrainResult(lr_max=largest_stable_lr(model, x) if lr_max is None else float(lr_max))
     bar = tqdm(
         range(start_step, steps + 1), desc="gradient descent", disable=not progress, leave=False, initial=start_step, total=steps + 1
     )

@@ -141,6 +141,8 @@ def main(argv: list[str]) -> int:
         argv, dict(base="HEAD~1", names=experiment_names(), rtol=1e-12, rounds=5, bench=True, tables=True, out_dir=str(BENCH_DIR))
     )
     names, out_dir = as_list(args["names"]), Path(args["out_dir"])
+    for key in ("bench", "tables"):  # True/False, or true/false as typed on a command line
+        args[key] = str(args[key]).lower() not in ("false", "0", "no")
     unknown = sorted(set(names) - set(experiment_names()))
     if unknown:
         sys.exit(f"error: unknown experiment(s) {', '.join(unknown)}; allowed: {', '.join(experiment_names())}")

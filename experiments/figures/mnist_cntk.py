@@ -1,0 +1,66 @@
+"""Render the MNIST CNTK figure from saved tables: test accuracy of the infinite-width kernels (CNN-GP
+and CNTK with global average pooling and with flatten, the MLP's NTK) beside trained NTKCNNs of
+growing width, and each network's distance to its n = inf prediction against width.
+
+Reads limits.csv, table.csv and fits.csv; writes mnist_cntk.png and .pdf.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from experiments.figures.style import read_table, save_figure
+
+LABELS = {"cntk_gap": "CNN, global avg pool", "cntk_flatten": "CNN, flatten", "mlp": "MLP (paper's NTK)"}
+
+
+def render(run_dir: str | Path) -> list[Path]:
+    run_dir = Path(run_dir)
+    limits = read_table(run_dir / "limits.csv", {"kernel", "predictor", "t", "test_accuracy"}, "limits.csv")
+    table = read_table(run_dir / "table.csv", {"width", "seed", "t", "test_accuracy", "dist_to_limit"}, "table.csv")
+    fits = read_table(run_dir / "fits.csv", {"quantity", "exponent", "ci_low", "ci_high", "intercept"}, "fits.csv").set_index("quantity")
+    t_end = table.t.max()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax = axes[0]
+    kernels = [k for k in LABELS if k in set(limits.kernel)]
+    bars = (("ntk", math.inf, "NTK, t = inf"), ("ntk", t_end, f"NTK, t = {t_end:g}"), ("nngp", math.inf, "NNGP mean"))
+    for k, (predictor, t, label) in enumerate(bars):
+        rows = limits[(limits.predictor == predictor) & (limits.t == t)]  # (inf == inf)
+        values = [rows[rows.kernel == name].test_accuracy.iloc[0] if (rows.kernel == name).any() else np.nan for name in kernels]
+        ax.bar(np.arange(len(kernels)) + (k - 1) * 0.27, values, width=0.27, label=label)
+    end = table[table.t == t_end].groupby("width").test_accuracy.agg(["mean", "min", "max"]).reset_index()
+    for i, row in end.iterrows():
+        ax.errorbar(
+            len(kernels) + 0.2 * (i - (len(end) - 1) / 2),
+            row["mean"],
+            yerr=[[row["mean"] - row["min"]], [row["max"] - row["mean"]]],
+            fmt="ko",
+            ms=4,
+            capsize=2,
+        )
+    ax.set_xticks(list(range(len(kernels))) + [len(kernels)])
+    ax.set_xticklabels([LABELS[k] for k in kernels] + [f"trained CNNs\nC = {', '.join(map(str, end.width))}"], fontsize=7)
+    low = np.nanmin([limits.test_accuracy.min(), end["min"].min()])
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7, frameon=False, loc="lower left")
+    ax = axes[1]
+    ends = table[table.t == t_end]
+    ax.plot(ends.width, ends.dist_to_limit, "o", color="tab:blue", label="each network")
+    if "dist_to_limit" in fits.index and np.isfinite(fits.loc["dist_to_limit", "exponent"]):
+        f = fits.loc["dist_to_limit"]
+        grid = np.geomspace(ends.width.min(), ends.width.max(), 50)
+        ax.plot(
+            grid, np.exp(f.intercept) * grid**f.exponent, "k--", lw=1, label=f"fit: C^{f.exponent:.2f} [{f.ci_low:.2f}, {f.ci_high:.2f}]"
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("channels C")
+    ax.set_ylabel(f"RMS distance to the n = inf prediction, t = {t_end:g}")
+    ax.legend(fontsize=8, frameon=False)
+    fig.suptitle("MNIST: infinite-width convolutional kernels against the MLP's NTK and trained CNNs", fontsize=10)
+    return save_figure(fig, run_dir / "mnist_cntk")

