@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import time
 
@@ -85,18 +84,11 @@ def main(argv: list[str]) -> None:
     import torch
 
     import ntk
-    from scripts.common import calls_per_round, parse_kv, write_bench
+    from scripts.common import Worker, calls_per_round, parse_kv, write_bench
 
     args = parse_kv(argv, dict(nt_python="/tmp/nt/bin/python", cases=[0, 1, 2], rounds=5, min_time=0.25, out_name="cnn_limits"))
-    proc = subprocess.Popen([args["nt_python"], __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
-
-    def neural_tangents(index: int, calls: int) -> dict:
-        proc.stdin.write(f"{index} {calls}\n")
-        proc.stdin.flush()
-        reply = proc.stdout.readline()
-        if not reply:
-            sys.exit(f"error: the neural-tangents worker ({args['nt_python']}) stopped; is neural-tangents installed there?")
-        return json.loads(reply)
+    worker = Worker(args["nt_python"], __file__, "neural-tangents")
+    neural_tangents = worker.request
 
     rows = []
     try:
@@ -167,8 +159,7 @@ def main(argv: list[str]) -> None:
                 flush=True,
             )
     finally:
-        proc.stdin.close()
-        proc.wait(timeout=120)
+        worker.close()
     write_bench(pd.DataFrame(rows), str(args["out_name"]), argv)
 
 

@@ -28,7 +28,6 @@ Writes results/bench/neural_tangents.csv and .md.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 
@@ -89,18 +88,11 @@ def main(argv: list[str]) -> None:
     from ntk.model import NTKMLP
     from scripts.bench_ntk import layerwise_flops
     from scripts.bench_structured import CNN
-    from scripts.common import calls_per_round, parse_kv, write_bench
+    from scripts.common import Worker, calls_per_round, parse_kv, write_bench
 
     args = parse_kv(argv, dict(nt_python="/tmp/nt/bin/python", cases=[0, 1, 2], rounds=11, min_time=0.25, out_name="neural_tangents"))
-    proc = subprocess.Popen([args["nt_python"], __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
-
-    def neural_tangents(index: int, calls: int) -> dict:
-        proc.stdin.write(f"{index} {calls}\n")
-        proc.stdin.flush()
-        reply = proc.stdout.readline()
-        if not reply:
-            sys.exit(f"error: the neural-tangents worker ({args['nt_python']}) stopped; is neural-tangents installed there?")
-        return json.loads(reply)
+    worker = Worker(args["nt_python"], __file__, "neural-tangents")
+    neural_tangents = worker.request
 
     rows = []
     try:
@@ -175,8 +167,7 @@ def main(argv: list[str]) -> None:
             print(f"{arch} N={n}: neural-tangents {med['neural_tangents']:.4g} s, ours {med['ours']:.4g} s", flush=True)
             model = a = w = None
     finally:
-        proc.stdin.close()
-        proc.wait(timeout=60)
+        worker.close()
     write_bench(pd.DataFrame(rows), str(args["out_name"]), argv)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import json
 import math
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +19,28 @@ from experiments.persistence import atomic_write_json, atomic_write_text, proven
 from ntk.utils import synchronize
 
 BENCH_DIR = Path("results/bench")
+
+
+class Worker:
+    """A benchmark worker in another environment (`python script --worker`) that answers one JSON line
+    per request line; `request(*fields)` sends the fields and returns the reply (exits with one line
+    if the worker has stopped)."""
+
+    def __init__(self, python: str, script: str, what: str) -> None:
+        self.python, self.what = python, what
+        self.proc = subprocess.Popen([python, script, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+
+    def request(self, *fields: object) -> dict:
+        self.proc.stdin.write(" ".join(map(str, fields)) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        if not reply:
+            sys.exit(f"error: the {self.what} worker ({self.python}) stopped; is {self.what} installed there?")
+        return json.loads(reply)
+
+    def close(self, timeout: float = 120) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=timeout)
 
 
 def parse_kv(argv: list[str], defaults: dict) -> dict:

@@ -106,6 +106,20 @@ def compare_tables(a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def compare_run_dirs(first_dir: Path, second_dir: Path) -> list[dict]:
+    """`compare_tables` of every CSV two runs wrote (rows tagged with the table's name); a ValueError
+    when they wrote different tables."""
+    first, second = tables_of(first_dir), tables_of(second_dir)
+    if set(first) != set(second):
+        raise ValueError(f"the runs wrote different tables: {sorted(first)} vs {sorted(second)}")
+    rows = []
+    for table in sorted(first):
+        a = pd.read_csv(first[table], float_precision="round_trip")
+        b = pd.read_csv(second[table], float_precision="round_trip")
+        rows += [row | dict(table=table) for row in compare_tables(a, b)]
+    return rows
+
+
 def as_list(value: object) -> list[str]:
     """A list argument given as a Python list or as bare names, `[cpu,cuda]` or `cpu,cuda`."""
     if isinstance(value, (list, tuple)):
@@ -136,17 +150,15 @@ def main(argv: list[str]) -> int:
             failures.append(str(err))
             print(f"FAILED {err}", flush=True)
             continue
-        first, second = tables_of(out_dir / tags[0] / name), tables_of(out_dir / tags[1] / name)
-        if set(first) != set(second):
-            failures.append(f"{name}: the runs wrote different tables: {sorted(first)} vs {sorted(second)}")
+        try:
+            compared = compare_run_dirs(out_dir / tags[0] / name, out_dir / tags[1] / name)
+        except ValueError as err:
+            failures.append(f"{name}: {err}")
             continue
-        for table in sorted(first):
-            a = pd.read_csv(first[table], float_precision="round_trip")
-            b = pd.read_csv(second[table], float_precision="round_trip")
-            for row in compare_tables(a, b):
-                held = not any(s in row["column"] for s in NOT_HELD)
-                row |= dict(experiment=name, table=table, held=held, ok=bool(row["rel_diff"] <= rtol or not held))
-                rows.append(row)
+        for row in compared:
+            held = not any(s in row["column"] for s in NOT_HELD)
+            rows.append(row | dict(experiment=name, held=held, ok=bool(row["rel_diff"] <= rtol or not held)))
+        first = {r["table"] for r in compared}
         worst = max((r["rel_diff"] for r in rows if r["experiment"] == name and r["kind"] == "float" and r["held"]), default=0.0)
         times = ", ".join(f"{d} {walls[d]:.1f} s" for d in devices)
         print(f"{name}: largest relative difference {worst:.3g} over {len(first)} table(s) ({times})", flush=True)

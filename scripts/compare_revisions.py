@@ -39,7 +39,7 @@ from experiments.persistence import atomic_write_json, atomic_write_text, proven
 from experiments.runner import experiment_names, load_experiment
 from scripts.bench_structured import build
 from scripts.common import BENCH_DIR, interleaved, parse_kv, spread
-from scripts.compare_devices import as_list, compare_tables, tables_of
+from scripts.compare_devices import as_list, compare_run_dirs
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP_CASES = [
@@ -67,15 +67,13 @@ def compare_runs(base_tree: Path, names: list[str], work: Path, rtol: float) -> 
         except RuntimeError as err:
             failures.append(str(err))
             continue
-        first, second = tables_of(work / "base" / name), tables_of(work / "head" / name)
-        if set(first) != set(second):
-            failures.append(f"{name}: different tables: {sorted(first)} vs {sorted(second)}")
+        try:
+            compared = compare_run_dirs(work / "base" / name, work / "head" / name)
+        except ValueError as err:
+            failures.append(f"{name}: {err}")
             continue
-        for table in sorted(first):
-            a = pd.read_csv(first[table], float_precision="round_trip")
-            b = pd.read_csv(second[table], float_precision="round_trip")
-            for row in compare_tables(a, b):
-                rows.append(row | dict(experiment=name, table=table, ok=bool(row["rel_diff"] <= rtol)))
+        rows += [row | dict(experiment=name, ok=bool(row["rel_diff"] <= rtol)) for row in compared]
+        first = {r["table"] for r in compared}
         worst = max((r["rel_diff"] for r in rows if r["experiment"] == name and r["kind"] == "float"), default=0.0)
         print(f"{name}: {len(first)} table(s), largest relative difference {worst:.3g}", flush=True)
     return pd.DataFrame(rows, columns=["experiment", "table", "column", "kind", "rel_diff", "max_abs_diff", "ok", "note"]), failures

@@ -171,6 +171,12 @@ def test_ntkcnn_is_a_composition_of_blocks_with_its_limit():
         (nn.Sequential(Conv(1, 4, 3), GlobalAvgPool(), Dense(4, 1, 0.1)), torch.randn(2, 25), r"needs \(N, C, H, W\) inputs"),
         (nn.Sequential(Conv(1, 4, 7), GlobalAvgPool(), Dense(4, 1, 0.1)), torch.randn(2, 1, 5, 5), "does not fit the padded input"),
         (nn.Sequential(Conv(1, 4, 3), Elementwise("relu")), torch.randn(2, 1, 5, 5), r"output must be \(N, O\)"),
+        (
+            nn.Sequential(Conv(1, 4, 3, stride=9), GlobalAvgPool(), Dense(4, 1, 0.1)),
+            torch.randn(2, 1, 5, 5),
+            "stride .* is larger than the padded input",
+        ),
+        (nn.Sequential(Elementwise("relu"), Conv(1, 4, 3), GlobalAvgPool(), Dense(4, 1, 0.1)), torch.randn(2, 1, 5, 5), "is not Gaussian"),
     ],
 )
 def test_bad_models_and_inputs_are_refused_in_one_line(model, x, message):
@@ -186,3 +192,15 @@ def test_bad_blocks_are_refused_when_built():
         Residual(nn.Sequential(Conv(4, 4, 3, padding=1), Elementwise("relu")))
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         Elementwise("swish")
+
+
+def test_a_block_model_trains_and_gives_its_empirical_kernel():
+    """The same module object: gradient descent lowers its loss, and its structured empirical NTK equals
+    Jacobian contraction (the blocks' convolutions and dense layers have structured rules)."""
+    model = small_cnn(8, 0)
+    x = torch.randn(6, 1, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.randn(6, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    assert rel_fro(ntk.empirical_ntk(model, x, method="structured"), ntk.empirical_ntk(model, x, method="jacobian")) < 1e-10
+    lr = 0.5 * ntk.largest_stable_lr(model, x)
+    result = ntk.gradient_descent(model, x, y, lr=lr, steps=100)
+    assert result.loss[-1] < 0.5 * result.loss[0]
