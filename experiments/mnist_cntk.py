@@ -106,21 +106,17 @@ def chunked_kernels(
     under out_dir/.parts/<config key>/ (an interrupted run recomputes only the missing parts). With
     `symmetric` (x_rows is x_cols) a part computes its rows against the columns from its first row on."""
     folder = Path(cfg.out_dir) / ".parts" / config_key(cfg)
-    folder.mkdir(parents=True, exist_ok=True)
     n1, n2 = x_rows.shape[0], x_cols.shape[0]
     nngp, ntk = x_rows.new_zeros(n1, n2), x_rows.new_zeros(n1, n2)
     starts = list(range(0, n1, cfg.rows_per_part))
     for start in tqdm(starts, desc=f"{name} kernel parts", disable=not show_progress(cfg)):
         stop = min(start + cfg.rows_per_part, n1)
-        path = folder / f"kernel_{name}_{'sym' if symmetric else 'cross'}_{start}.pt"
+        store = Checkpoint(folder / f"kernel_{name}_{'sym' if symmetric else 'cross'}_{start}.pt", 0.0)  # saved atomically
         first = start if symmetric else 0
-        if path.exists():
-            part = torch.load(path)
-        else:
+        part = store.load()
+        if part is None:
             part = model_limiting_kernels(model, x_rows[start:stop], x_cols[first:])
-            tmp = path.with_suffix(".tmp")
-            torch.save(part, tmp)
-            tmp.replace(path)
+            store.save(part)
         nngp[start:stop, first:], ntk[start:stop, first:] = part
     if symmetric:  # the lower triangle from the upper
         lower = torch.tril(torch.ones(n1, n1, dtype=torch.bool), -1)
@@ -154,8 +150,7 @@ class Shared:
     y_train: torch.Tensor  # (N, 10)
     y_test: torch.Tensor  # (M, 10)
     labels_test: torch.Tensor  # (M,)
-    k_train: torch.Tensor  # Theta_gap(X, X), (N, N)
-    k_test: torch.Tensor  # Theta_gap(x, X), (M, N)
+    gain: torch.Tensor  # Theta_gap(x, X) A_T at the training lr, (M, N): the n = inf network's response at T
     limits: pd.DataFrame
     scale_check: pd.DataFrame
     lr_max: float  # 2 / lambda_max(Theta_gap / N): gradient descent on the infinite network's kernel diverges above it
@@ -183,9 +178,8 @@ def prepare(cfg: DictConfig) -> Shared:
         raise ValueError(
             f"train.lr={cfg.train.lr:g} is above the stability bound 2 / lambda_max(Theta / N) = {lr_max:.3g} of the CNTK on these digits"
         )
-    return Shared(
-        xi_train, xi_test, y_train, y_test, l_test, kernels["cntk_gap"][2], kernels["cntk_gap"][3], limits, scale_check(cfg), lr_max
-    )
+    gain = kernels["cntk_gap"][3] @ flow_matrix(kernels["cntk_gap"][2], t_end, lr=cfg.train.lr)  # once, for every network
+    return Shared(xi_train, xi_test, y_train, y_test, l_test, gain, limits, scale_check(cfg), lr_max)
 
 
 def scale_check(cfg: DictConfig) -> pd.DataFrame:
@@ -222,8 +216,7 @@ def job(cfg: DictConfig, shared: Shared, width: int, seed: int, checkpoint: Chec
     with torch.no_grad():
         f0_train, f0_test = model(x_train).to(kernel_dtype).cpu(), model(x_test).to(kernel_dtype).cpu()
     t_end = cfg.train.lr * cfg.train.steps
-    gain = shared.k_test @ flow_matrix(shared.k_train, t_end, lr=cfg.train.lr)  # Theta_gap(x, X) A_T, (M, N)
-    limit = f0_test + gain @ (shared.y_train - f0_train)  # the n = inf network from the same f0
+    limit = f0_test + shared.gain @ (shared.y_train - f0_train)  # the n = inf network from the same f0
     rows = []
 
     def record(state: TrainState) -> None:

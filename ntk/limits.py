@@ -397,10 +397,12 @@ def model_limiting_kernels(
         return maps[key]
 
     layout = _need_in(model, VECTOR)
-    one = _Run(expect_of)
-    one.run(model, _input_state(x1, x1, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), layout), VECTOR)
-    first = _input_state(x1, x1, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), layout).materialized()
-    per_pair = max(one.peak, first.nngp[0].numel())
+    zero = torch.zeros(1, dtype=torch.long, device=x1.device)
+    first = _input_state(x1, x1, zero, zero, layout)
+    one = _Run(expect_of)  # one pair (x1[0], x1[0]): the largest state per pair, and the output's layout, before the work
+    if one.run(model, first, VECTOR).layout != VECTOR:
+        raise ValueError("the model's output has positions: end it with GlobalAvgPool or Flatten and a Dense block")
+    per_pair = max(one.peak, first.materialized().nngp[0].numel())
     budget = memory_limit if memory_limit is not None else available_memory(x1.device)
     bytes_per_pair = TEMPORARIES * per_pair * torch.empty((), dtype=dtype).element_size()
     n1, n2 = x1.shape[0], xs2.shape[0]
@@ -435,8 +437,6 @@ def model_limiting_kernels(
         i, j = i_all[start : start + chunk], j_all[start : start + chunk]
         run = _Run(expect_of, iter([(r1[i], r2[j]) for r1, r2 in zip(rec1, rec2)]))
         out = run.run(model, _input_state(x1, xs2, i, j, layout), VECTOR)
-        if out.layout != VECTOR:
-            raise ValueError("the model's output has positions: end it with GlobalAvgPool or Flatten and a Dense block")
         nngp[i, j], ntk[i, j] = out.nngp, out.ntk if out.ntk is not None else torch.zeros_like(out.nngp)
         if x2 is None:
             nngp[j, i], ntk[j, i] = nngp[i, j], ntk[i, j]

@@ -105,7 +105,7 @@ class KernelMethod:
             vectorised chunk) or None (no blocking).
         memory: (sizes, n1, n2, symmetric, dtype, block) -> bytes.
         flops: (sizes, n1, n2, symmetric, trace) -> FLOPs of the (n1, n2) kernel.
-        compute: (model, x1, x2, dtype, block, trace) -> the kernel.
+        compute: (model, x1, x2, dtype, block, trace) -> the kernel (the backend itself, `ntk.backends` / `ntk.structured`).
 
     Example:
         >>> import ntk
@@ -205,20 +205,8 @@ def _structured_flops(s: ModelSizes, n1: int, n2: int, symmetric: bool, trace: b
     return n * (f + o * f) + layers + ((n * 2 * o * f + 2 * n1 * n2 * (o if trace else o * o) * s.n_rest) if rest else 0.0)
 
 
-def _layerwise(model: nn.Module, x1, x2, dtype, block, trace) -> Tensor:
-    return layerwise_kernel(model, x1, x2, dtype, block, trace)
-
-
-def _structured(model: nn.Module, x1, x2, dtype, block, trace) -> Tensor:
-    return structured_kernel(model, x1, x2, dtype, block, trace)
-
-
 def _jacobian(model: nn.Module, x1, x2, dtype, block, trace) -> Tensor:
-    return jacobian_kernel(model, x1, x2, dtype, trace)
-
-
-def _ntk_vp(model: nn.Module, x1, x2, dtype, block, trace) -> Tensor:
-    return ntk_vp_kernel(model, x1, x2, dtype, block, trace)
+    return jacobian_kernel(model, x1, x2, dtype, trace)  # no blocks
 
 
 def _needs_mlp(model: nn.Module) -> str | None:
@@ -239,7 +227,7 @@ METHODS: dict[str, KernelMethod] = {
             blocks="rows",
             memory=_layerwise_memory,
             flops=lambda s, n1, n2, symmetric, trace: layerwise_flops(s.model.widths, n1, None if symmetric else n2, s.out_dim, trace),
-            compute=_layerwise,
+            compute=layerwise_kernel,
             memory_formula="b B (2 F_l + 2 B O^2) + K, F_l = sum_l (2 n_l + O n_{l+1}) numbers per input",
             flops_formula="forward, O passes back to the first hidden layer, two Gram products per layer",
         ),
@@ -252,7 +240,7 @@ METHODS: dict[str, KernelMethod] = {
             blocks="rows",
             memory=_structured_memory,
             flops=_structured_flops,
-            compute=_structured,
+            compute=structured_kernel,
             memory_formula="b (2 B A (1 + O) + min(4 B^2 O^2 S^2, 2 B O P) + 4 O P_rest B) + K",
             flops_formula="n (F + O F) + the cheaper contraction of each covered layer + the Jacobian terms of P_rest",
         ),
@@ -278,7 +266,7 @@ METHODS: dict[str, KernelMethod] = {
             blocks="columns",
             memory=_ntk_vp_memory,
             flops=_ntk_vp_flops,
-            compute=_ntk_vp,
+            compute=ntk_vp_kernel,
             memory_formula="b c (2 P + 3 N1 A) + b P + K",
             flops_formula="N2 O (3 F + 3 F N1)",
         ),

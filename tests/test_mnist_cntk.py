@@ -45,10 +45,12 @@ def test_chunked_kernels_and_predictions_against_a_direct_solve(tiny_run):
     x_train, l_train, x_test, l_test = mnist_split(d.n_train, d.n_test, d.seed, d.source, d.root, d.download)
     a, b = mnist_cntk.images(x_train, cfg.image_size), mnist_cntk.images(x_test, cfg.image_size)
     model = mnist_cntk.architectures(cfg)["cntk_gap"]
-    shared = mnist_cntk.prepare(cfg)  # from the parts saved by... a fresh computation (the run removed them)
+    chunked_train = mnist_cntk.chunked_kernels(cfg, "check", model, a, a, True)[1]  # parts of rows_per_part rows, saved and read back
+    chunked_test = mnist_cntk.chunked_kernels(cfg, "check_test", model, b, a, False)[1]
     direct_train = model_limiting_kernels(model, a)[1]
     direct_test = model_limiting_kernels(model, b, a)[1]
-    assert rel_fro(shared.k_train, direct_train) < 1e-12 and rel_fro(shared.k_test, direct_test) < 1e-12
+    assert rel_fro(chunked_train, direct_train) < 1e-12 and rel_fro(chunked_test, direct_test) < 1e-12
+    assert rel_fro(mnist_cntk.chunked_kernels(cfg, "check", model, a, a, True)[1], direct_train) < 1e-12  # from the saved parts
     y = torch.nn.functional.one_hot(l_train, 10).double() - 0.1
     f = direct_test @ torch.linalg.lstsq(direct_train, y).solution
     y_test = torch.nn.functional.one_hot(l_test, 10).double() - 0.1
