@@ -93,13 +93,15 @@ def _conv_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call
     positions = lambda calls: sum(math.prod(c.cotangents[0].shape[2:]) for c in calls)  # noqa: E731
     s1, s2 = positions(calls1), positions(calls2)
     inp = module.weight[0].numel() + with_b  # per output channel: in/groups * prod(kernel) (+ the bias)
-    explicit, grams = contraction_costs(n1, n2, o, s1, s2, inp, module.out_channels // groups, trace, same)
+    out_g = module.out_channels // groups
+    explicit, grams = contraction_costs(n1, n2, o, s1, s2, inp, out_g, trace, same)
     if not with_w or explicit <= grams:
 
         def sample_weight_grads(c: Call, g: Tensor) -> Tensor:  # (N, O, out * in/groups * prod(kernel))
-            if groups == 1 and inp <= SMALL_FAN_IN:  # few input channels: patches and one batched product are faster
-                a, gp = conv_patches(module, c.inputs)[:, 0], conv_positions(module, g.flatten(0, 1))[:, 0]  # (N, S, in), (N O, S, out)
-                return torch.bmm(gp.unflatten(0, (-1, o)).transpose(2, 3).reshape(a.shape[0], -1, a.shape[1]), a).reshape(a.shape[0], o, -1)
+            if groups > 1 or inp <= SMALL_FAN_IN:  # grouped, depthwise or few input channels: one batched product over patches
+                a = conv_patches(module, c.inputs)  # (N, groups, S, in/groups k)
+                gp = g.reshape(g.shape[0], o, groups, out_g, -1)  # (N, O, groups, out/groups, S)
+                return torch.einsum("nogjs,ngsi->nogji", gp, a).reshape(g.shape[0], o, -1)  # weight layout (out, in/groups k)
             return conv_sample_grads(module, c.inputs, g)
 
         def sample_grads(calls: list[Call]) -> Tensor:  # (N, O, P of this layer), summed over the calls
@@ -116,18 +118,21 @@ def _conv_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call
         w1 = sample_grads(calls1)
         return _gram_explicit(w1, w1 if same else sample_grads(calls2), trace)
 
-    def grouped(calls: list[Call], group: int) -> tuple[Tensor, Tensor]:  # patches (N, S, in), cotangents (N, O, S, out)
-        a = torch.cat([conv_patches(module, c.inputs)[:, group] for c in calls], 1)
-        g = torch.cat([conv_positions(module, cots(c).flatten(0, 1)).unflatten(0, (-1, o))[:, :, group] for c in calls], 2)
+    def grouped(calls: list[Call]) -> tuple[Tensor, Tensor]:  # patches (N, groups, S, in), cotangents (N, O, groups, S, out)
+        a = torch.cat([conv_patches(module, c.inputs) for c in calls], 2)
+        g = torch.cat([conv_positions(module, cots(c).flatten(0, 1)).unflatten(0, (-1, o)) for c in calls], 3)
         return a, g
 
-    total = None
-    for group in range(groups):
-        a1, g1 = grouped(calls1, group)
-        a2, g2 = (a1, g1) if same else grouped(calls2, group)
-        term = _gram_weight(a1, g1, a2, g2, trace, with_bias=with_b)
-        total = term if total is None else total + term
-    return total
+    a1, g1 = grouped(calls1)
+    a2, g2 = (a1, g1) if same else grouped(calls2)
+    if groups == 1:
+        return _gram_weight(a1[:, 0], g1[:, :, 0], a2[:, 0], g2[:, :, 0], trace, with_bias=with_b)
+    aa = torch.einsum("agsi,bgti->abgst", a1, a2)  # (N1, N2, groups, S1, S2): every group at once
+    if with_b:
+        aa += 1.0
+    if trace:
+        return (aa * torch.einsum("aogsj,bogtj->abgst", g1, g2)).sum((2, 3, 4))
+    return torch.einsum("aboqgst,abgst->aboq", torch.einsum("aogsj,bqgtj->aboqgst", g1, g2), aa)
 
 
 def _scaled(t: Tensor, factor: float) -> Tensor:
