@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-from ntk.forward import cast_fixed, cast_input, cast_params, output_dim
+from ntk.forward import as_outputs, cast_fixed, cast_input, cast_params, output_dim
 from ntk.model import NTKMLP, backward_factors, forward_with_cache
 
 Tensor = torch.Tensor
@@ -127,7 +127,7 @@ def flat_jacobian(model: nn.Module, params: dict[str, Tensor], fixed: dict[str, 
     a function of `params` that torch.func can differentiate again (`ntk.finite.kernel_velocity`)."""
 
     def f(p: dict[str, Tensor], xi: Tensor) -> Tensor:
-        return functional_call(model, {**fixed, **p}, (xi.unsqueeze(0),)).reshape(-1)  # (O,)
+        return as_outputs(functional_call(model, {**fixed, **p}, (xi.unsqueeze(0),)), 1)[0]  # (O,)
 
     try:
         j = vmap(jacrev(f), in_dims=(None, 0))(params, x)  # {name: (N, O, *shape)}
@@ -162,8 +162,7 @@ def ntk_vp_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.
     out_dim = output_dim(model, x1[:1])
 
     def call(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        out = functional_call(model, {**fixed, **p}, (x,))
-        return out.reshape(x.shape[0], -1)  # (N, O)
+        return as_outputs(functional_call(model, {**fixed, **p}, (x,)), x.shape[0])  # (N, O)
 
     def column(xj: Tensor, e: Tensor) -> Tensor:
         """Theta(X1, x_j) e = J(X1) J(x_j)^T e, (N1, O)."""

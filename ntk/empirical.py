@@ -36,12 +36,14 @@ on another device are moved there, and the result is returned there.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from ntk.backends import layerwise_factors
-from ntk.forward import cast_fixed, cast_input, cast_params
+from ntk.forward import as_outputs, cast_fixed, cast_input, cast_params, output_shape
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 from ntk.methods import METHODS, get_method
 from ntk.model import NTKMLP, forward_with_cache
@@ -70,27 +72,44 @@ def empirical_ntk(
     dtype: torch.dtype = torch.float64,
     trace: bool = False,
     memory_limit: int | None = None,
+    trace_axes: tuple[int, ...] | None = None,
+    diagonal: bool = False,
 ) -> Tensor:
     """Empirical NTK Theta(x1, x2) of `model` at its current parameters.
 
     Args:
-        model: an `NTKMLP` (all methods) or any module mapping (N, ...) to (N, O) or (N,).
-        x1: inputs, (N1, ...) ((N1, d) for an NTKMLP).
+        model: an `NTKMLP` (all methods) or any module mapping inputs (N, ...) to a tensor (N, ...)
+            or to a tuple, list or dict of such tensors.
+        x1: inputs, (N1, ...) ((N1, d) for an NTKMLP): a tensor whose first axis counts inputs.
         x2: inputs, (N2, ...) like x1; None means x2 = x1: the factors of x1 are reused, only blocks
             on or above the diagonal are computed, and the result is exactly symmetric.
         method: "auto", "layerwise", "structured", "ntk_vp" or "jacobian" (module docstring).
         block_size: rows of x1 (and x2) processed at once by "layerwise" and "structured", or
             columns per vectorised chunk for "ntk_vp"; None picks the largest that fits the budget.
         dtype: precision of the computation and of the result.
-        trace: for O > 1 outputs, return the trace over outputs sum_a Theta[:, :, a, a], (N1, N2).
+        trace: sum over every output entry, sum_a Theta[:, :, a, a]: (N1, N2).
         memory_limit: bytes the computation may use; default `ntk.memory.available_memory`.
+        trace_axes: axes of the model's output (N, d_1, ..., d_k), counted with the batch axis 0 as
+            neural-tangents counts them (1 ... k, or negative), to sum over; the other output axes
+            are kept. A tensor output only; trace_axes covering every output axis equals trace=True.
+        diagonal: only K(x_i, x_i) for each input of x1 (x2 must be None), without the N x N
+            matrix: computed in small symmetric blocks along the diagonal.
 
     Returns:
-        (N1, N2) for a scalar output (or with trace=True); (N1, N2, O, O) for O > 1 outputs,
-        entry [i, j, a, b] being sum_p df_a(x_i)/dtheta_p df_b(x_j)/dtheta_p.
+        The kernel, entry [i, j, a..., b...] = sum_p df_a(x_i)/dtheta_p df_b(x_j)/dtheta_p:
+
+        - a tensor output (N, d_1, ..., d_k) with kept axes K = (d_k1, ...): (N1, N2, *K, *K);
+        - a tuple, list or dict output: its leaves flattened and concatenated in order, O entries:
+          (N1, N2, O, O);
+        - with trace=True, every output axis traced, or one output entry per input ((N,), (N, 1)):
+          (N1, N2);
+        - with diagonal=True: (N1, *K, *K), or (N1,) when nothing is kept.
 
     Raises:
-        ValueError: unknown method, malformed or non-finite inputs, layerwise on another module.
+        ValueError: unknown method; inputs that are not a tensor (N, ...), a 1-D float tensor, integer
+            inputs the model cannot take, non-finite inputs or parameters; a model without trainable
+            parameters; a stochastic layer (Dropout) or batch statistics in training mode; an
+            output that is not a tensor or a tuple, list or dict of tensors; bad trace_axes.
         NTKMemoryError: the method's memory estimate exceeds the budget.
 
     Example:
@@ -103,27 +122,96 @@ def empirical_ntk(
         >>> torch.allclose(theta, ntk.empirical_ntk(model, x, method="jacobian"))
         True
         >>> cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 36, 3))
-        >>> ntk.empirical_ntk(cnn, torch.randn(5, 1, 8, 8)).shape  # any module: structured, (N1, N2, O, O)
+        >>> ntk.empirical_ntk(cnn, torch.randn(5, 1, 8, 8)).shape  # any module: (N1, N2, O, O)
         torch.Size([5, 5, 3, 3])
+        >>> conv = torch.nn.Conv2d(1, 2, 3, padding=1)  # image to image: output (N, 2, 8, 8)
+        >>> ntk.empirical_ntk(conv, torch.randn(5, 1, 8, 8), trace_axes=(2, 3)).shape  # channels kept
+        torch.Size([5, 5, 2, 2])
+        >>> ntk.empirical_ntk(conv, torch.randn(5, 1, 8, 8), trace=True, diagonal=True).shape
+        torch.Size([5])
     """
     if method != "auto":
         get_method(method)  # one line naming the allowed methods for an unknown name
+    _check_tensor("x1", x1)
+    if x2 is not None:
+        _check_tensor("x2", x2)
+    if diagonal and x2 is not None:
+        raise ValueError("diagonal=True gives K(x_i, x_i) for the inputs of x1: pass x2=None")
     x1, x2 = on_model_device(model, x1), None if x2 is None else on_model_device(model, x2)
+    _check_model(model)
     _check_inputs(model, x1, x2)
-    if not isinstance(model, NTKMLP):
-        check_independent_samples(model)  # batch statistics: no kernel of input pairs, whatever the method
     if method != "auto" and (why := METHODS[method].refuses(model)) is not None:
         raise ValueError(why)
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
         raise ValueError(f"block_size must be an integer >= 1 or None, got {block_size!r}")
+    shape, entries = output_shape(model, x1)
+    traced, kept = _traced_axes(shape, trace, trace_axes)
+    full_trace = not kept or entries == 1  # one number per pair: the backends' traced kernel (N1, N2)
     budget = memory_limit if memory_limit is not None else available_memory(x1.device)
-    n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
-    method, block = plan_method(model, x1, n1, n2, x2 is None, method, block_size, dtype, budget)
-    with torch.no_grad():
-        kernel = METHODS[method].compute(model, x1, x2, dtype, block, trace)
-    if x2 is None:
-        kernel = 0.5 * (kernel + (kernel.transpose(0, 1).transpose(2, 3) if kernel.dim() == 4 else kernel.T))
-    return kernel
+
+    def compute(xa: Tensor, xb: Tensor | None) -> Tensor:
+        n1, n2 = xa.shape[0], (xa if xb is None else xb).shape[0]
+        name, block = plan_method(model, xa, n1, n2, xb is None, method, block_size, dtype, budget, trace=full_trace)
+        with torch.no_grad():
+            kernel = METHODS[name].compute(model, xa, xb, dtype, block, full_trace)
+        if xb is None:
+            kernel = 0.5 * (kernel + (kernel.transpose(0, 1).transpose(2, 3) if kernel.dim() == 4 else kernel.T))
+        return kernel if full_trace else _kept(kernel, shape, traced, kept)
+
+    if not diagonal:
+        return compute(x1, x2)
+    rows = min(x1.shape[0], DIAGONAL_ROWS)
+    parts = []
+    for start in range(0, x1.shape[0], rows):  # small symmetric blocks along the diagonal, their diagonals kept
+        block = compute(x1[start : start + rows], None)
+        parts.append(torch.diagonal(block, dim1=0, dim2=1).movedim(-1, 0).contiguous())
+    return torch.cat(parts)
+
+
+DIAGONAL_ROWS = 32  # inputs per diagonal block of diagonal=True: N x 32 pairs instead of N^2, few calls
+
+
+def _traced_axes(shape: tuple[int, ...] | None, trace: bool, trace_axes) -> tuple[list[int], tuple[int, ...]]:
+    """The output axes traced (0-based, per input) and the shape of those kept, from `trace` and
+    `trace_axes` (axes of the output with the batch axis 0, as neural-tangents counts them)."""
+    if shape is None:  # tuple, list or dict output: its O entries
+        if trace_axes is not None:
+            raise ValueError("trace_axes needs a tensor output; for a tuple, list or dict output use trace=True or trace=False")
+        return [], () if trace else (-1,)  # (-1,): O entries, kept whole
+    if trace:
+        return list(range(len(shape))), ()
+    if trace_axes is None:
+        return [], shape
+    k = len(shape)
+    axes = (trace_axes,) if isinstance(trace_axes, int) else tuple(trace_axes)
+    if not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+        raise ValueError(f"trace_axes must be integers, got {trace_axes!r}")
+    out = []
+    for a in axes:
+        b = a + k + 1 if a < 0 else a
+        if not 1 <= b <= k:
+            raise ValueError(f"trace_axes {a} is not an output axis: the output (N, {', '.join(map(str, shape))}) has axes 1 ... {k} (or -{k} ... -1)")
+        out.append(b - 1)
+    return sorted(set(out)), tuple(d for i, d in enumerate(shape) if i not in out)
+
+
+def _kept(kernel: Tensor, shape: tuple[int, ...] | None, traced: list[int], kept: tuple[int, ...]) -> Tensor:
+    """(N1, N2, O, O) (or (N1, N2) for O = 1) over the flat outputs as (N1, N2, *kept, *kept), the
+    traced axes summed over equal indices."""
+    n1, n2 = kernel.shape[:2]
+    if kernel.dim() == 2:
+        kernel = kernel[:, :, None, None]
+    if shape is None:
+        return kernel
+    if not traced:
+        return kernel.reshape(n1, n2, *shape, *shape)
+    k = len(shape)
+    letters = "abcdefghijklmnopqrstuvwx"
+    left, right = list(letters[:k]), list(letters[k : 2 * k])
+    for t in traced:
+        right[t] = left[t]  # the same index on both sides: the diagonal, summed
+    out = "".join(left[i] for i in range(k) if i not in traced) + "".join(right[i] for i in range(k) if i not in traced)
+    return torch.einsum(f"yz{''.join(left)}{''.join(right)}->yz{out}", kernel.reshape(n1, n2, *shape, *shape))
 
 
 def empirical_nngp(model: NTKMLP, x1: Tensor, x2: Tensor | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -198,7 +286,7 @@ def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor, dtype: torch.dtyp
     x = cast_input(x, dtype)
 
     def f(p: dict[str, Tensor]) -> Tensor:
-        return functional_call(model, {**fixed, **p}, (x,)).reshape(x.shape[0], -1)  # (N, O)
+        return as_outputs(functional_call(model, {**fixed, **p}, (x,)), x.shape[0])  # (N, O)
 
     out, pull = vjp(f, params)
     if v.shape[0] != x.shape[0] or v.numel() != out.numel():
@@ -214,6 +302,46 @@ def on_model_device(model: nn.Module, x: Tensor) -> Tensor:
     return x if param is None or x.device == param.device else x.to(param.device)
 
 
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def _stochastic(m: nn.Module) -> bool:
+    """Whether `m` draws random numbers in its forward pass (training mode): then there is no kernel
+    of input pairs, but a different one per call."""
+    if not m.training:
+        return False
+    if isinstance(m, DROPOUTS):
+        return m.p > 0
+    if isinstance(m, nn.MultiheadAttention):
+        return m.dropout > 0
+    return isinstance(m, nn.RReLU)
+
+
+def _check_tensor(name: str, x: object) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of inputs (N, ...), got {type(x).__name__}; stack the inputs with torch.stack")
+
+
+def _check_model(model: nn.Module) -> None:
+    """One line for a model whose NTK is zero, undefined or random, or whose parameters are not finite."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the model has no trainable parameters (none with requires_grad): its NTK is zero; set requires_grad on those that train")
+    if not isinstance(model, NTKMLP):
+        check_independent_samples(model)  # batch statistics: no kernel of input pairs, whatever the method
+        for name, m in model.named_modules():
+            if _stochastic(m):
+                raise ValueError(
+                    f"{name or 'the model'} ({type(m).__name__}) is random in training mode, so every forward pass draws anew and "
+                    "the kernel changes from call to call; call model.eval() first (or set its probability to 0)"
+                )
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in named:
+            if t.is_floating_point() and t.device.type != "meta" and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
+                raise ValueError(f"{kind} {name!r} holds non-finite values (NaN or inf), so the kernel would too; reset or reload the model")
+
+
 def _check_inputs(model: nn.Module, x1: Tensor, x2: Tensor | None) -> None:
     for name, x in (("x1", x1), ("x2", x2)):
         if x is None:
@@ -225,9 +353,28 @@ def _check_inputs(model: nn.Module, x1: Tensor, x2: Tensor | None) -> None:
                 raise ValueError(f"{name} has input dimension {x.shape[1]}, the model expects {model.in_dim}")
         elif x.dim() < 1 or x.shape[0] < 1:
             raise ValueError(f"{name} must have shape (N, ...) with N >= 1 inputs, got {tuple(x.shape)}")
+        elif x.dim() == 1 and x.is_floating_point():
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)}, but inputs are (N, ...) with the inputs along axis 0: "
+                f"x[:, None] for {x.shape[0]} scalar inputs, x[None] for one input of {x.shape[0]} numbers"
+            )
         # a NaN or inf makes the sum non-finite (one fast pass and one host sync per kernel, not per
         # block); only an overflowing sum needs the full check. Meta tensors carry no values to check.
         if x.is_floating_point() and x.device.type != "meta" and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
             raise ValueError(f"{name} contains non-finite values")
+        if not x.is_floating_point() and not isinstance(model, NTKMLP) and not _embeds(model):
+            try:
+                with torch.no_grad():
+                    model(x[:1])
+            except Exception as err:  # the model cannot take integers: say so, not torch's dtype error from inside
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ValueError(
+                    f"{name} holds integers ({x.dtype}) and the model fails on them ({first}); "
+                    "pass floating inputs (x.float()), or token ids to a model that embeds them"
+                ) from None
     if x2 is not None and x2.shape[1:] != x1.shape[1:]:
         raise ValueError(f"x1 and x2 have different input shapes: {tuple(x1.shape[1:])} and {tuple(x2.shape[1:])} per input")
+
+
+def _embeds(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())

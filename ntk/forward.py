@@ -2,7 +2,10 @@
 
 - The parameters a kernel differentiates by, cast for the computation (`cast_params`), and
   everything else a forward pass reads (`cast_fixed`); the model itself is never modified.
-- A model's output as (N, O) (`as_outputs`) and its number of outputs O (`output_dim`).
+- A model's output as (N, O) (`as_outputs`: any tensor (N, ...), or a tuple, list or dict of
+  them), its shape per input (`output_shape`) and its number of entries O (`output_dim`).
+- `fingerprint` and `model_cache`: measurements of a model kept while it lives, measured again
+  when the model changes (weakly keyed, never by id()).
 - `hooked`: the one helper that captures what modules receive and produce in a forward pass
   (forward hooks, removed on exit), used by the structured kernel's passes, its self-check, its
   sizes and the memory planner.
@@ -13,6 +16,7 @@ This module sits at the bottom of `ntk`: it imports nothing of the kernel method
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -50,18 +54,38 @@ def as_model_input(model: nn.Module, x: Tensor) -> Tensor:
     return x.to(param.dtype) if param is not None and x.is_floating_point() else x
 
 
-def as_outputs(f: Tensor, n: int) -> Tensor:
-    """A model's output on n inputs as (N, O): (N,) is O = 1; any other shape is refused."""
-    if f.dim() == 1 and f.shape[0] == n:
-        return f[:, None]
-    if f.dim() != 2 or f.shape[0] != n:
-        raise ValueError(f"the model's output must have shape (N, O) or (N,), got {tuple(f.shape)} for {n} input(s)")
-    return f
+def as_outputs(f: object, n: int) -> Tensor:
+    """A model's output on n inputs as (N, O), O the output entries per input in row-major order.
+
+    A tensor (N, ...) is flattened per input ((N,) is O = 1); a tuple, list or dict of such tensors
+    is flattened leaf by leaf and concatenated in order (a dict in its key order). Anything else, or a
+    leaf whose first axis is not N, is refused in one line.
+    """
+    if isinstance(f, Tensor):
+        if f.dim() == 0 or f.shape[0] != n:
+            raise ValueError(f"the model's output must have the batch first, shape (N, ...) with N = {n}; got {tuple(f.shape)}")
+        return f.reshape(n, -1)
+    if isinstance(f, dict):
+        f = list(f.values())
+    if isinstance(f, (tuple, list)) and f:
+        return torch.cat([as_outputs(leaf, n) for leaf in f], dim=1)
+    raise ValueError(f"the model's output must be a tensor (N, ...) or a tuple, list or dict of them; got {type(f).__name__}")
+
+
+def output_shape(model: nn.Module, x_example: Tensor) -> tuple[tuple[int, ...] | None, int]:
+    """The shape of one input's output (without the batch axis; None for a tuple, list or dict of
+    tensors) and its number of entries O (one forward pass of one input, without gradients)."""
+    if isinstance(model, NTKMLP):
+        return (model.out_dim,), model.out_dim
+    with torch.no_grad():
+        f = model(as_model_input(model, x_example[:1]))
+    o = as_outputs(f, 1).shape[1]  # refuses what is not an output
+    return (tuple(f.shape[1:]) if isinstance(f, Tensor) else None), o
 
 
 def output_dim(model: nn.Module, x_example: Tensor | None) -> int:
-    """O, the number of outputs: the model maps (N, ...) to (N, O), or to (N,) for O = 1 (one
-    forward pass of `x_example`, without gradients, for a module other than an `NTKMLP`)."""
+    """O, the output entries per input (`as_outputs`: one forward pass of `x_example`, without
+    gradients, for a module other than an `NTKMLP`)."""
     if isinstance(model, NTKMLP):
         return model.out_dim
     with torch.no_grad():
@@ -88,10 +112,44 @@ def leaf_output_numel(model: nn.Module, x_example: Tensor) -> int:
         return 2 * sum(model.widths)
     total = 0
 
-    def count(_module: nn.Module, _args: tuple, out: Tensor) -> None:
+    def count(_module: nn.Module, _args: tuple, out: object) -> None:
         nonlocal total
-        total += out.numel()
+        total += sum(t.numel() for t in _tensors(out))
 
     with hooked([m for m in model.modules() if not list(m.children())], count), torch.no_grad():
         model(as_model_input(model, x_example))
     return total
+
+
+def _tensors(out: object) -> list[Tensor]:
+    """The tensors in a module's output (a recurrent layer returns a tuple, some a dict)."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def fingerprint(model: nn.Module, x: Tensor) -> tuple:
+    """What measurements of a model on a kind of input depend on: the input's shape per input and
+    dtype, the trainable parameters by name and shape, and every submodule with its class, its
+    forward (a replaced `forward` counts), its hooks and its training flag. Parameter values are not
+    part of it: nothing cached under it depends on them."""
+    modules = tuple(
+        (name, type(m), m.training, m.__dict__.get("forward", type(m).forward), tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
+        for name, m in model.named_modules()
+    )
+    trainable = tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
+    return (tuple(x.shape[1:]), x.dtype, trainable, modules)
+
+
+# per model, held weakly (an entry dies with its model): {(what, fingerprint): what was measured}
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_cache(model: nn.Module, what: str, x: Tensor) -> dict:
+    """A dictionary for what is measured of `model` on inputs like `x` (`fingerprint`), kept while
+    the model lives: a model changed in a way the fingerprint sees gets a fresh one."""
+    return _CACHE.setdefault(model, {}).setdefault((what, fingerprint(model, x)), {})

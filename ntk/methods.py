@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ntk.backends import jacobian_kernel, layerwise_kernel, ntk_vp_kernel
-from ntk.forward import leaf_output_numel, output_dim
+from ntk.forward import leaf_output_numel, model_cache, output_dim
 from ntk.model import NTKMLP
 from ntk.structured import plan, structured_kernel
 from ntk.structured.cost import Block, layer_flops, one_input_blocks
@@ -35,43 +35,58 @@ Tensor = torch.Tensor
 JACOBIAN_OVERHEAD = 2.0  # vmap(jacrev) holds the Jacobians and about as much in intermediates
 
 
+class _measured(functools.cached_property):
+    """A property measured once per model and kind of input: kept in the model's cache
+    (`ntk.forward.model_cache`), so that repeated kernels of one model do not measure it again."""
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        store = instance._store
+        if self.attrname not in store:
+            store[self.attrname] = self.func(instance)
+        return store[self.attrname]
+
+
 class ModelSizes:
     """What the memory and FLOP formulas read of one model on one kind of input, each measured on
-    first use (a forward pass of `x_example`, one input) and kept for this object's life only: the
-    planner makes one per call, so nothing outlives the call or survives a change of the model."""
+    first use (a forward pass of `x_example`, one input) and kept with the model while it lives
+    (`ntk.forward.model_cache`, keyed by its `fingerprint`: a model changed in structure, trainable
+    parameters, training mode or hooks is measured again; nothing here depends on parameter values)."""
 
     def __init__(self, model: nn.Module, x_example: Tensor | None):
         self.model = model
         self.x_example = None if x_example is None else x_example[:1]
+        self._store = {} if x_example is None else model_cache(model, "sizes", self.x_example)
 
-    @functools.cached_property
+    @_measured
     def out_dim(self) -> int:
         """O."""
         return output_dim(self.model, self.x_example)
 
-    @functools.cached_property
+    @_measured
     def n_params(self) -> int:
         """P, the trainable parameters."""
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
-    @functools.cached_property
+    @_measured
     def leaf_numel(self) -> int:
         """Numbers all leaf modules produce per input (A of ntk_vp)."""
         return leaf_output_numel(self.model, self.x_example)
 
-    @functools.cached_property
+    @_measured
     def structured_plan(self) -> tuple[dict[nn.Module, dict[str, str]], list[str]]:
         """The structured rules' coverage (`ntk.structured.plan`)."""
         return plan(self.model)
 
-    @functools.cached_property
+    @_measured
     def blocks(self) -> list[Block]:
         """The weight blocks of the covered module calls on one input."""
-        if "counted" in self.__dict__:
+        if "counted" in self._store:
             return self.counted[0]
         return one_input_blocks(self.model, self.x_example, self.structured_plan[0])
 
-    @functools.cached_property
+    @_measured
     def counted(self) -> tuple[list[Block], float]:
         """The blocks and F, the FLOPs of one input's forward pass (`torch.utils.flop_counter`), from one pass."""
         counter = FlopCounterMode(display=False)
@@ -84,7 +99,7 @@ class ModelSizes:
         """F."""
         return self.counted[1]
 
-    @functools.cached_property
+    @_measured
     def n_rest(self) -> int:
         """P_rest, the trainable parameters no structured rule covers."""
         rest = set(self.structured_plan[1])

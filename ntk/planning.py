@@ -58,6 +58,7 @@ def plan_method(
     block_size: int | None,
     dtype: torch.dtype,
     budget: float,
+    trace: bool = False,
 ) -> tuple[str, int | None]:
     """The method ("auto" resolved) and the block size an (n1, n2) kernel is computed with.
 

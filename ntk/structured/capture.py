@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ntk.forward import as_model_input, as_outputs, cast_fixed, cast_input, cast_params, hooked
+from ntk.forward import as_model_input, as_outputs, cast_fixed, cast_input, cast_params, hooked, model_cache
 from ntk.structured.coverage import CONVS, LINEAR, bias_scale
 from ntk.structured.records import Call, conv_weight_grad, linear_inputs, out_positions, record
 
@@ -208,30 +207,12 @@ def inplace_outputs(model: nn.Module, x: Tensor, by_module: dict[nn.Module, dict
     return {module for module, out, version in seen if out._version != version}
 
 
-# per model, held weakly (an entry dies with its model): {fingerprint: (the parameters whose gradient
-# the rules do not see whole, the modules whose outputs are copied (`inplace_outputs`))}
-_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def fingerprint(model: nn.Module, x: Tensor) -> tuple:
-    """What the check of the rules depends on: the kind of input (shape per input, dtype), the
-    trainable parameters by name, and every submodule with its class, its forward (a replaced
-    `forward` counts) and its hooks. A change to any of them makes the next kernel check again."""
-    modules = tuple(
-        (name, type(m), m.__dict__.get("forward", type(m).forward), tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
-        for name, m in model.named_modules()
-    )
-    trainable = tuple(sorted(n for n, p in model.named_parameters() if p.requires_grad))
-    return (tuple(x.shape[1:]), x.dtype, trainable, modules)
-
-
 def checked_rules(model: nn.Module, x: Tensor, by_module: dict[nn.Module, dict[str, str]]) -> tuple[set[str], set[nn.Module]]:
     """The rules checked against autograd on `x[:4]` in float64 (once per model and `fingerprint`):
     returns the full names of the parameters whose gradient the rules do not see whole (for Jacobian
     contraction) and the covered modules whose outputs the forward must copy (`inplace_outputs`)."""
-    checked = _CHECKED.setdefault(model, {})
-    key = fingerprint(model, x)
-    if key not in checked:
+    checked = model_cache(model, "structured rules", x)
+    if "result" not in checked:
         copied = inplace_outputs(model, x[:4], by_module)
-        checked[key] = (factors(model, x[:4], torch.float64, by_module, verify=True, copied=copied)[2], copied)
-    return checked[key]
+        checked["result"] = (factors(model, x[:4], torch.float64, by_module, verify=True, copied=copied)[2], copied)
+    return checked["result"]

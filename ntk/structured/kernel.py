@@ -17,7 +17,9 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
     """The whole kernel (N1, N2, O, O) (or (N1, N2) with trace), in row blocks of `block` inputs
     (`empirical_ntk` has refused models whose samples interact, `check_independent_samples`)."""
     by_module, rest = plan(model)
-    wrong, copied = checked_rules(model, x1, by_module)  # the rules against autograd, once per model and kind of input
+    if not by_module and not rest:
+        raise ValueError("the model has no trainable parameters (none with requires_grad): its NTK is zero; set requires_grad on those that train")
+    wrong, copied = checked_rules(model, x1, by_module) if by_module else (set(), set())  # the rules against autograd, once per model and kind of input
     if wrong:  # parameters whose gradient the rules do not see whole: Jacobian contraction for them
         by_module = {m: {n: f for n, f in names.items() if f not in wrong} for m, names in by_module.items()}
         by_module = {m: names for m, names in by_module.items() if names}
@@ -25,10 +27,12 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
     symmetric = x2 is None
     xs2 = x1 if symmetric else x2
 
-    def part(of_rows: tuple, r: slice, c: slice, diagonal: bool) -> Tensor:
+    def part(of_rows: tuple | None, r: slice, c: slice, diagonal: bool) -> Tensor:
+        total = None
+        if of_rows is None:  # no covered parameter: Jacobian contraction of them all, no passes of our own
+            return jacobian_kernel(model, x1[r], None if diagonal else xs2[c], dtype, trace, names=rest)
         c1, out_dim, _ = of_rows
         c2 = c1 if diagonal else factors(model, xs2[c], dtype, by_module, copied=copied)[0]
-        total = None
         for module, names in by_module.items():
             if not c1[module]:
                 continue  # never called (its parameters had no gradient in the check either)
@@ -37,9 +41,7 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
         if rest:
             term = jacobian_kernel(model, x1[r], None if diagonal else xs2[c], dtype, trace, names=rest)  # (N1, N2) for O = 1 or trace
             total = term if total is None else total + term
-        if total is None:
-            raise ValueError("the model has no trainable parameters: its NTK is zero; set requires_grad on the parameters to train")
         return total
 
-    rows_of = lambda r: factors(model, x1[r], dtype, by_module, copied=copied)  # noqa: E731
+    rows_of = lambda r: factors(model, x1[r], dtype, by_module, copied=copied) if by_module else None  # noqa: E731
     return blocked_kernel(x1.shape[0], xs2.shape[0], block, symmetric, rows_of, part)
