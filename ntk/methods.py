@@ -17,11 +17,13 @@ P_rest the parameters no structured rule covers.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from ntk.backends import jacobian_kernel, layerwise_kernel, ntk_vp_kernel
@@ -33,6 +35,18 @@ from ntk.structured.cost import Block, layer_flops, one_input_blocks
 Tensor = torch.Tensor
 
 JACOBIAN_OVERHEAD = 2.0  # vmap(jacrev) holds the Jacobians and about as much in intermediates
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the operations dispatched inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 class _measured(functools.cached_property):
@@ -87,12 +101,18 @@ class ModelSizes:
         return one_input_blocks(self.model, self.x_example, self.structured_plan[0])
 
     @_measured
-    def counted(self) -> tuple[list[Block], float]:
-        """The blocks and F, the FLOPs of one input's forward pass (`torch.utils.flop_counter`), from one pass."""
-        counter = FlopCounterMode(display=False)
-        with counter:
+    def counted(self) -> tuple[list[Block], float, int]:
+        """The blocks, F (the FLOPs of one input's forward pass, `torch.utils.flop_counter`) and D
+        (the operations it dispatches), from one pass."""
+        counter, ops = FlopCounterMode(display=False), _OpCounter()
+        with counter, ops:
             blocks = one_input_blocks(self.model, self.x_example, self.structured_plan[0])
-        return blocks, float(counter.get_total_flops())
+        return blocks, float(counter.get_total_flops()), ops.count
+
+    @property
+    def forward_ops(self) -> int:
+        """D, the operations one forward pass dispatches (each costs a fixed time, whatever its size)."""
+        return 3 * (self.model.depth + 1) if isinstance(self.model, NTKMLP) else self.counted[2]
 
     @property
     def forward_flops(self) -> float:
@@ -121,6 +141,8 @@ class KernelMethod:
         memory: (sizes, n1, n2, symmetric, dtype, block) -> bytes.
         flops: (sizes, n1, n2, symmetric, trace) -> FLOPs of the (n1, n2) kernel.
         compute: (model, x1, x2, dtype, block, trace) -> the kernel (the backend itself, `ntk.backends` / `ntk.structured`).
+        dispatches: (sizes, n1, n2, symmetric, block) -> operations dispatched, each costing a fixed
+            time whatever its size (`predicted_seconds`).
 
     Example:
         >>> import ntk
@@ -137,8 +159,10 @@ class KernelMethod:
     memory: Callable[[ModelSizes, int, int, bool, torch.dtype, int | None], float]
     flops: Callable[[ModelSizes, int, int, bool, bool], float]
     compute: Callable[..., Tensor]
+    dispatches: Callable[[ModelSizes, int, int, bool, int | None], float] = lambda s, n1, n2, symmetric, block: 0.0
     memory_formula: str = ""
     flops_formula: str = ""
+    dispatches_formula: str = ""
 
     def largest_block(self, sizes: ModelSizes, n1: int, n2: int) -> int | None:
         """The block that computes everything at once (None for a method without blocks)."""
@@ -220,6 +244,57 @@ def _structured_flops(s: ModelSizes, n1: int, n2: int, symmetric: bool, trace: b
     return n * (f + o * f) + layers + ((n * 2 * o * f + 2 * n1 * n2 * (o if trace else o * o) * s.n_rest) if rest else 0.0)
 
 
+# The time model of method="auto": FLOPs at a rate plus a fixed cost per dispatched operation, per kind
+# of device; rough, from the benchmark's models (scripts.bench_structured). A wrong guess costs time,
+# never accuracy: every method is exact.
+RATE = {"cpu": 60e9, "cuda": 10e12}  # FLOP/s
+PER_OP = {"cpu": 10e-6, "cuda": 20e-6}  # seconds per dispatched operation
+VMAP_OP = 4  # an operation under vmap(jacrev) (its batching rules, the backward) costs about as much as 4 plain ones
+CONTRACTION_OPS = 12  # operations per covered call and pair of blocks in the structured contractions
+
+
+def predicted_seconds(method: "KernelMethod", sizes: ModelSizes, n1: int, n2: int, symmetric: bool, trace: bool, block: int | None, device: torch.device) -> float:
+    """The time model of method="auto": FLOPs / RATE + dispatched operations x PER_OP.
+
+    Example:
+        >>> import torch, ntk
+        >>> from ntk.methods import ModelSizes, predicted_seconds
+        >>> model, x = torch.nn.Linear(3, 1), torch.zeros(8, 3)
+        >>> t = {m.name: predicted_seconds(m, ModelSizes(model, x), 8, 8, True, True, 8, torch.device("cpu")) for m in ntk.METHODS.values() if m.name != "layerwise"}
+        >>> min(t, key=t.get)
+        'structured'
+    """
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    return method.flops(sizes, n1, n2, symmetric, trace) / RATE[kind] + method.dispatches(sizes, n1, n2, symmetric, block) * PER_OP[kind]
+
+
+def _blocks_count(n1: int, n2: int, symmetric: bool, block: int | None) -> tuple[int, int]:
+    """Row blocks and computed block pairs of a blocked kernel."""
+    rows = math.ceil(n1 / (block or max(n1, n2)))
+    cols = rows if symmetric else math.ceil(n2 / (block or max(n1, n2)))
+    return rows + (0 if symmetric else cols), rows * (rows + 1) // 2 if symmetric else rows * cols
+
+
+def _jacobian_dispatches(s: ModelSizes, n1: int, n2: int, symmetric: bool, block: int | None) -> float:
+    return VMAP_OP * s.forward_ops * (2 + s.out_dim) * (1 if symmetric else 2)
+
+
+def _structured_dispatches(s: ModelSizes, n1: int, n2: int, symmetric: bool, block: int | None) -> float:
+    passes, pairs = _blocks_count(n1, n2, symmetric, block)
+    own = passes * s.forward_ops * (2 + s.out_dim) + pairs * CONTRACTION_OPS * len(s.blocks)
+    return own + (pairs * _jacobian_dispatches(s, n1, n2, True, None) if s.n_rest else 0.0)
+
+
+def _ntk_vp_dispatches(s: ModelSizes, n1: int, n2: int, symmetric: bool, block: int | None) -> float:
+    chunks = math.ceil(n2 * s.out_dim / (block or 1))
+    return chunks * VMAP_OP * 5 * s.forward_ops
+
+
+def _layerwise_dispatches(s: ModelSizes, n1: int, n2: int, symmetric: bool, block: int | None) -> float:
+    passes, pairs = _blocks_count(n1, n2, symmetric, block)
+    return (passes + pairs) * 6 * (s.model.depth + 1)
+
+
 def _jacobian(model: nn.Module, x1, x2, dtype, block, trace) -> Tensor:
     return jacobian_kernel(model, x1, x2, dtype, trace)  # no blocks
 
@@ -243,6 +318,7 @@ METHODS: dict[str, KernelMethod] = {
             memory=_layerwise_memory,
             flops=lambda s, n1, n2, symmetric, trace: layerwise_flops(s.model.widths, n1, None if symmetric else n2, s.out_dim, trace),
             compute=layerwise_kernel,
+            dispatches=_layerwise_dispatches,
             memory_formula="b B (2 F_l + 2 B O^2) + K, F_l = sum_l (2 n_l + O n_{l+1}) numbers per input",
             flops_formula="forward, O passes back to the first hidden layer, two Gram products per layer",
         ),
@@ -251,11 +327,12 @@ METHODS: dict[str, KernelMethod] = {
             summary="per-layer rules, the cheaper exact contraction per layer (Novak et al. 2022), the Jacobian for the rest",
             applies_to="any module",
             refuses=lambda model: None,
-            in_auto=lambda model: not isinstance(model, NTKMLP),  # layerwise is the same rule, faster, on an NTKMLP
+            in_auto=lambda model: not isinstance(model, NTKMLP) and bool(plan(model)[0]),  # an NTKMLP: layerwise; no covered parameter: the Jacobian itself
             blocks="rows",
             memory=_structured_memory,
             flops=_structured_flops,
             compute=structured_kernel,
+            dispatches=_structured_dispatches,
             memory_formula="b (2 B A (1 + O) + min(4 B^2 O^2 S^2, 2 B O P) + 4 O P_rest B) + K",
             flops_formula="n (F + O F) + the cheaper contraction of each covered layer + the Jacobian terms of P_rest",
         ),
@@ -269,6 +346,7 @@ METHODS: dict[str, KernelMethod] = {
             memory=_jacobian_memory,
             flops=_jacobian_flops,
             compute=_jacobian,
+            dispatches=_jacobian_dispatches,
             memory_formula="2 b O P (N1 + N2) + K (N2 left out when symmetric)",
             flops_formula="n (F + 2 O F) + 2 N1 N2 O^2 P",
         ),
@@ -282,6 +360,7 @@ METHODS: dict[str, KernelMethod] = {
             memory=_ntk_vp_memory,
             flops=_ntk_vp_flops,
             compute=ntk_vp_kernel,
+            dispatches=_ntk_vp_dispatches,
             memory_formula="b c (2 P + 3 N1 A) + b P + K",
             flops_formula="N2 O (3 F + 3 F N1)",
         ),

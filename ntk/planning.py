@@ -1,11 +1,11 @@
 """Memory planning of the empirical NTK: which method and which block fit the budget.
 
 `memory_estimate` gives the bytes of a method for an (n1, n2) kernel, by the formula of its entry in
-`ntk.methods.METHODS`; `plan_method` resolves method="auto" (the first method of that table that
-applies to the model and fits) and picks the largest block that fits the budget of
+`ntk.methods.METHODS`; `plan_method` resolves method="auto" (of the methods of that table that
+apply to the model and fit, the one of least predicted time) and picks the largest block that fits the budget of
 `ntk.memory.available_memory`, or refuses with `NTKMemoryError` naming the methods that would fit.
 What the formulas measure of the model (its outputs, recorded sizes) is measured once per planning
-call (`ntk.methods.ModelSizes`) and forgotten at its end.
+call (`ntk.methods.ModelSizes`), kept with the model while it lives (`ntk.forward.model_cache`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ntk.memory import NTKMemoryError, fmt_bytes
-from ntk.methods import METHODS, ModelSizes, get_method
+from ntk.methods import METHODS, ModelSizes, get_method, predicted_seconds
 
 Tensor = torch.Tensor
 
@@ -62,10 +62,12 @@ def plan_method(
 ) -> tuple[str, int | None]:
     """The method ("auto" resolved) and the block size an (n1, n2) kernel is computed with.
 
-    "auto" takes the first method of `ntk.methods.METHODS` that it tries for this model
-    (`KernelMethod.in_auto`: layerwise for an NTKMLP, structured for any other module, then
-    jacobian, then ntk_vp) whose estimate fits the budget; blocked methods get the largest block
-    that fits (bisection on `memory_estimate`).
+    "auto" plans every method of `ntk.methods.METHODS` that it tries for this model
+    (`KernelMethod.in_auto`: layerwise for an NTKMLP; structured for any other module with a
+    parameter a rule covers; jacobian; ntk_vp), keeps those whose estimate fits the budget and takes
+    the one of least predicted time (`ntk.methods.predicted_seconds`: FLOPs by formula at a rate,
+    plus a fixed cost per dispatched operation); blocked methods get the largest block that fits
+    (bisection on `memory_estimate`).
 
     Raises:
         NTKMemoryError: the method does not fit even one row at a time; the message names the
@@ -78,7 +80,7 @@ def plan_method(
         >>> plan_method(model, torch.randn(64, 2), 64, 64, True, "auto", None, torch.float64, 2**30)
         ('layerwise', 64)
     """
-    sizes = ModelSizes(model, x1[:1])  # measured once in this planning, forgotten at its end
+    sizes = ModelSizes(model, x1[:1])  # measured once per model and kind of input (`ntk.forward.model_cache`)
     candidates = [m for m in METHODS.values() if m.in_auto(model)]
 
     def estimate(m, block: int | None) -> float:
@@ -107,11 +109,12 @@ def plan_method(
                 hi = mid - 1
         return lo, estimate(m, lo)
 
-    if method == "auto":  # the first that fits (the later ones are not even planned)
-        for m in candidates:
-            block, _ = fit(m)
-            if block != -1:
-                return m.name, block
+    if method == "auto":  # of those that fit, the least predicted time
+        fitting = [(m, block) for m in candidates if (block := fit(m)[0]) != -1]
+        if fitting:
+            device = x1.device
+            m, block = min(fitting, key=lambda mb: predicted_seconds(mb[0], sizes, n1, n2, symmetric, trace, mb[1], device))
+            return m.name, block
         chosen = candidates[0]
     else:
         chosen = get_method(method)
