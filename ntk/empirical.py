@@ -36,8 +36,6 @@ on another device are moved there, and the result is returned there.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
@@ -190,7 +188,9 @@ def _traced_axes(shape: tuple[int, ...] | None, trace: bool, trace_axes) -> tupl
     for a in axes:
         b = a + k + 1 if a < 0 else a
         if not 1 <= b <= k:
-            raise ValueError(f"trace_axes {a} is not an output axis: the output (N, {', '.join(map(str, shape))}) has axes 1 ... {k} (or -{k} ... -1)")
+            raise ValueError(
+                f"trace_axes {a} is not an output axis: the output (N, {', '.join(map(str, shape))}) has axes 1 ... {k} (or -{k} ... -1)"
+            )
         out.append(b - 1)
     return sorted(set(out)), tuple(d for i, d in enumerate(shape) if i not in out)
 
@@ -327,7 +327,9 @@ def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("the model has no trainable parameters (none with requires_grad): its NTK is zero; set requires_grad on those that train")
+        raise ValueError(
+            "the model has no trainable parameters (none with requires_grad): its NTK is zero; set requires_grad on those that train"
+        )
     if not isinstance(model, NTKMLP):
         check_independent_samples(model)  # batch statistics: no kernel of input pairs, whatever the method
         for name, m in model.named_modules():
@@ -339,7 +341,9 @@ def _check_model(model: nn.Module) -> None:
     for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
         for name, t in named:
             if t.is_floating_point() and t.device.type != "meta" and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
-                raise ValueError(f"{kind} {name!r} holds non-finite values (NaN or inf), so the kernel would too; reset or reload the model")
+                raise ValueError(
+                    f"{kind} {name!r} holds non-finite values (NaN or inf), so the kernel would too; reset or reload the model"
+                )
 
 
 def _check_inputs(model: nn.Module, x1: Tensor, x2: Tensor | None) -> None:

@@ -30,7 +30,7 @@ from ntk.backends import jacobian_kernel, layerwise_kernel, ntk_vp_kernel
 from ntk.forward import leaf_output_numel, model_cache, output_dim
 from ntk.model import NTKMLP
 from ntk.structured import plan, structured_kernel
-from ntk.structured.cost import Block, layer_flops, one_input_blocks
+from ntk.structured.cost import Block, block_costs, layer_flops, one_input_blocks
 
 Tensor = torch.Tensor
 
@@ -197,10 +197,11 @@ def _structured_memory(s: ModelSizes, n1: int, n2: int, symmetric: bool, dtype: 
     b = _bytes(dtype)
     rows, o = _rows(block, n1, n2), s.out_dim
     per_input = sum(blk.numbers for blk in s.blocks)
-    positions = max([blk.positions for blk in s.blocks], default=1)
-    grams = 4 * rows * rows * o**2 * positions**2  # Gram-of-Grams temporaries (bounded below)
+    by_module = s.structured_plan[0]
+    # the contraction each block takes at this block size (by FLOPs), and the largest of their intermediates
+    temporary = max((c.temporary for c in block_costs(s.blocks, by_module, rows, rows, o, False, False)), default=0.0)
     jac = JACOBIAN_OVERHEAD * o * s.n_rest * 2 * rows
-    return b * (2 * rows * per_input * (1 + o) + min(grams, 2 * rows * o * s.n_params) + jac) + _result_bytes(s, n1, n2, b)
+    return b * (2 * rows * per_input * (1 + o) + 2 * temporary + jac) + _result_bytes(s, n1, n2, b)
 
 
 def _jacobian_memory(s: ModelSizes, n1: int, n2: int, symmetric: bool, dtype: torch.dtype, block: int | None) -> float:
@@ -253,7 +254,9 @@ VMAP_OP = 4  # an operation under vmap(jacrev) (its batching rules, the backward
 CONTRACTION_OPS = 12  # operations per covered call and pair of blocks in the structured contractions
 
 
-def predicted_seconds(method: "KernelMethod", sizes: ModelSizes, n1: int, n2: int, symmetric: bool, trace: bool, block: int | None, device: torch.device) -> float:
+def predicted_seconds(
+    method: KernelMethod, sizes: ModelSizes, n1: int, n2: int, symmetric: bool, trace: bool, block: int | None, device: torch.device
+) -> float:
     """The time model of method="auto": FLOPs / RATE + dispatched operations x PER_OP.
 
     Example:
@@ -327,13 +330,14 @@ METHODS: dict[str, KernelMethod] = {
             summary="per-layer rules, the cheaper exact contraction per layer (Novak et al. 2022), the Jacobian for the rest",
             applies_to="any module",
             refuses=lambda model: None,
-            in_auto=lambda model: not isinstance(model, NTKMLP) and bool(plan(model)[0]),  # an NTKMLP: layerwise; no covered parameter: the Jacobian itself
+            in_auto=lambda model: not isinstance(model, NTKMLP)
+            and bool(plan(model)[0]),  # an NTKMLP: layerwise; no covered parameter: the Jacobian itself
             blocks="rows",
             memory=_structured_memory,
             flops=_structured_flops,
             compute=structured_kernel,
             dispatches=_structured_dispatches,
-            memory_formula="b (2 B A (1 + O) + min(4 B^2 O^2 S^2, 2 B O P) + 4 O P_rest B) + K",
+            memory_formula="b (2 B A (1 + O) + 2 T + 4 O P_rest B) + K, T the largest intermediate of the contraction each layer takes at B rows",
             flops_formula="n (F + O F) + the cheaper contraction of each covered layer + the Jacobian terms of P_rest",
         ),
         KernelMethod(

@@ -42,6 +42,8 @@ def one_input_blocks(model: nn.Module, x1: Tensor, by_module: dict[nn.Module, di
         if isinstance(module, nn.MultiheadAttention):  # three blocks (E, E) on the L tokens, inputs and outputs (L, E) each
             e = module.embed_dim
             blocks.extend([Block(module, 2 * x.numel(), x.numel() // e, e, e)] * 3)
+            if module.out_proj in by_module:  # called as a module by the forward the kernel runs, not by this one
+                blocks.append(Block(module.out_proj, 2 * x.numel(), x.numel() // e, e, e))
         elif isinstance(module, CONVS):  # counted as patches, the larger form the kernel may build
             patches, g = conv_patches(module, conv_padded(module, x)), module.groups
             blocks.append(
@@ -57,21 +59,44 @@ def one_input_blocks(model: nn.Module, x1: Tensor, by_module: dict[nn.Module, di
     return blocks
 
 
-def layer_flops(
+@dataclass
+class BlockCost:
+    """How the kernel contracts one weight block, and what that costs for an (n1, n2) kernel."""
+
+    block: Block
+    form: str  # "explicit" (per-sample gradients and their Gram), "gram of grams", or "per-sample" (elementwise weights, embeddings, lone biases)
+    flops: float  # a multiply-add is 2
+    temporary: float  # numbers the contraction holds at once (its intermediates)
+
+
+def block_costs(
     blocks: list[Block], by_module: dict[nn.Module, dict[str, str]], n1: int, n2: int, o: int, trace: bool, symmetric: bool
-) -> float:
-    """FLOPs (a multiply-add is 2) of the covered modules' shares of an (n1, n2) kernel with O outputs:
-    for a weight matrix the cheaper of the two contractions (`contraction_costs`, its bias as one more
-    input column), for elementwise weights, embeddings and lone biases the per-sample gradients and
-    their Gram."""
+) -> list[BlockCost]:
+    """For each block, the contraction the kernel takes for it (the cheaper of the two exact forms of
+    a weight matrix, `contraction_costs`, its bias as one more input column; per-sample gradients for
+    elementwise weights, embeddings and lone biases), its FLOPs and its intermediates."""
     n = n1 if symmetric else n1 + n2
     oo = o if trace else o * o
-    total = 0.0
+    out = []
     for b in blocks:
         names = by_module[b.module]
         if isinstance(b.module, (*LINEAR, nn.MultiheadAttention, *CONVS)) and ("weight" in names or "in_proj_weight" in names):
-            costs = contraction_costs(n1, n2, o, b.positions, b.positions, b.fan_in + 1, b.fan_out, trace, symmetric)
-            total += 2 * b.groups * min(costs)
+            explicit, grams = contraction_costs(n1, n2, o, b.positions, b.positions, b.fan_in + 1, b.fan_out, trace, symmetric)
+            if explicit <= grams:
+                temporary = n * o * b.groups * (b.fan_in + 1) * b.fan_out
+                out.append(BlockCost(b, "explicit", 2.0 * b.groups * explicit, temporary))
+            else:
+                temporary = n1 * n2 * b.groups * b.positions**2 * (1 + oo)  # the two Grams over position pairs
+                out.append(BlockCost(b, "gram of grams", 2.0 * b.groups * grams, temporary))
         else:
-            total += 2 * (n * o * b.positions * b.fan_out + n1 * n2 * oo * b.fan_out)
-    return total
+            flops = 2.0 * (n * o * b.positions * b.fan_out + n1 * n2 * oo * b.fan_out)
+            out.append(BlockCost(b, "per-sample", flops, n * o * b.fan_out))
+    return out
+
+
+def layer_flops(
+    blocks: list[Block], by_module: dict[nn.Module, dict[str, str]], n1: int, n2: int, o: int, trace: bool, symmetric: bool
+) -> float:
+    """FLOPs (a multiply-add is 2) of the covered modules' shares of an (n1, n2) kernel with O outputs
+    (`block_costs`)."""
+    return sum(c.flops for c in block_costs(blocks, by_module, n1, n2, o, trace, symmetric))

@@ -72,6 +72,44 @@ def plan(model: nn.Module) -> tuple[dict[nn.Module, dict[str, str]], list[str]]:
     return by_module, rest
 
 
+def uncovered_reasons(model: nn.Module) -> dict[str, str]:
+    """Why each trainable parameter that `plan` leaves to Jacobian contraction has no rule, in words."""
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, p in _own_params(module).items():
+            owners.setdefault(id(p), []).append((module, name))
+    rest = set(plan(model)[1])
+    reasons = {}
+    for full, p in model.named_parameters():
+        if full not in rest:
+            continue
+        uses = owners[id(p)]
+        module, name = uses[0]
+        if len(uses) > 1:
+            reasons[full] = f"shared by {len(uses)} modules"
+        elif not covered(module) and type(module) in RULE_CLASSES:
+            reasons[full] = f"{type(module).__name__} in a form no rule covers (padding mode, max_norm, no running statistics, ...)"
+        elif not covered(module):
+            kind = "a raw parameter used in the forward of" if list(module.children()) else "no rule for"
+            reasons[full] = f"{kind} {type(module).__name__}"
+        else:
+            reasons[full] = f"{name!r} is not a parameter the {type(module).__name__} rule knows"
+    return reasons
+
+
+RULE_CLASSES = (
+    *LINEAR,
+    *CONVS,
+    nn.Embedding,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.MultiheadAttention,
+)
+
+
 def check_independent_samples(model: nn.Module) -> None:
     """Refuse a model whose samples interact (batch statistics), whose NTK per input pair is undefined."""
     for name, module in model.named_modules():

@@ -18,8 +18,12 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
     (`empirical_ntk` has refused models whose samples interact, `check_independent_samples`)."""
     by_module, rest = plan(model)
     if not by_module and not rest:
-        raise ValueError("the model has no trainable parameters (none with requires_grad): its NTK is zero; set requires_grad on those that train")
-    wrong, copied = checked_rules(model, x1, by_module) if by_module else (set(), set())  # the rules against autograd, once per model and kind of input
+        raise ValueError(
+            "the model has no trainable parameters (none with requires_grad): its NTK is zero; set requires_grad on those that train"
+        )
+    wrong, copied = (
+        checked_rules(model, x1, by_module) if by_module else (set(), set())
+    )  # the rules against autograd, once per model and kind of input
     if wrong:  # parameters whose gradient the rules do not see whole: Jacobian contraction for them
         by_module = {m: {n: f for n, f in names.items() if f not in wrong} for m, names in by_module.items()}
         by_module = {m: names for m, names in by_module.items() if names}
