@@ -173,9 +173,14 @@ def ntk_vp_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.
     eye = torch.eye(out_dim, dtype=dtype, device=x1.device)
     points = xs.repeat_interleave(out_dim, dim=0)  # (N2 O, d): column (j, b) at j O + b
     directions = eye.repeat(xs.shape[0], 1)  # (N2 O, O)
-    cols = torch.cat(
-        [vmap(column)(points[k : k + chunk], directions[k : k + chunk]) for k in range(0, points.shape[0], chunk)]
-    )  # (N2 O, N1, O)
+
+    def columns(k: int) -> Tensor:
+        try:
+            return vmap(column)(points[k : k + chunk], directions[k : k + chunk])
+        except RuntimeError:  # a module vmap cannot batch (recurrent layers): one column at a time
+            return torch.stack([column(p, d) for p, d in zip(points[k : k + chunk], directions[k : k + chunk])])
+
+    cols = torch.cat([columns(k) for k in range(0, points.shape[0], chunk)])  # (N2 O, N1, O)
     kernel = cols.reshape(xs.shape[0], out_dim, x1.shape[0], out_dim).permute(2, 0, 3, 1)  # (N1, N2, O_a, O_b)
     if out_dim == 1:
         return kernel[:, :, 0, 0].contiguous()

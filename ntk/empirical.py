@@ -41,7 +41,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from ntk.backends import layerwise_factors
-from ntk.forward import as_outputs, cast_fixed, cast_input, cast_params, output_shape
+from ntk.forward import as_outputs, cast_fixed, cast_input, cast_params, one_call, output_shape
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 from ntk.methods import METHODS, get_method
 from ntk.model import NTKMLP, forward_with_cache
@@ -142,28 +142,29 @@ def empirical_ntk(
         raise ValueError(why)
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
         raise ValueError(f"block_size must be an integer >= 1 or None, got {block_size!r}")
-    shape, entries = output_shape(model, x1)
-    traced, kept = _traced_axes(shape, trace, trace_axes)
-    full_trace = not kept or entries == 1  # one number per pair: the backends' traced kernel (N1, N2)
-    budget = memory_limit if memory_limit is not None else available_memory(x1.device)
+    with one_call():  # the model does not change within: its fingerprint is taken once per kind of input
+        shape, entries = output_shape(model, x1)
+        traced, kept = _traced_axes(shape, trace, trace_axes)
+        full_trace = not kept or entries == 1  # one number per pair: the backends' traced kernel (N1, N2)
+        budget = memory_limit if memory_limit is not None else available_memory(x1.device)
 
-    def compute(xa: Tensor, xb: Tensor | None) -> Tensor:
-        n1, n2 = xa.shape[0], (xa if xb is None else xb).shape[0]
-        name, block = plan_method(model, xa, n1, n2, xb is None, method, block_size, dtype, budget, trace=full_trace)
-        with torch.no_grad():
-            kernel = METHODS[name].compute(model, xa, xb, dtype, block, full_trace)
-        if xb is None:
-            kernel = 0.5 * (kernel + (kernel.transpose(0, 1).transpose(2, 3) if kernel.dim() == 4 else kernel.T))
-        return kernel if full_trace else _kept(kernel, shape, traced, kept)
+        def compute(xa: Tensor, xb: Tensor | None) -> Tensor:
+            n1, n2 = xa.shape[0], (xa if xb is None else xb).shape[0]
+            name, block = plan_method(model, xa, n1, n2, xb is None, method, block_size, dtype, budget, trace=full_trace)
+            with torch.no_grad():
+                kernel = METHODS[name].compute(model, xa, xb, dtype, block, full_trace)
+            if xb is None:
+                kernel = 0.5 * (kernel + (kernel.transpose(0, 1).transpose(2, 3) if kernel.dim() == 4 else kernel.T))
+            return kernel if full_trace else _kept(kernel, shape, traced, kept)
 
-    if not diagonal:
-        return compute(x1, x2)
-    rows = min(x1.shape[0], DIAGONAL_ROWS)
-    parts = []
-    for start in range(0, x1.shape[0], rows):  # small symmetric blocks along the diagonal, their diagonals kept
-        block = compute(x1[start : start + rows], None)
-        parts.append(torch.diagonal(block, dim1=0, dim2=1).movedim(-1, 0).contiguous())
-    return torch.cat(parts)
+        if not diagonal:
+            return compute(x1, x2)
+        rows = min(x1.shape[0], DIAGONAL_ROWS)
+        parts = []
+        for start in range(0, x1.shape[0], rows):  # small symmetric blocks along the diagonal, their diagonals kept
+            block = compute(x1[start : start + rows], None)
+            parts.append(torch.diagonal(block, dim1=0, dim2=1).movedim(-1, 0).contiguous())
+        return torch.cat(parts)
 
 
 DIAGONAL_ROWS = 32  # inputs per diagonal block of diagonal=True: N x 32 pairs instead of N^2, few calls

@@ -74,13 +74,17 @@ def as_outputs(f: object, n: int) -> Tensor:
 
 def output_shape(model: nn.Module, x_example: Tensor) -> tuple[tuple[int, ...] | None, int]:
     """The shape of one input's output (without the batch axis; None for a tuple, list or dict of
-    tensors) and its number of entries O (one forward pass of one input, without gradients)."""
+    tensors) and its number of entries O (one forward pass of one input, without gradients, once per
+    model and kind of input: `model_cache`)."""
     if isinstance(model, NTKMLP):
         return (model.out_dim,), model.out_dim
-    with torch.no_grad():
-        f = model(as_model_input(model, x_example[:1]))
-    o = as_outputs(f, 1).shape[1]  # refuses what is not an output
-    return (tuple(f.shape[1:]) if isinstance(f, Tensor) else None), o
+    cache = model_cache(model, "output shape", x_example[:1])  # measured once per model and kind of input
+    if "shape" not in cache:
+        with torch.no_grad():
+            f = model(as_model_input(model, x_example[:1]))
+        o = as_outputs(f, 1).shape[1]  # refuses what is not an output
+        cache["shape"] = (tuple(f.shape[1:]) if isinstance(f, Tensor) else None), o
+    return cache["shape"]
 
 
 def output_dim(model: nn.Module, x_example: Tensor | None) -> int:
@@ -132,17 +136,41 @@ def _tensors(out: object) -> list[Tensor]:
     return []
 
 
+_MEMO: dict | None = None  # within `one_call`: fingerprints by (id(model), input shape, dtype)
+
+
+@contextlib.contextmanager
+def one_call() -> Iterator[None]:
+    """Within the block (one kernel computation) the model is taken not to change: its `fingerprint`
+    is computed once per kind of input, not by every cache lookup (a few ms on a model of hundreds
+    of modules). Nested blocks share the outer one's memo."""
+    global _MEMO
+    outer = _MEMO
+    if outer is None:
+        _MEMO = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _MEMO = None
+
+
 def fingerprint(model: nn.Module, x: Tensor) -> tuple:
     """What measurements of a model on a kind of input depend on: the input's shape per input and
     dtype, the trainable parameters by name and shape, and every submodule with its class, its
     forward (a replaced `forward` counts), its hooks and its training flag. Parameter values are not
     part of it: nothing cached under it depends on them."""
+    if _MEMO is not None and (key := (id(model), tuple(x.shape[1:]), x.dtype)) in _MEMO:
+        return _MEMO[key]
     modules = tuple(
         (name, type(m), m.training, m.__dict__.get("forward", type(m).forward), tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
         for name, m in model.named_modules()
     )
     trainable = tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
-    return (tuple(x.shape[1:]), x.dtype, trainable, modules)
+    result = (tuple(x.shape[1:]), x.dtype, trainable, modules)
+    if _MEMO is not None:
+        _MEMO[(id(model), tuple(x.shape[1:]), x.dtype)] = result
+    return result
 
 
 # per model, held weakly (an entry dies with its model): {(what, fingerprint): what was measured}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -113,6 +114,19 @@ class ModelSizes:
     def forward_ops(self) -> int:
         """D, the operations one forward pass dispatches (each costs a fixed time, whatever its size)."""
         return 3 * (self.model.depth + 1) if isinstance(self.model, NTKMLP) else self.counted[2]
+
+    @_measured
+    def vmappable(self) -> bool:
+        """Whether torch.func.vmap batches the model's forward (recurrent layers have no batching
+        rule: the torch.func methods then go one input, or one column, at a time)."""
+        if isinstance(self.model, NTKMLP):
+            return True
+        try:
+            with torch.no_grad():
+                vmap(lambda xi: self.model(xi[None]))(torch.cat([self.x_example, self.x_example]))
+        except RuntimeError:
+            return False
+        return True
 
     @property
     def forward_flops(self) -> float:
@@ -279,7 +293,8 @@ def _blocks_count(n1: int, n2: int, symmetric: bool, block: int | None) -> tuple
 
 
 def _jacobian_dispatches(s: ModelSizes, n1: int, n2: int, symmetric: bool, block: int | None) -> float:
-    return VMAP_OP * s.forward_ops * (2 + s.out_dim) * (1 if symmetric else 2)
+    per_input = 1 if s.vmappable else (n1 if symmetric else n1 + n2)  # without a batching rule: one input at a time
+    return VMAP_OP * s.forward_ops * (2 + s.out_dim) * (1 if symmetric else 2) * per_input
 
 
 def _structured_dispatches(s: ModelSizes, n1: int, n2: int, symmetric: bool, block: int | None) -> float:
@@ -289,7 +304,7 @@ def _structured_dispatches(s: ModelSizes, n1: int, n2: int, symmetric: bool, blo
 
 
 def _ntk_vp_dispatches(s: ModelSizes, n1: int, n2: int, symmetric: bool, block: int | None) -> float:
-    chunks = math.ceil(n2 * s.out_dim / (block or 1))
+    chunks = math.ceil(n2 * s.out_dim / (block or 1)) if s.vmappable else n2 * s.out_dim  # without a batching rule: per column
     return chunks * VMAP_OP * 5 * s.forward_ops
 
 

@@ -11,7 +11,14 @@ Models (scalar output, the full (N, N) kernel):
   lenet        the same convolutions, then a hidden linear layer of 512 (LeNet's shape), N = 64
   resnet18     torchvision's resnet18 (eval mode), 32 x 32 images, N = 16
   transformer  nn.TransformerEncoderLayer (d = 64, 4 heads, eval mode) + mean + linear, 16 tokens, N = 32
-Contenders per model: method="structured", torch.func Jacobian contraction and NTK-vector products
+  mobilenet    torchvision's mobilenet_v3_small (depthwise convolutions), 32 x 32 images, N = 16; and
+               mobilenet_f64, the same in float64 at N = 4
+  gru_text     embedding (1000 x 64) -> GRU (128) -> linear, 32 tokens, N = 32
+  vit          a ViT: 4 x 4 patches of 32 x 32 images, d = 64, 2 pre-norm layers, class token, N = 32
+  unet         a UNet block (GroupNorm, SiLU, strided convolution, ConvTranspose2d, skip), 32 x 32, pooled, N = 16
+  lora         784-512-512-1 frozen linear layers with rank-8 trainable updates (LoRA), N = 64
+(the last five from `scripts.model_zoo`, float32 unless named _f64).
+Contenders per model: method="auto" (with the method it takes), method="structured", torch.func Jacobian contraction and NTK-vector products
 (the PyTorch NTK tutorial's two methods, `ntk.empirical`), nngeometry's Gram matrix (PyPI
 nngeometry 0.4, given by `nngeometry_path`: `pip install --no-deps --target <path> nngeometry==0.4`),
 and a float32 GEMM (N x 1024) @ (1024 x 1024) as the rate reference. A contender whose first call
@@ -40,12 +47,15 @@ from torch import nn
 from ntk.empirical import empirical_ntk, memory_estimate
 from ntk.memory import available_memory
 from ntk.methods import flop_counts
+from ntk.report import kernel_report
 from ntk.model import NTKMLP
 from ntk.utils import best_time, resolve_device
 from scripts.bench_ntk import layerwise_flops
+from scripts import model_zoo
 from scripts.common import BENCH_DIR, interleaved, parse_kv, spread, write_bench
 
-MODELS = ("mlp", "cnn", "lenet", "resnet18", "transformer")
+MODELS = ("mlp", "cnn", "lenet", "resnet18", "transformer", "mobilenet", "mobilenet_f64", "gru_text", "vit", "unet", "lora")
+ZOO_N = {"mobilenet": 16, "mobilenet_f64": 4, "gru_text": 32, "vit": 32, "unet": 16, "lora": 64}
 TORCH_FUNC = ("jacobian", "ntk_vp")
 
 
@@ -73,7 +83,15 @@ class Transformer(nn.Module):
         return self.fc(self.layer(x).mean(1))
 
 
-def build(name: str, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
+def build(name: str, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.dtype]:
+    """The model (eval mode), its N inputs and the dtype of the kernel."""
+    if name in ZOO_N:
+        model, inputs = model_zoo.build(name.removesuffix("_f64"), 1, "bench")
+        x = inputs(ZOO_N[name], torch.Generator().manual_seed(1))
+        dtype = torch.float64 if name.endswith("_f64") else torch.float32
+        if dtype == torch.float64:
+            model, x = model.double(), (x.double() if x.is_floating_point() else x)
+        return model.to(device).eval(), x.to(device), dtype
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     if name == "mlp":
@@ -87,7 +105,7 @@ def build(name: str, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
         model, x = torchvision.models.resnet18(num_classes=1), torch.rand(16, 3, 32, 32, generator=g)
     else:
         model, x = Transformer(), torch.randn(32, 16, 64, generator=g)
-    return model.to(device).eval(), x.to(device)
+    return model.to(device).eval(), x.to(device), torch.float32
 
 
 def nngeometry_gram(model: nn.Module, x: torch.Tensor):
@@ -105,12 +123,12 @@ def flops_of(fn) -> float:
     return float(sum(e.flops or 0 for e in prof.key_averages()))
 
 
-def largest_n(model: nn.Module, method: str, x: torch.Tensor, budget: float) -> int:
+def largest_n(model: nn.Module, method: str, x: torch.Tensor, budget: float, dtype: torch.dtype) -> int:
     """The most inputs whose (N, N) kernel the memory planner lets `method` compute (up to 2^20)."""
 
     def fits(n: int) -> bool:
         block = None if method == "jacobian" else 1
-        return memory_estimate(model, method, n, n, True, torch.float32, block, x[:1]) <= budget
+        return memory_estimate(model, method, n, n, True, dtype, block, x[:1]) <= budget
 
     if not fits(1):
         return 0
@@ -135,12 +153,14 @@ def main(argv: list[str]) -> None:
     budget = available_memory(device)
     rows = []
     for name in names:
-        model, x = build(name, device)
+        model, x, dtype = build(name, device)
         n = x.shape[0]
         a, w = torch.randn(n, 1024, device=device), torch.randn(1024, 1024, device=device)
         contenders = {"gemm": lambda: a @ w}
         notes: dict[str, str] = {}
-        candidates = {m: functools.partial(empirical_ntk, model, x, method=m, dtype=torch.float32) for m in ("structured", *TORCH_FUNC)}
+        candidates = {m: functools.partial(empirical_ntk, model, x, method=m, dtype=dtype) for m in ("auto", "structured", *TORCH_FUNC)}
+        takes = kernel_report(model, x, dtype=dtype).chosen
+        notes["auto"] = f"takes {takes[0]}" if takes else "no method fits"
         if name == "mlp":
             twin = NTKMLP(784, 1000, 3, generator=torch.Generator().manual_seed(0), device=device)
             candidates["layerwise"] = functools.partial(empirical_ntk, twin, x, method="layerwise", dtype=torch.float32)
@@ -151,7 +171,7 @@ def main(argv: list[str]) -> None:
                 notes["nngeometry"] = f"refused: {str(err).splitlines()[0]}"
         for method, fn in candidates.items():
             try:
-                first = best_time(fn, device, 1, warmup=1 if method == "structured" else 0)
+                first = best_time(fn, device, 1, warmup=1 if method in ("auto", "structured") else 0)
             except Exception as err:  # out of memory (NTKMemoryError), or a library refusing the model
                 notes[method] = f"refused: {str(err).splitlines()[0]}"
                 continue
@@ -160,6 +180,8 @@ def main(argv: list[str]) -> None:
                 continue
             contenders[method] = fn
         flops = flop_counts(model, x, n)
+        if takes:
+            flops["auto"] = flops.get(takes[0], float("nan"))
         if "layerwise" in candidates:
             flops["layerwise"] = layerwise_flops(twin.widths, n)
         if "nngeometry" in contenders:
@@ -169,7 +191,7 @@ def main(argv: list[str]) -> None:
         gemm_rate = 2 * n * 1024 * 1024 / np.array(times["gemm"])  # FLOP/s per round
         fastest_tf = min((m for m in TORCH_FUNC if m in times), key=lambda m: np.median(times[m]), default=None)
         for method in [*candidates, *[m for m in notes if m not in candidates]]:
-            row = dict(model=name, N=n, method=method, device=str(device), dtype="float32")
+            row = dict(model=name, N=n, method=method, device=str(device), dtype=str(dtype).removeprefix("torch."))
             if method in times:
                 t = np.array(times[method])
                 row |= spread(times[method]) | dict(calls_per_round=calls[method])
@@ -183,7 +205,7 @@ def main(argv: list[str]) -> None:
                 row["gflop"] = flops[method] / 1e9
             row["note"] = notes.get(method, "")
             if method in ("structured", *TORCH_FUNC):
-                row["largest_N_in_budget"] = largest_n(model, method, x, budget)
+                row["largest_N_in_budget"] = largest_n(model, method, x, budget, dtype)
             row["gemm_gflops"] = float(np.median(gemm_rate) / 1e9)
             rows.append(row)
             if "median_s" in row:
