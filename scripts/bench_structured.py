@@ -47,11 +47,11 @@ from torch import nn
 from ntk.empirical import empirical_ntk, memory_estimate
 from ntk.memory import available_memory
 from ntk.methods import flop_counts
-from ntk.report import kernel_report
 from ntk.model import NTKMLP
+from ntk.report import kernel_report
 from ntk.utils import best_time, resolve_device
-from scripts.bench_ntk import layerwise_flops
 from scripts import model_zoo
+from scripts.bench_ntk import layerwise_flops
 from scripts.common import BENCH_DIR, interleaved, parse_kv, spread, write_bench
 
 MODELS = ("mlp", "cnn", "lenet", "resnet18", "transformer", "mobilenet", "mobilenet_f64", "gru_text", "vit", "unet", "lora")
