@@ -339,9 +339,12 @@ def _check_model(model: nn.Module) -> None:
                     f"{name or 'the model'} ({type(m).__name__}) is random in training mode, so every forward pass draws anew and "
                     "the kernel changes from call to call; call model.eval() first (or set its probability to 0)"
                 )
-    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, t in named:
-            if t.is_floating_point() and t.device.type != "meta" and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
+    named = [("parameter", n, t) for n, t in model.named_parameters()] + [("buffer", n, t) for n, t in model.named_buffers()]
+    named = [(kind, n, t) for kind, n, t in named if t.is_floating_point() and t.device.type != "meta"]
+    # one sum per tensor and one host sync in all; a non-finite sum (or an overflowing one) is looked at closely
+    if named and not torch.isfinite(torch.stack([t.detach().sum().to(torch.float64) for _, _, t in named])).all():
+        for kind, name, t in named:
+            if not torch.isfinite(t).all():
                 raise ValueError(
                     f"{kind} {name!r} holds non-finite values (NaN or inf), so the kernel would too; reset or reload the model"
                 )

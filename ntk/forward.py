@@ -155,21 +155,22 @@ def one_call() -> Iterator[None]:
             _MEMO = None
 
 
-def fingerprint(model: nn.Module, x: Tensor) -> tuple:
+def fingerprint(model: nn.Module, x: Tensor | None) -> tuple:
     """What measurements of a model on a kind of input depend on: the input's shape per input and
     dtype, the trainable parameters by name and shape, and every submodule with its class, its
     forward (a replaced `forward` counts), its hooks and its training flag. Parameter values are not
     part of it: nothing cached under it depends on them."""
-    if _MEMO is not None and (key := (id(model), tuple(x.shape[1:]), x.dtype)) in _MEMO:
+    kind = None if x is None else (tuple(x.shape[1:]), x.dtype)  # None: what does not depend on the input
+    if _MEMO is not None and (key := (id(model), kind)) in _MEMO:
         return _MEMO[key]
     modules = tuple(
         (name, type(m), m.training, m.__dict__.get("forward", type(m).forward), tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
         for name, m in model.named_modules()
     )
     trainable = tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
-    result = (tuple(x.shape[1:]), x.dtype, trainable, modules)
+    result = (kind, trainable, modules)
     if _MEMO is not None:
-        _MEMO[(id(model), tuple(x.shape[1:]), x.dtype)] = result
+        _MEMO[(id(model), kind)] = result
     return result
 
 
@@ -177,7 +178,8 @@ def fingerprint(model: nn.Module, x: Tensor) -> tuple:
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def model_cache(model: nn.Module, what: str, x: Tensor) -> dict:
-    """A dictionary for what is measured of `model` on inputs like `x` (`fingerprint`), kept while
-    the model lives: a model changed in a way the fingerprint sees gets a fresh one."""
+def model_cache(model: nn.Module, what: str, x: Tensor | None) -> dict:
+    """A dictionary for what is measured of `model` on inputs like `x` (None: for what does not
+    depend on the input) (`fingerprint`), kept while the model lives: a model changed in a way the
+    fingerprint sees gets a fresh one."""
     return _CACHE.setdefault(model, {}).setdefault((what, fingerprint(model, x)), {})

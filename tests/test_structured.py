@@ -48,6 +48,25 @@ class Conv13(nn.Module):
         return self.fc(torch.cat([a, b], 1))
 
 
+class Depthwise(nn.Module):
+    """Depthwise convolutions: 2-D with a channel multiplier, stride and dilation; 1-D; 3-D."""
+
+    def __init__(self, out: int = 1):
+        super().__init__()
+        self.c2 = nn.Conv2d(2, 4, 3, stride=2, dilation=2, padding=2, groups=2)
+        self.c1 = nn.Conv1d(2, 2, 3, padding=1, groups=2, bias=False)
+        self.c3 = nn.Conv3d(1, 2, 2, groups=1)
+        self.d3 = nn.Conv3d(2, 2, 2, stride=(1, 2, 1), groups=2)
+        self.fc = nn.Linear(4 * 4 * 4 + 2 * 8 + 2 * 2 * 1 * 2, out)
+
+    def forward(self, x):
+        a = torch.tanh(self.c2(x)).flatten(1)  # (N, 4, 4, 4)
+        b = torch.tanh(self.c1(x[:, :, 0, :])).flatten(1)  # (N, 2, 8)
+        v = x[:, :1].reshape(-1, 1, 4, 4, 4)
+        c = torch.tanh(self.d3(torch.tanh(self.c3(v)))).flatten(1)  # (N, 2, 2, 1, 2)
+        return self.fc(torch.cat([a, b, c], 1))
+
+
 class TextModel(nn.Module):
     def __init__(self, out: int = 1):
         super().__init__()
@@ -151,6 +170,7 @@ ZOO = {
     "mlp": (lambda out: nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, out)), "mlp"),
     "cnn": (lambda out: SmallCNN(out), "image"),
     "cnn_groups_dilation": (lambda out: SmallCNN(out, groups=2, dilation=2), "image"),
+    "depthwise": (lambda out: Depthwise(out), "image"),
     "conv1d_conv3d_groupnorm": (lambda out: Conv13(out), "conv13"),
     "text": (lambda out: TextModel(out), "tokens"),
     "shared": (lambda out: SharedTwice(out), "shared"),

@@ -118,16 +118,21 @@ def factors(
     attention = [m for m in by_module if isinstance(m, nn.MultiheadAttention)]
     # every trainable parameter requires grad, as in training: modules with a no-grad fast path
     # (nn.TransformerEncoderLayer) then take the same path in the check and in the kernel
-    params = {k: v.requires_grad_(True) for k, v in cast_params(model, dtype).items()}
+    tensors = [*model.parameters(), *model.buffers()]
+    direct = not verify and all(t.dtype == dtype for t in tensors if t.is_floating_point())
+    if direct:  # already in the kernel's dtype: the model's own tensors (only the taps are differentiated, no .grad is written)
+        params, state = {}, None
+    else:
+        params = {k: v.requires_grad_(True) for k, v in cast_params(model, dtype).items()}
+        state = cast_fixed(model, dtype) | params
     checked = {full: params[full] for names in by_module.values() for full in names.values()} if verify else {}
-    state = cast_fixed(model, dtype) | params
     x = cast_input(x, dtype)
     wrong: set[str] = set()
     for m in attention:
         m.forward = exposed(m)
     try:
         with hooked([m for m in by_module if m not in attention], hook), torch.enable_grad():
-            f = as_outputs(functional_call(model, state, (x,)), x.shape[0])
+            f = as_outputs(model(x) if direct else functional_call(model, state, (x,)), x.shape[0])
     finally:
         for m in attention:
             del m.forward

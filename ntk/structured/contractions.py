@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ntk.structured.coverage import CONVS, LINEAR, bias_scale
-from ntk.structured.records import Call, conv_patches, conv_positions, conv_sample_grads
+from ntk.structured.records import Call, conv_patches, conv_positions, conv_sample_grads, depthwise_sample_grads
 
 Tensor = torch.Tensor
 
@@ -98,7 +98,9 @@ def _conv_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call
     if not with_w or explicit <= grams:
 
         def sample_weight_grads(c: Call, g: Tensor) -> Tensor:  # (N, O, out * in/groups * prod(kernel))
-            if groups > 1 or inp <= SMALL_FAN_IN:  # grouped, depthwise or few input channels: one batched product over patches
+            if module.weight.shape[1] == 1 and groups > 1:  # depthwise: one grouped convolution
+                return depthwise_sample_grads(module, c.inputs, g)
+            if groups > 1 or inp <= SMALL_FAN_IN:  # grouped or few input channels: one batched product over patches
                 a = conv_patches(module, c.inputs)  # (N, groups, S, in/groups k)
                 gp = g.reshape(g.shape[0], o, groups, out_g, -1)  # (N, O, groups, out/groups, S)
                 return torch.einsum("nogjs,ngsi->nogji", gp, a).reshape(g.shape[0], o, -1)  # weight layout (out, in/groups k)

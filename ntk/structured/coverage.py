@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ntk.forward import model_cache
 from ntk.model import NTKDense
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -53,7 +54,16 @@ def _own_params(module: nn.Module) -> dict[str, nn.Parameter]:
 def plan(model: nn.Module) -> tuple[dict[nn.Module, dict[str, str]], list[str]]:
     """Which trainable parameters the rules cover (module -> its parameter names) and which are left
     to Jacobian contraction (full names). A parameter shared by several modules, or one a rule does not
-    know (say a covered module with an extra parameter), goes to the Jacobian."""
+    know (say a covered module with an extra parameter), goes to the Jacobian. Kept with the model
+    (`ntk.forward.model_cache`) until its structure or trainable parameters change."""
+    cache = model_cache(model, "structured plan", None)
+    if "plan" not in cache:
+        cache["plan"] = _plan(model)
+    by_module, rest = cache["plan"]
+    return dict(by_module), list(rest)
+
+
+def _plan(model: nn.Module) -> tuple[dict[nn.Module, dict[str, str]], list[str]]:
     owners: dict[int, list[tuple[nn.Module, str]]] = {}
     for module in model.modules():
         for name, p in _own_params(module).items():

@@ -48,6 +48,9 @@ def conv_patches(module: nn.Module, x: Tensor) -> Tensor:
     from its padded input (im2col by F.unfold for Conv2d, strided windows otherwise)."""
     dims = x.dim() - 2
     n, c, g = x.shape[0], x.shape[1], module.groups
+    if all(k == 1 for k in module.kernel_size):  # 1 x 1: the (strided) input itself, no copy when the stride is 1
+        x = x[(slice(None), slice(None), *(slice(None, None, s) for s in module.stride))]
+        return x.reshape(n, g, c // g, -1).transpose(2, 3)
     if dims == 2:
         cols = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)  # (N, C k, S)
         return cols.view(n, g, cols.shape[1] // g, cols.shape[2]).transpose(2, 3)  # (N, groups, S, C/groups k)
@@ -60,6 +63,22 @@ def conv_patches(module: nn.Module, x: Tensor) -> Tensor:
     k = math.prod(module.kernel_size)
     # (N, C, *out, *k) -> (N, groups, C/groups, S, k) -> (N, groups, S, C/groups * k), matching weight (out, C/groups, *k)
     return x.reshape(n, g, c // g, s, k).permute(0, 1, 3, 2, 4).reshape(n, g, s, (c // g) * k)
+
+
+def depthwise_sample_grads(module: nn.Module, x: Tensor, g: Tensor) -> Tensor:
+    """Per-sample, per-direction weight gradients (N, O, out * prod(kernel)) of a convolution with one
+    input channel per group (depthwise, any channel multiplier), from padded inputs (N, C, ...) and
+    cotangents (N, O, out, ...): one grouped convolution correlating every input channel with its
+    cotangents (the output's stride becomes the dilation), no patches formed."""
+    dims, (n, o), c = x.dim() - 2, g.shape[:2], x.shape[1]
+    mult = g.shape[2] // c  # outputs per input channel
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    spatial = g.shape[3:]
+    w = g.reshape(n, o, c, mult, *spatial).movedim(1, 3).reshape(n * c * mult * o, 1, *spatial)  # (n, c, mult, o)
+    out = conv(x.reshape(1, n * c, *x.shape[2:]), w, groups=n * c, dilation=module.stride)  # (1, n c mult o, *)
+    keep = tuple(slice(0, (k - 1) * d + 1, d) for k, d in zip(module.kernel_size, module.dilation))
+    out = out[(0, slice(None), *keep)]  # the taps of the kernel: offsets k d
+    return out.reshape(n, c, mult, o, -1).movedim(3, 1).reshape(n, o, -1)  # weight layout (out = c mult + j, 1, *kernel)
 
 
 def conv_positions(module: nn.Module, y: Tensor) -> Tensor:
