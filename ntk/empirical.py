@@ -332,19 +332,22 @@ def _check_model(model: nn.Module) -> None:
             "the model has no trainable parameters (none with requires_grad): its NTK is zero; set requires_grad on those that train"
         )
     if not isinstance(model, NTKMLP):
-        check_independent_samples(model)  # batch statistics: no kernel of input pairs, whatever the method
-        for name, m in model.named_modules():
-            if _stochastic(m):
-                raise ValueError(
-                    f"{name or 'the model'} ({type(m).__name__}) is random in training mode, so every forward pass draws anew and "
-                    "the kernel changes from call to call; call model.eval() first (or set its probability to 0)"
-                )
-    named = [("parameter", n, t) for n, t in model.named_parameters()] + [("buffer", n, t) for n, t in model.named_buffers()]
-    named = [(kind, n, t) for kind, n, t in named if t.is_floating_point() and t.device.type != "meta"]
+        batch_statistics = nn.modules.batchnorm._BatchNorm
+        # one pass over the modules without names (cheap); the names only for the message
+        if any(_stochastic(m) or (isinstance(m, batch_statistics) and (m.training or not m.track_running_stats)) for m in model.modules()):
+            check_independent_samples(model)  # batch statistics: no kernel of input pairs, whatever the method
+            for name, m in model.named_modules():
+                if _stochastic(m):
+                    raise ValueError(
+                        f"{name or 'the model'} ({type(m).__name__}) is random in training mode, so every forward pass draws anew and "
+                        "the kernel changes from call to call; call model.eval() first (or set its probability to 0)"
+                    )
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point() and t.device.type != "meta"]
     # one sum per tensor and one host sync in all; a non-finite sum (or an overflowing one) is looked at closely
-    if named and not torch.isfinite(torch.stack([t.detach().sum().to(torch.float64) for _, _, t in named])).all():
+    if tensors and not torch.isfinite(torch.stack([t.detach().sum().to(torch.float64) for t in tensors])).all():
+        named = [("parameter", n, t) for n, t in model.named_parameters()] + [("buffer", n, t) for n, t in model.named_buffers()]
         for kind, name, t in named:
-            if not torch.isfinite(t).all():
+            if t.is_floating_point() and not torch.isfinite(t).all():
                 raise ValueError(
                     f"{kind} {name!r} holds non-finite values (NaN or inf), so the kernel would too; reset or reload the model"
                 )

@@ -102,7 +102,25 @@ class GRUAlone(nn.Module):
         return self.gru(x)[0]  # the states (N, L, 4): an output of three axes
 
 
+class BiLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+def weight_normed() -> nn.Module:
+    """weight_norm by parametrization: the weight is computed from two raw parameters (original0, original1)."""
+    wn = nn.utils.parametrizations.weight_norm
+    return nn.Sequential(wn(nn.Linear(3, 5)), nn.Tanh(), wn(nn.Linear(5, 2)))
+
+
 UNCOVERED = {
+    "bidirectional_lstm": (BiLSTM, lambda n, g: torch.randn(n, 4, 3, generator=g)),
+    "weight_norm": (weight_normed, lambda n, g: torch.randn(n, 3, generator=g)),
     "gru_alone": (GRUAlone, lambda n, g: torch.randn(n, 5, 3, generator=g)),
     "bilinear_prelu_layernorm": (Bilinear, lambda n, g: torch.randn(n, 3, generator=g)),
     "raw_parameters_only": (RawOnly, lambda n, g: torch.randn(n, 3, generator=g)),
@@ -112,7 +130,7 @@ UNCOVERED = {
 
 @pytest.mark.parametrize("name", sorted(UNCOVERED))
 @pytest.mark.parametrize("method", ["auto", "structured"])
-def test_models_without_a_covered_parameter_get_their_exact_kernel(name, method):
+def test_models_with_few_or_no_covered_parameters_get_their_exact_kernel(name, method):
     make, inputs = UNCOVERED[name]
     torch.manual_seed(0)
     model = make().double().eval()

@@ -24,6 +24,7 @@ from ntk.structured.records import Call, conv_patches, conv_positions, conv_samp
 Tensor = torch.Tensor
 
 
+GROUPED_GRAMS = 4  # the Gram of Grams batched over groups runs tiny products: counted 4x its FLOPs against the explicit form
 SMALL_FAN_IN = 32  # convolutions with at most this many inputs per output (in/groups x kernel) take per-sample gradients from patches
 
 
@@ -37,7 +38,51 @@ def contraction_costs(n1: int, n2: int, o: int, s1: int, s2: int, inp: int, out:
     return explicit, grams
 
 
-def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool, with_bias: bool = False, bias_sq: float = 1.0) -> Tensor:
+CONCAT_NUMBERS = 2**22  # per-sample gradients held at once for one joint Gram product (32 MB in float64)
+
+
+class SampleGrams:
+    """The Grams of per-sample gradients w (N, O, p) of many layers, taken together: the gradients are
+    concatenated along p and multiplied in one product per CONCAT_NUMBERS numbers, instead of one
+    small product per layer (mobilenet_v3_small has 88 such layers)."""
+
+    def __init__(self, trace: bool):
+        self.trace = trace
+        self.parts: list[tuple[Tensor, Tensor]] = []
+        self.numbers = 0
+        self.total: Tensor | None = None
+
+    def add(self, w1: Tensor, w2: Tensor) -> None:
+        self.parts.append((w1, w2))
+        self.numbers += w1.numel() + (0 if w2 is w1 else w2.numel())
+        if self.numbers >= CONCAT_NUMBERS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        same = all(w2 is w1 for w1, w2 in self.parts)
+        w1 = torch.cat([p[0] for p in self.parts], 2) if len(self.parts) > 1 else self.parts[0][0]
+        w2 = w1 if same else (torch.cat([p[1] for p in self.parts], 2) if len(self.parts) > 1 else self.parts[0][1])
+        term = _gram_explicit(w1, w2, self.trace)
+        self.total = term if self.total is None else self.total.add_(term)
+        self.parts, self.numbers = [], 0
+
+    def result(self) -> Tensor | None:
+        self.flush()
+        return self.total
+
+
+def _gram_weight(
+    a1: Tensor,
+    g1: Tensor,
+    a2: Tensor,
+    g2: Tensor,
+    trace: bool,
+    with_bias: bool = False,
+    bias_sq: float = 1.0,
+    grams: SampleGrams | None = None,
+) -> Tensor | None:
     """Weight part of a linear-in-W layer: sum over shared positions, the cheaper exact form.
 
     a: (N, S, in), g: (N, O, S, out). Returns (N1, N2, O, O), or (N1, N2) with trace. With
@@ -48,10 +93,17 @@ def _gram_weight(a1: Tensor, g1: Tensor, a2: Tensor, g2: Tensor, trace: bool, wi
     same = a2 is a1 and g2 is g1
     n1, o, s1, out = g1.shape
     n2, _, s2, _ = g2.shape
+    joint = grams
     explicit, grams = contraction_costs(n1, n2, o, s1, s2, a1.shape[-1] + with_bias, out, trace, same)
     if explicit <= grams:
         w1 = torch.einsum("nosj,nsi->noji", g1, a1).reshape(n1, o, -1)  # per-sample gradients (N1, O, out in)
         w2 = w1 if same else torch.einsum("nosj,nsi->noji", g2, a2).reshape(n2, o, -1)
+        if joint is not None:  # into the joint product, the bias's per-sample gradients (sum_s g_s, times its factor) beside
+            joint.add(w1, w2)
+            if with_bias:
+                b1 = _scaled(g1.sum(2), bias_sq**0.5)
+                joint.add(b1, b1 if same else _scaled(g2.sum(2), bias_sq**0.5))
+            return None
         if trace:
             kernel = w1.reshape(n1, -1) @ w2.reshape(n2, -1).T
         else:
@@ -81,7 +133,9 @@ def _gram_explicit(w1: Tensor, w2: Tensor, trace: bool) -> Tensor:
     return (w1.reshape(n1 * o, -1) @ w2.reshape(n2 * o, -1).T).view(n1, o, n2, o).permute(0, 2, 1, 3)
 
 
-def _conv_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call], trace: bool) -> Tensor:
+def _conv_kernel(
+    module: nn.Module, names, calls1: list[Call], calls2: list[Call], trace: bool, joint: SampleGrams | None = None
+) -> Tensor | None:
     """A convolution's share, all calls and their cross terms: the Gram of per-sample gradients (from
     the convolution's own backward) or the Gram of Grams over patches, whichever costs less."""
     same = calls2 is calls1
@@ -95,6 +149,7 @@ def _conv_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call
     inp = module.weight[0].numel() + with_b  # per output channel: in/groups * prod(kernel) (+ the bias)
     out_g = module.out_channels // groups
     explicit, grams = contraction_costs(n1, n2, o, s1, s2, inp, out_g, trace, same)
+    grams *= GROUPED_GRAMS if groups > 1 else 1
     if not with_w or explicit <= grams:
 
         def sample_weight_grads(c: Call, g: Tensor) -> Tensor:  # (N, O, out * in/groups * prod(kernel))
@@ -118,7 +173,11 @@ def _conv_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call
             return total
 
         w1 = sample_grads(calls1)
-        return _gram_explicit(w1, w1 if same else sample_grads(calls2), trace)
+        w2 = w1 if same else sample_grads(calls2)
+        if joint is not None:
+            joint.add(w1, w2)
+            return None
+        return _gram_explicit(w1, w2, trace)
 
     def grouped(calls: list[Call]) -> tuple[Tensor, Tensor]:  # patches (N, groups, S, in), cotangents (N, O, groups, S, out)
         a = torch.cat([conv_patches(module, c.inputs) for c in calls], 2)
@@ -167,8 +226,12 @@ def _gram_diagonal(x1: Tensor, g1: Tensor, x2: Tensor, g2: Tensor, trace: bool) 
     return torch.einsum("aoc,bqc->aboq", w1, w2)
 
 
-def module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call], trace: bool) -> Tensor:
-    """The kernel share of one covered module's parameters `names`, all calls and their cross terms."""
+def module_kernel(
+    module: nn.Module, names, calls1: list[Call], calls2: list[Call], trace: bool, joint: SampleGrams | None = None
+) -> Tensor | None:
+    """The kernel share of one covered module's parameters `names`, all calls and their cross terms.
+    With `joint`, the shares taken as Grams of per-sample gradients go there (one product for many
+    layers) and only the rest is returned (None when nothing is left)."""
 
     def stacked(calls: list[Call]) -> tuple[Tensor, Tensor]:
         """Inputs (N, S_total, ...) and cotangents (N, O, S_total, out) over every call, positions concatenated."""
@@ -184,9 +247,10 @@ def module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Cal
 
     total = None
 
-    def add(term: Tensor) -> None:
+    def add(term: Tensor | None) -> None:
         nonlocal total
-        total = term if total is None else total + term
+        if term is not None:
+            total = term if total is None else total + term
 
     if isinstance(module, nn.MultiheadAttention):  # three weight blocks, no cross terms between them
         for block in range(3):
@@ -197,23 +261,31 @@ def module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Cal
             a1, g1 = stacked(b1)
             a2, g2 = (a1, g1) if b2 is b1 else stacked(b2)
             if "in_proj_weight" in names:
-                add(_gram_weight(a1, g1, a2, g2, trace, with_bias="in_proj_bias" in names))
+                add(_gram_weight(a1, g1, a2, g2, trace, with_bias="in_proj_bias" in names, grams=joint))
             else:
                 add(_gram_sum(g1, g2, trace))
         return total
     if isinstance(module, CONVS):
-        return _conv_kernel(module, names, calls1, calls2, trace)
+        return _conv_kernel(module, names, calls1, calls2, trace, joint)
     a1, g1 = stacked(calls1)
     a2, g2 = (a1, g1) if calls2 is calls1 else stacked(calls2)
     bias_sq = bias_scale(module) ** 2
     if "weight" in names and isinstance(module, LINEAR):
-        add(_gram_weight(a1, g1, a2, g2, trace, with_bias="bias" in names, bias_sq=bias_sq))
+        add(_gram_weight(a1, g1, a2, g2, trace, with_bias="bias" in names, bias_sq=bias_sq, grams=joint))
         return total
+    same = calls2 is calls1
     if "weight" in names:
         if isinstance(module, nn.Embedding):
             add(_gram_embedding(a1, g1, a2, g2, trace, module.padding_idx))
+        elif joint is not None:  # a norm's elementwise weight: per-sample gradients sum_s g_s x_hat_s, (N, O, C)
+            w1 = torch.einsum("nosc,nsc->noc", g1, a1)
+            joint.add(w1, w1 if same else torch.einsum("nosc,nsc->noc", g2, a2))
         else:
             add(_gram_diagonal(a1, g1, a2, g2, trace))
     if "bias" in names:
-        add(_scaled(_gram_sum(g1, g2, trace), bias_sq))
+        if joint is not None:
+            b1 = _scaled(g1.sum(2), bias_sq**0.5)
+            joint.add(b1, b1 if same else _scaled(g2.sum(2), bias_sq**0.5))
+        else:
+            add(_scaled(_gram_sum(g1, g2, trace), bias_sq))
     return total

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ntk.forward import as_model_input, hooked
-from ntk.structured.contractions import contraction_costs
+from ntk.structured.contractions import GROUPED_GRAMS, contraction_costs
 from ntk.structured.coverage import CONVS, LINEAR
 from ntk.structured.records import conv_padded, conv_patches, out_positions, record
 
@@ -82,7 +82,7 @@ def block_costs(
         names = by_module[b.module]
         if isinstance(b.module, (*LINEAR, nn.MultiheadAttention, *CONVS)) and ("weight" in names or "in_proj_weight" in names):
             explicit, grams = contraction_costs(n1, n2, o, b.positions, b.positions, b.fan_in + 1, b.fan_out, trace, symmetric)
-            if explicit <= grams:
+            if explicit <= grams * (GROUPED_GRAMS if b.groups > 1 else 1):  # the kernel's own choice (`_conv_kernel`)
                 temporary = n * o * b.groups * (b.fan_in + 1) * b.fan_out
                 out.append(BlockCost(b, "explicit", 2.0 * b.groups * explicit, temporary))
             else:

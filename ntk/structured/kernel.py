@@ -7,7 +7,7 @@ from torch import nn
 
 from ntk.backends import blocked_kernel, jacobian_kernel
 from ntk.structured.capture import checked_rules, factors
-from ntk.structured.contractions import module_kernel
+from ntk.structured.contractions import SampleGrams, module_kernel
 from ntk.structured.coverage import plan
 
 Tensor = torch.Tensor
@@ -37,10 +37,14 @@ def structured_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: to
             return jacobian_kernel(model, x1[r], None if diagonal else xs2[c], dtype, trace, names=rest)
         c1, out_dim, _ = of_rows
         c2 = c1 if diagonal else factors(model, xs2[c], dtype, by_module, copied=copied)[0]
+        joint = SampleGrams(trace or out_dim == 1)  # the per-sample-gradient shares of all layers, in few products
         for module, names in by_module.items():
             if not c1[module]:
                 continue  # never called (its parameters had no gradient in the check either)
-            term = module_kernel(module, names, c1[module], c2[module], trace or out_dim == 1)
+            term = module_kernel(module, names, c1[module], c2[module], trace or out_dim == 1, joint)
+            if term is not None:
+                total = term if total is None else total + term
+        if (term := joint.result()) is not None:
             total = term if total is None else total + term
         if rest:
             term = jacobian_kernel(model, x1[r], None if diagonal else xs2[c], dtype, trace, names=rest)  # (N1, N2) for O = 1 or trace
