@@ -10,7 +10,7 @@ and Generalization in Neural Networks" (NeurIPS 2018), and what followed.
 
 The names below are the public API; the submodules hold them by topic: `ntk.model`, `ntk.cnn` and
 `ntk.blocks` (NTK-parameterised networks and their building blocks), `ntk.empirical` (the empirical NTK; its methods in the table
-`ntk.methods`, its memory plan in `ntk.planning`, its per-parameter report in `ntk.report`), `ntk.analytic` and `ntk.limits` (infinite-width kernels of MLPs and of any composition of blocks), `ntk.train`
+`ntk.methods`, its memory plan in `ntk.planning`, its per-parameter report in `ntk.report`; kernels in tiles on disk and predictions from them in `ntk.tiles`), `ntk.analytic` and `ntk.limits` (infinite-width kernels of MLPs and of any composition of blocks), `ntk.train`
 (gradient descent in t = lr x steps), `ntk.predict` (kernel regression, the n = inf Gaussian),
 `ntk.spectrum` (kernel PCA, Lanczos), `ntk.finite` (finite-width corrections), `ntk.drift`,
 `ntk.activations`, `ntk.data`, `ntk.memory`, `ntk.utils`.
@@ -39,6 +39,7 @@ from ntk.predict import (
 )
 from ntk.report import KernelReport, kernel_report
 from ntk.spectrum import kernel_pca, kernel_pca_matrix_free, power_iteration, rayleigh_quotients, top_eigenvalue
+from ntk.tiles import TileStore, stored_gaussian, stored_regression
 from ntk.train import DivergenceError, TrainResult, TrainState, gradient_descent, largest_stable_lr, mse_cost, record_steps
 from ntk.utils import resolve_device, resolve_dtype
 
@@ -70,6 +71,9 @@ __all__ = [
     "memory_estimate",
     "plan_method",
     "kernel_report",
+    "TileStore",
+    "stored_regression",
+    "stored_gaussian",
     "KernelReport",
     "NTKMemoryError",
     "available_memory",

@@ -31,6 +31,7 @@ from ntk.backends import jacobian_kernel, layerwise_kernel, ntk_vp_kernel
 from ntk.forward import leaf_output_numel, model_cache, output_dim
 from ntk.model import NTKMLP
 from ntk.structured import plan, structured_kernel
+from ntk.structured.contractions import CONCAT_NUMBERS
 from ntk.structured.cost import Block, block_costs, layer_flops, one_input_blocks
 
 Tensor = torch.Tensor
@@ -213,7 +214,10 @@ def _structured_memory(s: ModelSizes, n1: int, n2: int, symmetric: bool, dtype: 
     per_input = sum(blk.numbers for blk in s.blocks)
     by_module = s.structured_plan[0]
     # the contraction each block takes at this block size (by FLOPs), and the largest of their intermediates
-    temporary = max((c.temporary for c in block_costs(s.blocks, by_module, rows, rows, o, False, False)), default=0.0)
+    costs = block_costs(s.blocks, by_module, rows, rows, o, False, False)
+    temporary = max((c.temporary for c in costs), default=0.0)
+    # the per-sample gradients held for the joint Gram product (`SampleGrams`), up to CONCAT_NUMBERS at once
+    temporary += min(CONCAT_NUMBERS, sum(c.temporary for c in costs if c.form != "gram of grams"))
     jac = JACOBIAN_OVERHEAD * o * s.n_rest * 2 * rows
     return b * (2 * rows * per_input * (1 + o) + 2 * temporary + jac) + _result_bytes(s, n1, n2, b)
 
@@ -352,7 +356,7 @@ METHODS: dict[str, KernelMethod] = {
             flops=_structured_flops,
             compute=structured_kernel,
             dispatches=_structured_dispatches,
-            memory_formula="b (2 B A (1 + O) + 2 T + 4 O P_rest B) + K, T the largest intermediate of the contraction each layer takes at B rows",
+            memory_formula="b (2 B A (1 + O) + 2 T + 4 O P_rest B) + K, T the largest intermediate of the contraction each layer takes at B rows plus the per-sample gradients held for the joint Gram (at most 2^22)",
             flops_formula="n (F + O F) + the cheaper contraction of each covered layer + the Jacobian terms of P_rest",
         ),
         KernelMethod(
