@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ntk.forward import model_cache
 from ntk.memory import NTKMemoryError, fmt_bytes
 from ntk.methods import METHODS, ModelSizes, get_method, predicted_seconds
 
@@ -110,10 +111,19 @@ def plan_method(
         return lo, estimate(m, lo)
 
     if method == "auto":  # of those that fit, the least predicted time
+        # the choice is kept with the model for this kernel's shape; it is reused while it still fits
+        # the budget (which moves with the free memory), so that auto plans no more than one method does
+        decided = model_cache(model, "auto", x1[:1])
+        key = (n1, n2, symmetric, dtype, trace, block_size)
+        if key in decided:
+            name, block = decided[key]
+            if estimate(get_method(name), block) <= budget:
+                return name, block
         fitting = [(m, block) for m in candidates if (block := fit(m)[0]) != -1]
         if fitting:
             device = x1.device
             m, block = min(fitting, key=lambda mb: predicted_seconds(mb[0], sizes, n1, n2, symmetric, trace, mb[1], device))
+            decided[key] = (m.name, block)
             return m.name, block
         chosen = candidates[0]
     else:
