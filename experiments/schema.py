@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from experiments.runner import register_schemas
 
@@ -100,6 +100,8 @@ def register_all() -> None:
     with `RootSchema` (`experiments.runner.register_schemas`, which imports each experiment module).
     The entry points that compose configs call it (`experiments.run` on import, the unknown-key
     message, the tests' compose fixture); calling it again changes nothing."""
+    # ${tiles_of:<row_blocks>}: the tiles of a symmetric kernel cut into row_blocks^2 blocks (the kernel_tiles sweep)
+    OmegaConf.register_new_resolver("tiles_of", lambda blocks: int(blocks) * (int(blocks) + 1) // 2, replace=True)
     store = ConfigStore.instance()
     for (group, name), node in SCHEMAS.items():
         store.store(group=group, name=name, node=node)

@@ -186,11 +186,15 @@ class TileStore:
             raise ValueError(f"tile ({i}, {j}) holds non-finite values; it was not stored")
         npy = self._tile_path(i, j, ".npy")
         tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, tile)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, npy)
+        try:
+            with open(tmp, "wb") as fh:
+                np.save(fh, tile)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, npy)
+        except OSError as err:  # a full disk, a missing permission, ...: one line, nothing half-written left
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"tile ({i}, {j}) could not be written to {npy}: {err.strerror or err}") from None
         record = dict(
             sha256=hashlib.sha256(tile.tobytes()).hexdigest(),
             shape=list(shape),

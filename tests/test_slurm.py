@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -142,3 +143,19 @@ def test_a_time_limit_below_the_checkpoint_interval_is_refused(tmp_path):
     assert proc.returncode == 2
     assert last_line(proc.stderr).startswith("error: hydra.launcher.timeout_min=2 is below checkpoint_minutes=5"), proc.stderr[-1000:]
     assert set(queue()) <= set(before)  # nothing new queued
+
+
+def test_kernel_tiles_run_as_one_slurm_array_into_one_store(tmp_path):
+    """Each tile of the tiled kernel a SLURM array task writing into the same store; assembled and
+    predicted from when the last one has finished, equal to the kernel computed in one process."""
+    tiny = ["+exp=kernel_tiles", "data.n_train=12", "data.n_test=6", "image_size=7", "row_blocks=3", "model.depth=2", "progress=false"]
+    cmd = [sys.executable, "-m", "experiments.run", "-m", *tiny, f"store={tmp_path}/store", f"out_dir={tmp_path}/out"]
+    proc = subprocess.run([*cmd, f"hydra.sweep.dir={tmp_path}/multirun", *SLURM], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(submitted_ids(proc.stderr)) == 6
+    hosts = pd.read_csv(tmp_path / "out/tiles.csv")
+    assert len(hosts) == 6 and (tmp_path / "out/table.csv").exists()
+    one = [sys.executable, "-m", "experiments.run", *tiny, "tile=-1", f"store={tmp_path}/one", f"out_dir={tmp_path}/one_out"]
+    assert subprocess.run(one, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    for name in ("nngp", "ntk"):
+        assert np.allclose(np.load(tmp_path / f"store/kernel_{name}.npy"), np.load(tmp_path / f"one/kernel_{name}.npy"), rtol=1e-12, atol=0)

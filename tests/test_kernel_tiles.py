@@ -1,0 +1,83 @@
+"""The tiled kernel experiment at tiny size: each tile a job of a Hydra multirun, one store, the
+assembled kernel against the limit of all inputs at once in memory, predictions against the
+in-memory solve, a failed tile and its rerun, and a store made with other settings refused."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from experiments.kernel_tiles import inputs
+from experiments.mnist_cntk import architectures
+from ntk.limits import model_limiting_kernels
+from ntk.predict import kernel_regression
+from tests.conftest import rel_fro
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["data.n_train=12", "data.n_test=6", "image_size=7", "row_blocks=3", "model.depth=2", "progress=false"]
+
+
+def sweep(tmp: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "experiments.run", "-m", "+exp=kernel_tiles", *TINY, f"store={tmp}/store", f"out_dir={tmp}/out"]
+    cmd += [f"hydra.sweep.dir={tmp}/multirun", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HYDRA_FULL_ERROR="1"), timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_tiles_as_jobs_assemble_the_kernel_and_predict_as_in_memory(tmp_path, compose_cfg):
+    sweep(tmp_path)  # tile=range(0,6) from the config: 3 x 3 blocks, upper triangle
+    assert sorted(p.name for p in (tmp_path / "store" / "tiles").glob("*.json")) == [
+        "0_0.json",
+        "0_1.json",
+        "0_2.json",
+        "1_1.json",
+        "1_2.json",
+        "2_2.json",
+    ]
+    cfg = compose_cfg(["+exp=kernel_tiles", *TINY])
+    x, labels = inputs(cfg)
+    nngp, theta = model_limiting_kernels(architectures(cfg)["cntk_gap"], x)  # all 18 digits at once, in memory
+    for name, ref in (("nngp", nngp), ("ntk", theta)):
+        stored = np.load(tmp_path / "store" / f"kernel_{name}.npy", mmap_mode="r")
+        assert rel_fro(torch.from_numpy(np.asarray(stored)), ref) < 1e-12
+    y = F.one_hot(labels, 10).double() - 0.1
+    f = kernel_regression(theta[12:, :12], theta[:12, :12], y[:12])
+    table = pd.read_csv(tmp_path / "out" / "table.csv").set_index("predictor")
+    assert table.loc["ntk", "test_mse"] == pytest.approx((f - y[12:]).square().sum(1).mean().item(), rel=1e-8)
+    assert table.loc["ntk", "test_accuracy"] == pytest.approx((f.argmax(1) == labels[12:]).double().mean().item())
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").iloc[0]
+    assert summary.tiles == 6 and summary.pairs == 18 * 19 // 2 and summary.compute_s > 0
+    assert (tmp_path / "out" / "tiles.png").exists() and (tmp_path / "out" / "provenance.json").exists()
+    again = sweep(tmp_path)  # everything is in the store: no tile is computed again
+    assert again.stderr.count("tile (") == 0 and again.stdout.count("skip: tile") == 6
+
+
+def test_a_failed_tile_ends_the_command_with_its_line_and_a_rerun_completes_it(tmp_path):
+    (tmp_path / "store" / "tiles" / "1_1.npy").mkdir(parents=True)  # tile 3 cannot be written
+    proc = sweep(tmp_path, check=False)
+    assert proc.returncode == 2
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error:") and "1_1.npy" in last, last
+    done = sorted(p.name for p in (tmp_path / "store" / "tiles").glob("*.json"))
+    assert done == ["0_0.json", "0_1.json", "0_2.json"]  # the tiles before it are kept
+    (tmp_path / "store" / "tiles" / "1_1.npy").rmdir()
+    rerun = sweep(tmp_path)
+    assert rerun.stdout.count("skip: tile") == 3 and (tmp_path / "out" / "table.csv").exists()
+
+
+def test_a_store_made_with_other_settings_and_a_tile_out_of_range_are_refused(tmp_path):
+    sweep(tmp_path, "tile=0")
+    other = sweep(tmp_path, "tile=1", "data.n_test=7", check=False)
+    assert other.returncode == 2
+    assert "was made with n1=18, not 19" in other.stderr or "settings.data.n_test=6, not 7" in other.stderr, other.stderr[-500:]
+    bad = sweep(tmp_path, "tile=6", check=False)
+    assert bad.returncode == 2 and "tile must be -1 (every tile) or 0 ... 5 (row_blocks=3 gives 6 tiles), got 6" in bad.stderr
+    assert sorted(p.name for p in (tmp_path / "store" / "tiles").glob("*.json")) == ["0_0.json"]
