@@ -304,7 +304,7 @@ def aggregate(cfg: DictConfig) -> pd.DataFrame:
         ]
     )
     out = Path(cfg.out_dir)
-    for name, frame in (("tiles", tiles.drop(columns="finished_unix")), ("table", pd.DataFrame(table)), ("summary", summary)):
+    for name, frame in (("tiles", tiles), ("table", pd.DataFrame(table)), ("summary", summary)):
         atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False, float_format="%.10g"))
     own = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])  # a multirun's config also holds Hydra's node
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(own, resolve=True))
