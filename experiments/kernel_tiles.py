@@ -22,7 +22,7 @@ every tile is checked and assembled into kernel_<name>.npy memmaps, and the test
 predicted from the stored kernel with targets e_k - 0.1: NTK regression at t = inf (and for the
 limit the NNGP posterior mean and the infinite network's Gaussian variances), by blocked Cholesky
 or conjugate gradients (`solver`). Outputs in out_dir: tiles.csv (i, j, rows, cols, seconds, peak
-memory, host), table.csv (kernel, predictor, solver, test_mse, test_accuracy), summary.csv (tiles,
+memory, host, SLURM job, threads, finish time), table.csv (kernel, predictor, solver, test_mse, test_accuracy), summary.csv (tiles,
 pairs, compute seconds, wall seconds from the first tile's start to the last one's end, pairs per
 second), config.yaml, provenance.json and the figure.
 """
@@ -203,7 +203,9 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
     for i, j in todo:
         begin = time.time()
         tile = compute_tile(cfg, x, i, j, g)
-        record = store.write(i, j, tile, seconds=time.time() - begin)
+        job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID"))
+        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job and "SLURM_ARRAY_TASK_ID" in os.environ else job
+        record = store.write(i, j, tile, seconds=time.time() - begin, slurm_job=job, pid=os.getpid(), threads=torch.get_num_threads())
         print(
             f"tile ({i}, {j}) of {g.count}: {tile.shape[1]} x {tile.shape[2]} in {record['seconds']:.1f} s, peak {record['peak_memory_bytes'] / 2**30:.2f} GiB"
         )
@@ -235,6 +237,8 @@ def aggregate(cfg: DictConfig) -> pd.DataFrame:
                 seconds=rec["seconds"],
                 peak_memory_bytes=rec["peak_memory_bytes"],
                 host=rec["host"],
+                slurm_job=rec.get("slurm_job"),
+                threads=rec.get("threads"),
                 finished_unix=rec["finished_unix"],
             )
         )

@@ -169,8 +169,9 @@ class TileStore:
         """The tiles still to compute."""
         return [(i, j) for i, j in self.grid.tiles if not self._tile_path(i, j, ".json").exists()]
 
-    def write(self, i: int, j: int, tile: np.ndarray | Tensor, seconds: float | None = None) -> dict:
-        """Check and store tile (i, j), (C, rows, cols): its data first, then its record."""
+    def write(self, i: int, j: int, tile: np.ndarray | Tensor, seconds: float | None = None, **meta: object) -> dict:
+        """Check and store tile (i, j), (C, rows, cols): its data first, then its record (with `meta`,
+        say the job that computed it)."""
         if (i, j) not in self.grid.tiles:
             raise ValueError(
                 f"({i}, {j}) is not a tile of this store: {self.grid.blocks[0]} x {self.grid.blocks[1]} blocks, symmetric={self.grid.symmetric}"
@@ -195,13 +196,16 @@ class TileStore:
         except OSError as err:  # a full disk, a missing permission, ...: one line, nothing half-written left
             tmp.unlink(missing_ok=True)
             raise ValueError(f"tile ({i}, {j}) could not be written to {npy}: {err.strerror or err}") from None
-        record = dict(
-            sha256=hashlib.sha256(tile.tobytes()).hexdigest(),
-            shape=list(shape),
-            seconds=None if seconds is None else round(seconds, 3),
-            peak_memory_bytes=_peak_memory_bytes(),
-            host=socket.gethostname(),
-            finished_unix=round(time.time(), 3),
+        record = (
+            dict(
+                sha256=hashlib.sha256(tile.tobytes()).hexdigest(),
+                shape=list(shape),
+                seconds=None if seconds is None else round(seconds, 3),
+                peak_memory_bytes=_peak_memory_bytes(),
+                host=socket.gethostname(),
+                finished_unix=round(time.time(), 3),
+            )
+            | meta
         )
         _atomic_write(self._tile_path(i, j, ".json"), json.dumps(record, indent=1).encode())
         return record
