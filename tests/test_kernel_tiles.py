@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiments.kernel_tiles import inputs
+from experiments.kernel_tiles import EXPERIMENT, inputs, network
 from experiments.mnist_cntk import architectures
+from ntk.empirical import empirical_ntk
 from ntk.limits import model_limiting_kernels
+from ntk.model import NTKMLP
 from ntk.predict import kernel_regression
 from tests.conftest import rel_fro
 
@@ -81,3 +83,24 @@ def test_a_store_made_with_other_settings_and_a_tile_out_of_range_are_refused(tm
     bad = sweep(tmp_path, "tile=6", check=False)
     assert bad.returncode == 2 and "tile must be -1 (every tile) or 0 ... 5 (row_blocks=3 gives 6 tiles), got 6" in bad.stderr
     assert sorted(p.name for p in (tmp_path / "store" / "tiles").glob("*.json")) == ["0_0.json"]
+
+
+@pytest.mark.parametrize("source", ["seed", "checkpoint"])
+def test_an_empirical_kernel_from_a_seed_or_a_checkpoint_in_one_process(tmp_path, compose_cfg, source):
+    """kernel=empirical, tile=-1 (every tile in this process): the stored kernel is the network's NTK
+    traced over its 10 outputs / 10, by `ntk.empirical_ntk` on all inputs at once."""
+    extra = [f"store={tmp_path}/store", f"out_dir={tmp_path}/out", "kernel=empirical", "architecture=mlp", "model.widths=[32]", "tile=-1"]
+    if source == "checkpoint":
+        saved = NTKMLP(49, 16, 2, out_dim=10, generator=torch.Generator().manual_seed(5))
+        torch.save(saved, tmp_path / "model.pt")
+        extra.append(f"checkpoint={tmp_path}/model.pt")
+    cfg = compose_cfg(["+exp=kernel_tiles", *TINY, *extra])
+    EXPERIMENT.run(cfg)
+    x, _ = inputs(cfg)
+    model = network(cfg, x.shape[1])
+    if source == "checkpoint":
+        assert model.widths == saved.widths and torch.equal(model.layers[0].weight, saved.layers[0].weight.double())
+    ref = empirical_ntk(model, x, trace=True) / 10
+    stored = np.load(tmp_path / "store" / "kernel_ntk.npy")
+    assert rel_fro(torch.from_numpy(stored), ref) < 1e-12
+    assert pd.read_csv(tmp_path / "out" / "table.csv").predictor.tolist() == ["ntk"]
