@@ -21,10 +21,10 @@ multirun ends (`AssembleOnEnd`; or `python -m experiments.kernel_tiles <the same
 every tile is checked and assembled into kernel_<name>.npy memmaps, and the test digits are
 predicted from the stored kernel with targets e_k - 0.1: NTK regression at t = inf (and for the
 limit the NNGP posterior mean and the infinite network's Gaussian variances), by blocked Cholesky
-or conjugate gradients (`solver`). Outputs in out_dir: tiles.csv (i, j, rows, cols, seconds, peak
-memory, host, SLURM job, threads, finish time), table.csv (kernel, predictor, solver, test_mse, test_accuracy), summary.csv (tiles,
-pairs, compute seconds, wall seconds from the first tile's start to the last one's end, pairs per
-second), config.yaml, provenance.json and the figure.
+or conjugate gradients (`solver`). Outputs in out_dir: tiles.csv (i, j, rows, cols, SHA-256), table.csv
+(kernel, predictor, solver, test_mse, test_accuracy), timing_tiles.csv (per tile: seconds, peak
+memory, host, SLURM job, threads, revision, finish time), timing_summary.csv (tiles, pairs, compute
+seconds, wall seconds from the first tile's start to the last one's end, pairs per second), config.yaml, provenance.json and the figure.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from experiments.cli import USER_ERRORS, fail, say
 from experiments.drift_sweep import threads_per_job
 from experiments.figures import render
 from experiments.mnist_cntk import CLASSES, architectures, images, scores
-from experiments.persistence import atomic_write_text, provenance, run_start
+from experiments.persistence import atomic_write_text, git_revision, provenance, run_start
 from experiments.runner import Experiment
 from experiments.validation import check_choice, check_int, check_nonnegative
 from ntk.analytic import limiting_kernels as mlp_kernels
@@ -198,14 +198,23 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
     todo = [t for t in todo if t not in set(store.done())]
     if not todo:
         print(f"skip: tile {cfg.tile} is in {cfg.store}" if cfg.tile != -1 else f"skip: every tile is in {cfg.store}")
-        return None
+        return aggregate(cfg) if cfg.tile == -1 else None
     x, _ = inputs(cfg)
     for i, j in todo:
         begin = time.time()
         tile = compute_tile(cfg, x, i, j, g)
         job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID"))
         job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job and "SLURM_ARRAY_TASK_ID" in os.environ else job
-        record = store.write(i, j, tile, seconds=time.time() - begin, slurm_job=job, pid=os.getpid(), threads=torch.get_num_threads())
+        record = store.write(
+            i,
+            j,
+            tile,
+            seconds=time.time() - begin,
+            slurm_job=job,
+            pid=os.getpid(),
+            threads=torch.get_num_threads(),
+            git_revision=git_revision(),
+        )
         print(
             f"tile ({i}, {j}) of {g.count}: {tile.shape[1]} x {tile.shape[2]} in {record['seconds']:.1f} s, peak {record['peak_memory_bytes'] / 2**30:.2f} GiB"
         )
@@ -224,25 +233,13 @@ def aggregate(cfg: DictConfig) -> pd.DataFrame:
             f"{len(missing)} of {store.grid.count} tiles are missing (first: {missing[0]}); run the same command again to compute them"
         )
     kernels = store.assemble()
-    rows = []
-    for (i, j), k in zip(store.grid.tiles, range(store.grid.count)):
+    rows, timing = [], []
+    for k, (i, j) in enumerate(store.grid.tiles):
         rec = store.record(i, j)
-        rows.append(
-            dict(
-                tile=k,
-                i=i,
-                j=j,
-                rows=rec["shape"][1],
-                cols=rec["shape"][2],
-                seconds=rec["seconds"],
-                peak_memory_bytes=rec["peak_memory_bytes"],
-                host=rec["host"],
-                slurm_job=rec.get("slurm_job"),
-                threads=rec.get("threads"),
-                finished_unix=rec["finished_unix"],
-            )
-        )
-    tiles = pd.DataFrame(rows)
+        rows.append(dict(tile=k, i=i, j=j, rows=rec["shape"][1], cols=rec["shape"][2], sha256=rec["sha256"]))
+        keep = ("seconds", "peak_memory_bytes", "host", "slurm_job", "threads", "git_revision", "finished_unix")
+        timing.append(dict(tile=k, i=i, j=j) | {key: rec.get(key) for key in keep})
+    tiles, timing = pd.DataFrame(rows), pd.DataFrame(timing)
     _, labels = inputs(cfg)
     n_train = cfg.data.n_train
     y = F.one_hot(labels, CLASSES).double() - 1.0 / CLASSES
@@ -289,8 +286,8 @@ def aggregate(cfg: DictConfig) -> pd.DataFrame:
             )
         )
     pairs = store.grid.n1 * (store.grid.n1 + 1) // 2
-    first_start = float((tiles.finished_unix - tiles.seconds).min())
-    wall = float(tiles.finished_unix.max()) - first_start
+    first_start = float((timing.finished_unix - timing.seconds).min())
+    wall = float(timing.finished_unix.max()) - first_start
     summary = pd.DataFrame(
         [
             dict(
@@ -298,17 +295,18 @@ def aggregate(cfg: DictConfig) -> pd.DataFrame:
                 tiles=store.grid.count,
                 tile_rows=store.grid.rows,
                 pairs=pairs,
-                compute_s=round(float(tiles.seconds.sum()), 2),
+                compute_s=round(float(timing.seconds.sum()), 2),
                 wall_s=round(wall, 2),
                 pairs_per_s_wall=pairs / wall if wall > 0 else float("nan"),
-                pairs_per_s_compute=pairs / float(tiles.seconds.sum()),
-                hosts=tiles.host.nunique(),
-                peak_memory_max_bytes=int(tiles.peak_memory_bytes.max()),
+                pairs_per_s_compute=pairs / float(timing.seconds.sum()),
+                hosts=timing.host.nunique(),
+                peak_memory_max_bytes=int(timing.peak_memory_bytes.max()),
             )
         ]
     )
     out = Path(cfg.out_dir)
-    for name, frame in (("tiles", tiles), ("table", pd.DataFrame(table)), ("summary", summary)):
+    # timing_*.csv: what was measured about the run (differs between runs); tiles.csv and table.csv: what was computed
+    for name, frame in (("tiles", tiles), ("table", pd.DataFrame(table)), ("timing_tiles", timing), ("timing_summary", summary)):
         atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False, float_format="%.10g"))
     own = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])  # a multirun's config also holds Hydra's node
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(own, resolve=True))

@@ -55,7 +55,7 @@ def test_tiles_as_jobs_assemble_the_kernel_and_predict_as_in_memory(tmp_path, co
     table = pd.read_csv(tmp_path / "out" / "table.csv").set_index("predictor")
     assert table.loc["ntk", "test_mse"] == pytest.approx((f - y[12:]).square().sum(1).mean().item(), rel=1e-8)
     assert table.loc["ntk", "test_accuracy"] == pytest.approx((f.argmax(1) == labels[12:]).double().mean().item())
-    summary = pd.read_csv(tmp_path / "out" / "summary.csv").iloc[0]
+    summary = pd.read_csv(tmp_path / "out" / "timing_summary.csv").iloc[0]
     assert summary.tiles == 6 and summary.pairs == 18 * 19 // 2 and summary.compute_s > 0
     assert (tmp_path / "out" / "tiles.png").exists() and (tmp_path / "out" / "provenance.json").exists()
     again = sweep(tmp_path)  # everything is in the store: no tile is computed again

@@ -153,7 +153,7 @@ def test_kernel_tiles_run_as_one_slurm_array_into_one_store(tmp_path):
     proc = subprocess.run([*cmd, f"hydra.sweep.dir={tmp_path}/multirun", *SLURM], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(submitted_ids(proc.stderr)) == 6
-    hosts = pd.read_csv(tmp_path / "out/tiles.csv")
+    hosts = pd.read_csv(tmp_path / "out/timing_tiles.csv")
     assert len(hosts) == 6 and (tmp_path / "out/table.csv").exists()
     one = [sys.executable, "-m", "experiments.run", *tiny, "tile=-1", f"store={tmp_path}/one", f"out_dir={tmp_path}/one_out"]
     assert subprocess.run(one, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0

@@ -3,7 +3,7 @@ of each predictor from the stored kernel.
 
     python -m scripts.make_figures dir=results/kernel_tiles
 
-Reads tiles.csv and table.csv (written by `experiments.kernel_tiles.aggregate`).
+Reads timing_tiles.csv and table.csv (written by `experiments.kernel_tiles.aggregate`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from experiments.figures.style import save_figure
 def render(run_dir: str | Path) -> list[Path]:
     """tiles.png: the seconds each tile took (upper triangle of blocks) and the predictors' test accuracy."""
     run_dir = Path(run_dir)
-    tiles, table = pd.read_csv(run_dir / "tiles.csv"), pd.read_csv(run_dir / "table.csv")
+    tiles, table = pd.read_csv(run_dir / "timing_tiles.csv"), pd.read_csv(run_dir / "table.csv")
     blocks = int(tiles.j.max()) + 1
     seconds = np.full((blocks, blocks), np.nan)
     seconds[tiles.i, tiles.j] = tiles.seconds
