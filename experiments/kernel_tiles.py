@@ -244,47 +244,37 @@ def aggregate(cfg: DictConfig) -> pd.DataFrame:
     n_train = cfg.data.n_train
     y = F.one_hot(labels, CLASSES).double() - 1.0 / CLASSES
     y_train, y_test, l_test = y[:n_train], y[n_train:], labels[n_train:]
-    work = Path(cfg.store)
-    table = []
-    begin = time.time()
-    f = stored_regression(kernels["ntk"], n_train, y_train, cfg.ridge, cfg.solver, work, cfg.solve_block)
-    mse, acc = scores(f, y_test, l_test)
-    table.append(
-        dict(
-            kernel=f"{cfg.kernel}_{cfg.architecture}",
-            predictor="ntk",
-            solver=cfg.solver,
-            test_mse=mse,
-            test_accuracy=acc,
-        )
-    )
-    solve_s = {"ntk": round(time.time() - begin, 2)}
-    if "nngp" in kernels:
-        begin = time.time()
-        f = stored_regression(kernels["nngp"], n_train, y_train, cfg.ridge, cfg.solver, work, cfg.solve_block)
+    work, table, solve_s = Path(cfg.store), [], {}
+
+    def predicted(predictor: str, f: torch.Tensor, seconds: float) -> None:
         mse, acc = scores(f, y_test, l_test)
         table.append(
-            dict(
-                kernel=f"{cfg.kernel}_{cfg.architecture}",
-                predictor="nngp",
-                solver=cfg.solver,
-                test_mse=mse,
-                test_accuracy=acc,
-            )
+            dict(kernel=f"{cfg.kernel}_{cfg.architecture}", predictor=predictor, solver=cfg.solver, test_mse=mse, test_accuracy=acc)
         )
-        solve_s["nngp"] = round(time.time() - begin, 2)
+        solve_s[predictor] = round(seconds, 2)
+
+    begin = time.time()
+    if "nngp" in kernels:  # the n = inf Gaussian: its mean is the NTK's regression, one factorisation of Theta for both
+        mean, var = stored_gaussian(kernels["ntk"], kernels["nngp"], n_train, y_train, cfg.ridge, cfg.solver, work, cfg.solve_block)
+        predicted("ntk", mean, time.time() - begin)
         begin = time.time()
-        _, var = stored_gaussian(kernels["ntk"], kernels["nngp"], n_train, y_train[:, 0], cfg.ridge, cfg.solver, work, cfg.solve_block)
+        predicted(
+            "nngp", stored_regression(kernels["nngp"], n_train, y_train, cfg.ridge, cfg.solver, work, cfg.solve_block), time.time() - begin
+        )
+        sd = float(var.clamp_min(0).sqrt().mean())  # the same for every output: the variances do not depend on y
         table.append(
             dict(
                 kernel=f"{cfg.kernel}_{cfg.architecture}",
                 predictor="gaussian_sd_mean",
                 solver=cfg.solver,
-                test_mse=float(var.clamp_min(0).sqrt().mean()),
+                test_mse=sd,
                 test_accuracy=float("nan"),
             )
         )
-        solve_s["gaussian"] = round(time.time() - begin, 2)
+    else:
+        predicted(
+            "ntk", stored_regression(kernels["ntk"], n_train, y_train, cfg.ridge, cfg.solver, work, cfg.solve_block), time.time() - begin
+        )
     pairs = store.grid.n1 * (store.grid.n1 + 1) // 2
     first_start = float((timing.finished_unix - timing.seconds).min())
     wall = float(timing.finished_unix.max()) - first_start

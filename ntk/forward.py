@@ -88,12 +88,10 @@ def output_shape(model: nn.Module, x_example: Tensor) -> tuple[tuple[int, ...] |
 
 
 def output_dim(model: nn.Module, x_example: Tensor | None) -> int:
-    """O, the output entries per input (`as_outputs`: one forward pass of `x_example`, without
-    gradients, for a module other than an `NTKMLP`)."""
+    """O, the output entries per input (`as_outputs`; `output_shape`, measured once per model and kind of input)."""
     if isinstance(model, NTKMLP):
         return model.out_dim
-    with torch.no_grad():
-        return as_outputs(model(as_model_input(model, x_example)), x_example.shape[0]).shape[1]
+    return output_shape(model, x_example)[1]
 
 
 @contextlib.contextmanager

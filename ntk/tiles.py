@@ -376,8 +376,10 @@ def conjugate_gradients(
     return (x[:, 0] if vec else x), it
 
 
-def _solve(k_train: np.ndarray, b: Tensor, ridge: float, solver: str, work: Path, block: int) -> Tensor:
+def _solve(k_train: np.ndarray, b: Tensor, ridge: float, solver: str, work: str | Path | None, block: int) -> Tensor:
+    """(K + ridge I)^-1 b; the Cholesky factor goes to `work`/cholesky.npy (default: beside the kernel's file)."""
     if solver == "cholesky":
+        work = Path(work) if work is not None else Path(getattr(k_train, "filename", None) or ".").parent
         L = blocked_cholesky(k_train, work / "cholesky.npy", block=block, jitter=ridge)
         return cholesky_solve(L, b, block)
     if solver == "cg":
@@ -411,7 +413,6 @@ def stored_regression(
         >>> torch.allclose(pred, ntk.kernel_regression(theta[6:, :6], theta[:6, :6], x[:6, 0]))
         True
     """
-    work = Path(work) if work is not None else Path(getattr(k, "filename", ".")).parent
     alpha = _solve(k[:n_train, :n_train], y_train.to(torch.float64), ridge, solver, work, block)
     return matmul_blocked(k[n_train:, :n_train], alpha, block)
 
@@ -441,7 +442,6 @@ def stored_gaussian(
         >>> mean.shape, var.shape
         (torch.Size([2]), torch.Size([2]))
     """
-    work = Path(work) if work is not None else Path(getattr(ntk, "filename", ".")).parent
     m = ntk.shape[0] - n_train
     cross = torch.cat(
         [_rows(ntk, slice(n_train + s, n_train + min(s + block, m)), slice(0, n_train), torch.float64) for s in range(0, m, block)]

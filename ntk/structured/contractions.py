@@ -79,13 +79,14 @@ def _gram_weight(
     a2: Tensor,
     g2: Tensor,
     trace: bool,
+    joint: SampleGrams,
     with_bias: bool = False,
     bias_sq: float = 1.0,
-    grams: SampleGrams | None = None,
 ) -> Tensor | None:
     """Weight part of a linear-in-W layer: sum over shared positions, the cheaper exact form.
 
-    a: (N, S, in), g: (N, O, S, out). Returns (N1, N2, O, O), or (N1, N2) with trace. With
+    a: (N, S, in), g: (N, O, S, out). Returns (N1, N2, O, O), or (N1, N2) with trace, for the Gram of
+    Grams; the explicit form's per-sample gradients go to `joint` (None is returned). With
     `with_bias` the layer's bias is included, as a weight column whose input is 1 at every position
     (in the Gram of Grams: a_s . a'_s' + 1), so it costs no product of its own; `bias_sq` is the square
     of the bias's factor in the output (beta^2 for an NTKDense, 1 otherwise).
@@ -93,22 +94,13 @@ def _gram_weight(
     same = a2 is a1 and g2 is g1
     n1, o, s1, out = g1.shape
     n2, _, s2, _ = g2.shape
-    joint = grams
     explicit, grams = contraction_costs(n1, n2, o, s1, s2, a1.shape[-1] + with_bias, out, trace, same)
-    if explicit <= grams:
-        w1 = torch.einsum("nosj,nsi->noji", g1, a1).reshape(n1, o, -1)  # per-sample gradients (N1, O, out in)
-        w2 = w1 if same else torch.einsum("nosj,nsi->noji", g2, a2).reshape(n2, o, -1)
-        if joint is not None:  # into the joint product, the bias's per-sample gradients (sum_s g_s, times its factor) beside
-            joint.add(w1, w2)
-            if with_bias:
-                b1 = _scaled(g1.sum(2), bias_sq**0.5)
-                joint.add(b1, b1 if same else _scaled(g2.sum(2), bias_sq**0.5))
-            return None
-        if trace:
-            kernel = w1.reshape(n1, -1) @ w2.reshape(n2, -1).T
-        else:
-            kernel = (w1.reshape(n1 * o, -1) @ w2.reshape(n2 * o, -1).T).view(n1, o, n2, o).permute(0, 2, 1, 3)
-        return kernel + _scaled(_gram_sum(g1, g2, trace), bias_sq) if with_bias else kernel
+    if explicit <= grams:  # per-sample gradients into the joint product, the bias's (sum_s g_s, times its factor) beside
+        w1 = torch.einsum("nosj,nsi->noji", g1, a1).reshape(n1, o, -1)  # (N1, O, out in)
+        joint.add(w1, w1 if same else torch.einsum("nosj,nsi->noji", g2, a2).reshape(n2, o, -1))
+        if with_bias:
+            _add_bias(joint, g1, g2, same, bias_sq)
+        return None
     if s1 == s2 == 1:  # one position (a plain MLP layer): two matrix products, as the layer-wise kernel
         aa = torch.addmm(a1.new_full((), float(with_bias) * bias_sq), a1[:, 0], a2[:, 0].T)  # (N1, N2)
         if trace:
@@ -133,9 +125,7 @@ def _gram_explicit(w1: Tensor, w2: Tensor, trace: bool) -> Tensor:
     return (w1.reshape(n1 * o, -1) @ w2.reshape(n2 * o, -1).T).view(n1, o, n2, o).permute(0, 2, 1, 3)
 
 
-def _conv_kernel(
-    module: nn.Module, names, calls1: list[Call], calls2: list[Call], trace: bool, joint: SampleGrams | None = None
-) -> Tensor | None:
+def _conv_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call], trace: bool, joint: SampleGrams) -> Tensor | None:
     """A convolution's share, all calls and their cross terms: the Gram of per-sample gradients (from
     the convolution's own backward) or the Gram of Grams over patches, whichever costs less."""
     same = calls2 is calls1
@@ -173,11 +163,8 @@ def _conv_kernel(
             return total
 
         w1 = sample_grads(calls1)
-        w2 = w1 if same else sample_grads(calls2)
-        if joint is not None:
-            joint.add(w1, w2)
-            return None
-        return _gram_explicit(w1, w2, trace)
+        joint.add(w1, w1 if same else sample_grads(calls2))
+        return None
 
     def grouped(calls: list[Call]) -> tuple[Tensor, Tensor]:  # patches (N, groups, S, in), cotangents (N, O, groups, S, out)
         a = torch.cat([conv_patches(module, c.inputs) for c in calls], 2)
@@ -187,7 +174,7 @@ def _conv_kernel(
     a1, g1 = grouped(calls1)
     a2, g2 = (a1, g1) if same else grouped(calls2)
     if groups == 1:
-        return _gram_weight(a1[:, 0], g1[:, :, 0], a2[:, 0], g2[:, :, 0], trace, with_bias=with_b)
+        return _gram_weight(a1[:, 0], g1[:, :, 0], a2[:, 0], g2[:, :, 0], trace, joint, with_bias=with_b)
     aa = torch.einsum("agsi,bgti->abgst", a1, a2)  # (N1, N2, groups, S1, S2): every group at once
     if with_b:
         aa += 1.0
@@ -200,12 +187,10 @@ def _scaled(t: Tensor, factor: float) -> Tensor:
     return t if factor == 1.0 else t.mul_(factor)
 
 
-def _gram_sum(g1: Tensor, g2: Tensor, trace: bool) -> Tensor:
-    """Bias part: (sum_s g_s) . (sum_s' g'_s'), g (N, O, S, out)."""
-    b1, b2 = g1.sum(2), g2.sum(2)  # (N, O, out)
-    if trace:
-        return torch.einsum("aoj,boj->ab", b1, b2)
-    return torch.einsum("aoj,bqj->aboq", b1, b2)
+def _add_bias(joint: SampleGrams, g1: Tensor, g2: Tensor, same: bool, bias_sq: float = 1.0) -> None:
+    """A bias's per-sample gradients sum_s g_s (times its factor), g (N, O, S, out), into the joint product."""
+    b1 = _scaled(g1.sum(2), bias_sq**0.5)
+    joint.add(b1, b1 if same else _scaled(g2.sum(2), bias_sq**0.5))
 
 
 def _gram_embedding(i1: Tensor, g1: Tensor, i2: Tensor, g2: Tensor, trace: bool, padding_idx: int | None) -> Tensor:
@@ -218,20 +203,10 @@ def _gram_embedding(i1: Tensor, g1: Tensor, i2: Tensor, g2: Tensor, trace: bool,
     return torch.einsum("aboqst,abst->aboq", torch.einsum("aosj,bqtj->aboqst", g1, g2), same)
 
 
-def _gram_diagonal(x1: Tensor, g1: Tensor, x2: Tensor, g2: Tensor, trace: bool) -> Tensor:
-    """Norm weight (elementwise scale of x_hat): per-sample gradient sum_s g_s * x_hat_s, (N, O, C)."""
-    w1, w2 = torch.einsum("nosc,nsc->noc", g1, x1), torch.einsum("nosc,nsc->noc", g2, x2)
-    if trace:
-        return torch.einsum("aoc,boc->ab", w1, w2)
-    return torch.einsum("aoc,bqc->aboq", w1, w2)
-
-
-def module_kernel(
-    module: nn.Module, names, calls1: list[Call], calls2: list[Call], trace: bool, joint: SampleGrams | None = None
-) -> Tensor | None:
-    """The kernel share of one covered module's parameters `names`, all calls and their cross terms.
-    With `joint`, the shares taken as Grams of per-sample gradients go there (one product for many
-    layers) and only the rest is returned (None when nothing is left)."""
+def module_kernel(module: nn.Module, names, calls1: list[Call], calls2: list[Call], trace: bool, joint: SampleGrams) -> Tensor | None:
+    """The kernel share of one covered module's parameters `names`, all calls and their cross terms:
+    the shares taken as Grams of per-sample gradients go to `joint` (one product for many layers),
+    the rest is returned (None when nothing is left)."""
 
     def stacked(calls: list[Call]) -> tuple[Tensor, Tensor]:
         """Inputs (N, S_total, ...) and cotangents (N, O, S_total, out) over every call, positions concatenated."""
@@ -261,9 +236,9 @@ def module_kernel(
             a1, g1 = stacked(b1)
             a2, g2 = (a1, g1) if b2 is b1 else stacked(b2)
             if "in_proj_weight" in names:
-                add(_gram_weight(a1, g1, a2, g2, trace, with_bias="in_proj_bias" in names, grams=joint))
+                add(_gram_weight(a1, g1, a2, g2, trace, joint, with_bias="in_proj_bias" in names))
             else:
-                add(_gram_sum(g1, g2, trace))
+                _add_bias(joint, g1, g2, b2 is b1)
         return total
     if isinstance(module, CONVS):
         return _conv_kernel(module, names, calls1, calls2, trace, joint)
@@ -271,21 +246,15 @@ def module_kernel(
     a2, g2 = (a1, g1) if calls2 is calls1 else stacked(calls2)
     bias_sq = bias_scale(module) ** 2
     if "weight" in names and isinstance(module, LINEAR):
-        add(_gram_weight(a1, g1, a2, g2, trace, with_bias="bias" in names, bias_sq=bias_sq, grams=joint))
+        add(_gram_weight(a1, g1, a2, g2, trace, joint, with_bias="bias" in names, bias_sq=bias_sq))
         return total
     same = calls2 is calls1
     if "weight" in names:
         if isinstance(module, nn.Embedding):
             add(_gram_embedding(a1, g1, a2, g2, trace, module.padding_idx))
-        elif joint is not None:  # a norm's elementwise weight: per-sample gradients sum_s g_s x_hat_s, (N, O, C)
+        else:  # a norm's elementwise weight: per-sample gradients sum_s g_s x_hat_s, (N, O, C)
             w1 = torch.einsum("nosc,nsc->noc", g1, a1)
             joint.add(w1, w1 if same else torch.einsum("nosc,nsc->noc", g2, a2))
-        else:
-            add(_gram_diagonal(a1, g1, a2, g2, trace))
     if "bias" in names:
-        if joint is not None:
-            b1 = _scaled(g1.sum(2), bias_sq**0.5)
-            joint.add(b1, b1 if same else _scaled(g2.sum(2), bias_sq**0.5))
-        else:
-            add(_scaled(_gram_sum(g1, g2, trace), bias_sq))
+        _add_bias(joint, g1, g2, same, bias_sq)
     return total
