@@ -104,3 +104,16 @@ def test_an_empirical_kernel_from_a_seed_or_a_checkpoint_in_one_process(tmp_path
     stored = np.load(tmp_path / "store" / "kernel_ntk.npy")
     assert rel_fro(torch.from_numpy(stored), ref) < 1e-12
     assert pd.read_csv(tmp_path / "out" / "table.csv").predictor.tolist() == ["ntk"]
+
+
+def test_the_tiles_benchmark_compares_one_call_with_its_tiles(tmp_path, monkeypatch):
+    from scripts import bench_tiles
+
+    monkeypatch.chdir(tmp_path)  # it writes results/bench/tiles.* under the working directory
+    bench_tiles.main(["n=10", "row_blocks=3", "rounds=2", "threads=1"])
+    table = pd.read_csv(tmp_path / "results" / "bench" / "tiles.csv").set_index("contender")
+    assert list(table.index) == ["one_process", "tiles"]
+    assert table.loc["tiles", "tiles"] == 6 and table.loc["tiles", "pairs"] == 55
+    assert table.loc["tiles", "max_rel_error"] < 1e-12
+    with pytest.raises(SystemExit, match="n must be an integer 2"):
+        bench_tiles.main(["n=1"])
