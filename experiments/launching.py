@@ -238,9 +238,21 @@ class Watch:
     def failed(self, i: int) -> None:
         """Aggregate what finished, then end the sweep with the failed job's own error line."""
         job = self.jobs[i]
-        line = error_line(job.paths.stderr) or error_line(job.paths.stdout) or f"no error line in {job.paths.stderr}"
+        line = error_line(job.paths.stderr) or error_line(job.paths.stdout)
+        if line is None:
+            state = slurm_state(str(job.job_id)) if self.slurm else None
+            line = (
+                f"it left SLURM's queue{' as ' + state if state else ''} without a result or a log (no {job.paths.stderr}): cancelled before it started?"
+                if self.slurm
+                else f"it ended without a result or a log (no {job.paths.stderr})"
+            )
         missing = [j for j in range(len(self.jobs)) if j not in self.done]
-        still = [str(self.jobs[j].job_id) for j in missing if j != i]
+        listed = self.running() if self.slurm else None  # asked again: a cancelled array leaves the queue at once
+        still = [
+            str(self.jobs[j].job_id)
+            for j in missing
+            if j != i and (str(self.jobs[j].job_id) in listed if self.slurm else not self.jobs[j].done())
+        ]
         if self.done:
             run_end_callbacks(self.launcher.config)
             names = "; ".join(job_label(self.overrides[j], self.common) for j in missing)
@@ -253,13 +265,26 @@ class Watch:
 
 
 def error_line(path: Path) -> str | None:
-    """The job's own one-line error (the last line starting with "error:"), else its last line."""
+    """The job's own one-line error (the last line starting with "error:"), else SLURM's line on why it
+    ended (`*** JOB 82 ON vm CANCELLED AT ... ***`, a time limit), else its last line."""
     try:
         lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return None
     errors = [line for line in lines if line.startswith("error:")]
-    return errors[-1] if errors else (lines[-1] if lines else None)
+    ended = [line[line.index("***") :] for line in lines if line.startswith("slurmstepd") and "***" in line]
+    return errors[-1] if errors else ended[-1] if ended else (lines[-1] if lines else None)
+
+
+def slurm_state(job_id: str) -> str | None:
+    """The job's state in SLURM's accounting (CANCELLED, TIMEOUT, OUT_OF_MEMORY, ...), None where
+    accounting is off or does not know the job."""
+    try:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = out.stdout.split() if out.returncode == 0 else []
+    return words[0] if words else None
 
 
 def run_end_callbacks(config: DictConfig) -> None:

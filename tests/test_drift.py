@@ -180,5 +180,11 @@ def test_error_line_is_the_jobs_own_one_line_error(tmp_path):
     log.write_text("Traceback...\nwarning: something\nerror: the first\nmore text\nerror: the one\n\n")
     assert error_line(log) == "error: the one"
     log.write_text("slurmstepd: error: *** JOB 7 CANCELLED ***\n")
-    assert error_line(log) == "slurmstepd: error: *** JOB 7 CANCELLED ***"
+    assert error_line(log) == "*** JOB 7 CANCELLED ***"
+    log.write_text(
+        "slurmstepd-vm: error: *** JOB 82 ON vm CANCELLED AT 2026-12-07T01:58:35 ***\nsrun: forcing job termination\nsrun: error: vm: task 0: Killed\n"
+    )
+    assert error_line(log) == "*** JOB 82 ON vm CANCELLED AT 2026-12-07T01:58:35 ***"  # why SLURM ended it, not srun's echo
+    log.write_text("Traceback (most recent call last):\nValueError: bad\n")
+    assert error_line(log) == "ValueError: bad"
     assert error_line(tmp_path / "missing.err") is None

@@ -135,6 +135,35 @@ def test_sigterm_after_submission_says_how_to_cancel_and_resume(tmp_path):
             time.sleep(0.5)
 
 
+def test_an_array_cancelled_with_scancel_ends_the_command_saying_so(tmp_path):
+    """Three long jobs on the two-CPU node (two run, one waits); `scancel` of the array: the command
+    ends with SLURM's reason (or, for the job that never started, that it left the queue without a
+    log), lists no cancelled job as still running, and a rerun would resume."""
+    cmd = [sys.executable, "-m", "experiments.run", "-m", *TINY, "width=256,384,512", "train.steps=3000", *SLURM]
+    cmd += [f"out_dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multirun"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+    deadline = time.time() + 120
+    while not any(line.startswith("submitted ") for line in lines):
+        assert time.time() < deadline and proc.poll() is None, "".join(lines)[-2000:]
+        lines.append(proc.stderr.readline())
+    ids = submitted_ids("".join(lines))
+    array = ids[0].split("_")[0]
+    try:
+        started = lambda: [p for p in (tmp_path / "multirun/.submitit").rglob("*_log.err") if p.stat().st_size]  # noqa: E731
+        while not started() and time.time() < deadline:  # a job has started (its log has lines)
+            time.sleep(0.5)
+        subprocess.run(["scancel", array], check=True)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        subprocess.run(["scancel", array], capture_output=True)
+    assert proc.returncode == 2, rest[-2000:]
+    line = last_line(rest)
+    assert line.startswith("error: job #") and ("CANCELLED" in line or "left SLURM's queue" in line), line
+    assert "still running" not in line and line.endswith("fix it and run the same command again (finished jobs are skipped)"), line
+
+
 def test_a_time_limit_below_the_checkpoint_interval_is_refused(tmp_path):
     before = queue()
     cmd = [sys.executable, "-m", "experiments.run", "-m", "+exp=mnist_convergence", "seed=0,1", "checkpoint_minutes=5", *SLURM]
