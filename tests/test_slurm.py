@@ -136,10 +136,11 @@ def test_sigterm_after_submission_says_how_to_cancel_and_resume(tmp_path):
 
 
 def test_an_array_cancelled_with_scancel_ends_the_command_saying_so(tmp_path):
-    """Three long jobs on the two-CPU node (two run, one waits); `scancel` of the array: the command
-    ends with SLURM's reason (or, for the job that never started, that it left the queue without a
-    log), lists no cancelled job as still running, and a rerun would resume."""
-    cmd = [sys.executable, "-m", "experiments.run", "-m", *TINY, "width=256,384,512", "train.steps=3000", *SLURM]
+    """The tiled CNTK of 2500 digits (36 jobs of a minute or more; two run on the two-CPU node, the
+    others wait); `scancel` of the array once one has started: the command ends with SLURM's reason
+    (or, for a job that never started, that it left the queue without a log) and lists no cancelled
+    job as still running."""
+    cmd = [sys.executable, "-m", "experiments.run", "-m", "+exp=kernel_tiles", "progress=false", f"store={tmp_path}/store", *SLURM]
     cmd += [f"out_dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multirun"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines = []
@@ -150,9 +151,10 @@ def test_an_array_cancelled_with_scancel_ends_the_command_saying_so(tmp_path):
     ids = submitted_ids("".join(lines))
     array = ids[0].split("_")[0]
     try:
-        started = lambda: [p for p in (tmp_path / "multirun/.submitit").rglob("*_log.err") if p.stat().st_size]  # noqa: E731
-        while not started() and time.time() < deadline:  # a job has started (its log has lines)
+        running = lambda: subprocess.run(["squeue", "-h", "-r", "-t", "R", "-o", "%i", "-j", array], capture_output=True, text=True).stdout  # noqa: E731
+        while not running().split() and time.time() < deadline:  # a job has started
             time.sleep(0.5)
+        time.sleep(3)  # inside its Python
         subprocess.run(["scancel", array], check=True)
         _, rest = proc.communicate(timeout=120)
     finally:
