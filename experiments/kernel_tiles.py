@@ -22,7 +22,7 @@ every tile is checked and assembled into kernel_<name>.npy memmaps, and the test
 predicted from the stored kernel with targets e_k - 0.1: NTK regression at t = inf (and for the
 limit the NNGP posterior mean and the infinite network's Gaussian variances), by blocked Cholesky
 or conjugate gradients (`solver`). Outputs in out_dir: tiles.csv (i, j, rows, cols, SHA-256), table.csv
-(kernel, predictor, solver, test_mse, test_accuracy), timing_tiles.csv (per tile: seconds, peak
+(kernel, predictor, solver, test_mse, test_accuracy), timing_tiles.csv (per tile: seconds, the float64 GEMM rate right after it, peak
 memory, host, SLURM job, threads, revision, finish time), timing_summary.csv (tiles, pairs, compute
 seconds, wall seconds from the first tile's start to the last one's end, pairs per second), config.yaml, provenance.json and the figure.
 """
@@ -48,7 +48,7 @@ from experiments.cli import USER_ERRORS, fail, say
 from experiments.drift_sweep import threads_per_job
 from experiments.figures import render
 from experiments.mnist_cntk import CLASSES, architectures, images, scores
-from experiments.persistence import atomic_write_text, git_revision, provenance, run_start
+from experiments.persistence import atomic_write_text, gemm_gflops, git_revision, provenance, run_start
 from experiments.runner import Experiment
 from experiments.validation import check_choice, check_int, check_nonnegative
 from ntk.analytic import limiting_kernels as mlp_kernels
@@ -214,6 +214,7 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
             pid=os.getpid(),
             threads=torch.get_num_threads(),
             git_revision=git_revision(),
+            gemm_gflops_float64=gemm_gflops(1024, torch.float64, rounds=3),  # the machine's speed right after this tile
         )
         print(
             f"tile ({i}, {j}) of {g.count}: {tile.shape[1]} x {tile.shape[2]} in {record['seconds']:.1f} s, peak {record['peak_memory_bytes'] / 2**30:.2f} GiB"
@@ -237,7 +238,7 @@ def aggregate(cfg: DictConfig) -> pd.DataFrame:
     for k, (i, j) in enumerate(store.grid.tiles):
         rec = store.record(i, j)
         rows.append(dict(tile=k, i=i, j=j, rows=rec["shape"][1], cols=rec["shape"][2], sha256=rec["sha256"]))
-        keep = ("seconds", "peak_memory_bytes", "host", "slurm_job", "threads", "git_revision", "finished_unix")
+        keep = ("seconds", "gemm_gflops_float64", "peak_memory_bytes", "host", "slurm_job", "threads", "git_revision", "finished_unix")
         timing.append(dict(tile=k, i=i, j=j) | {key: rec.get(key) for key in keep})
     tiles, timing = pd.DataFrame(rows), pd.DataFrame(timing)
     _, labels = inputs(cfg)
@@ -289,6 +290,8 @@ def aggregate(cfg: DictConfig) -> pd.DataFrame:
                 wall_s=round(wall, 2),
                 pairs_per_s_wall=pairs / wall if wall > 0 else float("nan"),
                 pairs_per_s_compute=pairs / float(timing.seconds.sum()),
+                gemm_gflops_float64_min=pd.to_numeric(timing.gemm_gflops_float64).min(),  # NaN for tiles stored before it was kept
+                gemm_gflops_float64_max=pd.to_numeric(timing.gemm_gflops_float64).max(),
                 hosts=timing.host.nunique(),
                 peak_memory_max_bytes=int(timing.peak_memory_bytes.max()),
             )

@@ -2,6 +2,7 @@
 assembled kernel against the limit of all inputs at once in memory, predictions against the
 in-memory solve, a failed tile and its rerun, and a store made with other settings refused."""
 
+import json
 import os
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_tiles_as_jobs_assemble_the_kernel_and_predict_as_in_memory(tmp_path, co
     nngp, theta = model_limiting_kernels(architectures(cfg)["cntk_gap"], x)  # all 18 digits at once, in memory
     for name, ref in (("nngp", nngp), ("ntk", theta)):
         stored = np.load(tmp_path / "store" / f"kernel_{name}.npy", mmap_mode="r")
-        assert rel_fro(torch.from_numpy(np.asarray(stored)), ref) < 1e-12
+        assert rel_fro(torch.from_numpy(np.array(stored)), ref) < 1e-12
     y = F.one_hot(labels, 10).double() - 0.1
     f = kernel_regression(theta[12:, :12], theta[:12, :12], y[:12])
     table = pd.read_csv(tmp_path / "out" / "table.csv").set_index("predictor")
@@ -58,8 +59,12 @@ def test_tiles_as_jobs_assemble_the_kernel_and_predict_as_in_memory(tmp_path, co
     summary = pd.read_csv(tmp_path / "out" / "timing_summary.csv").iloc[0]
     assert summary.tiles == 6 and summary.pairs == 18 * 19 // 2 and summary.compute_s > 0
     assert (tmp_path / "out" / "tiles.png").exists() and (tmp_path / "out" / "provenance.json").exists()
+    assert (pd.read_csv(tmp_path / "out" / "timing_tiles.csv").gemm_gflops_float64 > 0).all()  # each tile's machine speed
+    record = tmp_path / "store" / "tiles" / "0_1.json"  # a tile stored before the GEMM rate was kept still aggregates
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "gemm_gflops_float64"}))
     again = sweep(tmp_path)  # everything is in the store: no tile is computed again
     assert again.stderr.count("tile (") == 0 and again.stdout.count("skip: tile") == 6
+    assert pd.read_csv(tmp_path / "out" / "timing_tiles.csv").gemm_gflops_float64.isna().sum() == 1
 
 
 def test_a_failed_tile_ends_the_command_with_its_line_and_a_rerun_completes_it(tmp_path):
