@@ -1,7 +1,7 @@
 """Tiles against one process: the same kernel computed in one call and as tiles, alternating in one run.
 
-    python -m scripts.bench_tiles                          # the first 626 digits (2 x 313), 3 rounds
-    python -m scripts.bench_tiles n=100 row_blocks=4 rounds=2
+    python -m scripts.bench_tiles                          # the first 236 digits as 3 tiles of 118, 7 rounds
+    python -m scripts.bench_tiles n=626 rounds=3           # tiles of 313, the real run's
 
 The kernel of the kernel_tiles experiment with its defaults (configs/exp/kernel_tiles.yaml: the
 n = inf CNN-GP and CNTK with global average pooling of the 14 x 14 digits, float64) on the first `n`
@@ -12,19 +12,18 @@ of its digits, two ways:
     computed one after another by the experiment's `compute_tile` (what each job of the multirun
     computes), on the same threads.
 
-Both compute the n (n + 1) / 2 pairs once; the assembled tiles must equal the one call (relative
-Frobenius error below 1e-12, checked in every round). A float64 GEMM (1024 x 1024) is timed next to
-them in every round, the order reversed every other round, so the rate of pairs per second comes with
-the machine's speed at that moment. With n = 626 and row_blocks = 2 the tiles are 313 x 313, the
-tiles of the real run of results/kernel_tiles (2500 digits, row_blocks = 8), so the one-process
-rate here predicts that run's time in one process. Writes results/bench/tiles.csv and .md.
+Both compute the n (n + 1) / 2 pairs once; every tile must equal its block of the one call
+(relative Frobenius error below 1e-12, checked before the timing). The two alternate over the rounds
+with a float64 GEMM (1024 x 1024) between them (`scripts.common.interleaved`: one warm-up and one
+timed call each first, the order rotated every round), so the pairs per second come with the
+machine's speed at that moment; a tile costs what its pairs cost in one call when the ratio is 1,
+and the one-process rate then predicts a tiled run's time in one process. Writes results/bench/tiles.csv and .md.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -37,21 +36,11 @@ from experiments.runner import CONFIG_DIR
 from experiments.schema import register_all
 from ntk import model_limiting_kernels
 from ntk.tiles import TileGrid
-from scripts.common import parse_kv, spread, write_bench
-
-
-def assembled(tiles: dict[tuple[int, int], np.ndarray], g: TileGrid) -> np.ndarray:
-    """The (kernels, n, n) kernel from its upper-triangle tiles."""
-    out = np.zeros((2, g.n1, g.n2))
-    for (i, j), tile in tiles.items():
-        r, c = g.slices(i, j)
-        out[:, r, c] = tile
-        out[:, c, r] = tile.transpose(0, 2, 1)
-    return out
+from scripts.common import interleaved, parse_kv, spread, write_bench
 
 
 def main(argv: list[str]) -> None:
-    args = parse_kv(argv, dict(n=626, row_blocks=2, rounds=3, threads=2))
+    args = parse_kv(argv, dict(n=236, row_blocks=2, rounds=7, threads=2))
     register_all()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["+exp=kernel_tiles"])
@@ -71,30 +60,19 @@ def main(argv: list[str]) -> None:
         nngp, theta = model_limiting_kernels(model, x)
         return np.stack([nngp.numpy(), theta.numpy()])
 
-    def tiles() -> np.ndarray:
-        return assembled({(i, j): compute_tile(cfg, x, i, j, g) for i, j in g.tiles}, g)
+    def tiles() -> dict[tuple[int, int], np.ndarray]:
+        return {(i, j): compute_tile(cfg, x, i, j, g) for i, j in g.tiles}
 
-    def gemm() -> None:
-        for _ in range(20):
-            a @ a
-
-    contenders = dict(one_process=one_process, tiles=tiles, gemm=gemm)
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    errors = []
-    for r in range(args["rounds"]):
-        names = list(contenders) if r % 2 == 0 else list(reversed(contenders))
-        results = {}
-        for name in names:
-            start = time.perf_counter()
-            results[name] = contenders[name]()
-            times[name].append(time.perf_counter() - start)
-            print(f"round {r + 1}/{args['rounds']}: {name} {times[name][-1]:.2f} s", flush=True)
-        error = np.linalg.norm(results["tiles"] - results["one_process"]) / np.linalg.norm(results["one_process"])
-        if not error < 1e-12:
-            sys.exit(f"error: the tiles differ from the one call by {error:.3g} (relative Frobenius) in round {r + 1}")
-        errors.append(error)
+    whole, errors = one_process(), []
+    for (i, j), tile in tiles().items():
+        r, c = g.slices(i, j)
+        errors.append(np.linalg.norm(tile - whole[:, r, c]) / np.linalg.norm(whole[:, r, c]))
+    error = max(errors)
+    if not error < 1e-12:
+        sys.exit(f"error: the tiles differ from the one call by {error:.3g} (relative Frobenius)")
+    times, _ = interleaved(dict(one_process=one_process, tiles=tiles, gemm=lambda: a @ a), args["rounds"], torch.device("cpu"))
     pairs = n * (n + 1) // 2
-    gflops = [20 * 2 * 1024**3 / s / 1e9 for s in times["gemm"]]
+    gflops = [2 * 1024**3 / s / 1e9 for s in times["gemm"]]
     ratios = np.array(times["one_process"]) / np.array(times["tiles"])
     rows = [
         dict(
@@ -109,7 +87,7 @@ def main(argv: list[str]) -> None:
             one_process_over_tiles=float(np.median(ratios)) if name == "tiles" else float("nan"),
             ratio_min=float(ratios.min()) if name == "tiles" else float("nan"),
             ratio_max=float(ratios.max()) if name == "tiles" else float("nan"),
-            max_rel_error=max(errors) if name == "tiles" else float("nan"),
+            max_rel_error=error if name == "tiles" else float("nan"),
             gemm_gflops=float(np.median(gflops)),
             gemm_gflops_min=min(gflops),
             gemm_gflops_max=max(gflops),
