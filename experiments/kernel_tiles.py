@@ -277,6 +277,7 @@ def aggregate(cfg: DictConfig) -> pd.DataFrame:
             "ntk", stored_regression(kernels["ntk"], n_train, y_train, cfg.ridge, cfg.solver, work, cfg.solve_block), time.time() - begin
         )
     pairs = store.grid.n1 * (store.grid.n1 + 1) // 2
+    gemm = pd.to_numeric(timing.gemm_gflops_float64)  # NaN for tiles stored before the rate was kept
     first_start = float((timing.finished_unix - timing.seconds).min())
     wall = float(timing.finished_unix.max()) - first_start
     summary = pd.DataFrame(
@@ -290,8 +291,8 @@ def aggregate(cfg: DictConfig) -> pd.DataFrame:
                 wall_s=round(wall, 2),
                 pairs_per_s_wall=pairs / wall if wall > 0 else float("nan"),
                 pairs_per_s_compute=pairs / float(timing.seconds.sum()),
-                gemm_gflops_float64_min=pd.to_numeric(timing.gemm_gflops_float64).min(),  # NaN for tiles stored before it was kept
-                gemm_gflops_float64_max=pd.to_numeric(timing.gemm_gflops_float64).max(),
+                gemm_gflops_float64_min=gemm.min(),
+                gemm_gflops_float64_max=gemm.max(),
                 hosts=timing.host.nunique(),
                 peak_memory_max_bytes=int(timing.peak_memory_bytes.max()),
             )

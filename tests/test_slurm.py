@@ -41,6 +41,17 @@ def last_line(text: str) -> str:
     return [line for line in text.splitlines() if line.strip()][-1]
 
 
+def submit(cmd: list[str]) -> tuple[subprocess.Popen, list[str]]:
+    """Start a sweep in the background; return it once it has printed the ids of the jobs it submitted."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+    deadline = time.time() + 120
+    while not any(line.startswith("submitted ") for line in lines):
+        assert time.time() < deadline and proc.poll() is None, "".join(lines)[-2000:]
+        lines.append(proc.stderr.readline())
+    return proc, submitted_ids("".join(lines))
+
+
 def submitted_ids(stderr: str) -> list[str]:
     line = next(line for line in stderr.splitlines() if line.startswith("submitted "))
     return line.split(": ", 1)[1].split(" (logs")[0].split(", ")
@@ -110,13 +121,7 @@ def test_bad_launcher_settings_are_refused_before_anything_is_queued(tmp_path, a
 def test_sigterm_after_submission_says_how_to_cancel_and_resume(tmp_path):
     cmd = [sys.executable, "-m", "experiments.run", "-m", *TINY, "width=256,512", "train.steps=3000", *SLURM]
     cmd += [f"out_dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multirun"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines = []
-    deadline = time.time() + 120
-    while not any(line.startswith("submitted ") for line in lines):
-        assert time.time() < deadline and proc.poll() is None, "".join(lines)[-2000:]
-        lines.append(proc.stderr.readline())
-    ids = submitted_ids("".join(lines))
+    proc, ids = submit(cmd)
     try:
         proc.send_signal(signal.SIGTERM)
         _, rest = proc.communicate(timeout=60)
@@ -142,16 +147,11 @@ def test_an_array_cancelled_with_scancel_ends_the_command_saying_so(tmp_path):
     job as still running."""
     cmd = [sys.executable, "-m", "experiments.run", "-m", "+exp=kernel_tiles", "progress=false", f"store={tmp_path}/store", *SLURM]
     cmd += [f"out_dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multirun"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines = []
-    deadline = time.time() + 120
-    while not any(line.startswith("submitted ") for line in lines):
-        assert time.time() < deadline and proc.poll() is None, "".join(lines)[-2000:]
-        lines.append(proc.stderr.readline())
-    ids = submitted_ids("".join(lines))
+    proc, ids = submit(cmd)
     array = ids[0].split("_")[0]
     try:
         running = lambda: subprocess.run(["squeue", "-h", "-r", "-t", "R", "-o", "%i", "-j", array], capture_output=True, text=True).stdout  # noqa: E731
+        deadline = time.time() + 120
         while not running().split() and time.time() < deadline:  # a job has started
             time.sleep(0.5)
         time.sleep(3)  # inside its Python
