@@ -45,6 +45,7 @@ from omegaconf import DictConfig
 from experiments.figures import render
 from experiments.persistence import Parts, gemm_gflops, run_start, show_progress, write_outputs
 from experiments.training import network_jobs
+from ntk.planning import reproducible_auto
 from ntk.utils import resolve_device
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -127,7 +128,14 @@ def per_network(job: Callable[..., Tables]) -> Callable[[DictConfig, Any], list[
 
 
 def run_experiment(exp: Experiment, cfg: DictConfig) -> Tables:
-    """Run `exp` as configured (the steps of the module docstring); return its final tables."""
+    """Run `exp` as configured (the steps of the module docstring); return its final tables. Kernels
+    of method="auto" are chosen by prediction, not measured time (`ntk.planning.reproducible_auto`):
+    the same command and seed give the same tables bit for bit."""
+    with reproducible_auto():
+        return _run_experiment(exp, cfg)
+
+
+def _run_experiment(exp: Experiment, cfg: DictConfig) -> Tables:
     exp.check(cfg)
     start = run_start()
     device = resolve_device(cfg.device)

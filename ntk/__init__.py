@@ -9,7 +9,7 @@ and Generalization in Neural Networks" (NeurIPS 2018), and what followed.
     >>> result = ntk.gradient_descent(model, x, x[:, :1] * x[:, 1:], lr=1.0, steps=100)  # t = lr x steps
 
 The names below are the public API; the submodules hold them by topic: `ntk.model`, `ntk.cnn` and
-`ntk.blocks` (NTK-parameterised networks and their building blocks), `ntk.empirical` (the empirical NTK; its methods in the table
+`ntk.blocks` (NTK-parameterised networks and their building blocks), `ntk.empirical` (the empirical NTK; of differential operators in `ntk.operators`; its methods in the table
 `ntk.methods`, its memory plan in `ntk.planning`, its per-parameter report in `ntk.report`; kernels in tiles on disk and predictions from them in `ntk.tiles`), `ntk.analytic` and `ntk.limits` (infinite-width kernels of MLPs and of any composition of blocks), `ntk.train`
 (gradient descent in t = lr x steps), `ntk.predict` (kernel regression, the n = inf Gaussian),
 `ntk.spectrum` (kernel PCA, Lanczos), `ntk.finite` (finite-width corrections), `ntk.drift`,
@@ -28,6 +28,7 @@ from ntk.limits import limiting_kernels, model_limiting_kernels
 from ntk.memory import NTKMemoryError, available_memory, parse_bytes
 from ntk.methods import METHODS, KernelMethod, flop_counts
 from ntk.model import NTKMLP, NTKDense
+from ntk.operators import OperatorKernels, OperatorModel, operator_ntk
 from ntk.planning import memory_estimate, plan_method
 from ntk.predict import (
     flow_matrix,
@@ -64,6 +65,9 @@ __all__ = [
     "empirical_nngp",
     "ntk_row",
     "ntk_vector_product",
+    "operator_ntk",
+    "OperatorModel",
+    "OperatorKernels",
     "layerwise_factors",
     "METHODS",
     "KernelMethod",

@@ -63,6 +63,8 @@ def _contract_factors(f1, f2, beta: float, trace: bool) -> Tensor:
             pass
         elif d1.dim() == 2:
             term.mul_(d1 @ d2.T)
+        elif trace == "diagonal":
+            term = torch.einsum("iap,jap->ija", d1, d2).mul_(term[:, :, None])  # (N1, N2, O)
         elif trace:
             term.mul_(torch.einsum("iap,jap->ij", d1, d2))
         else:
@@ -72,6 +74,8 @@ def _contract_factors(f1, f2, beta: float, trace: bool) -> Tensor:
         kernel = term if kernel is None else kernel.add_(term)
     if kernel.dim() == 4:
         kernel = kernel.permute(0, 2, 1, 3).contiguous()  # (N1, N2, O, O)
+    if trace == "diagonal" and kernel.dim() == 2:  # one output (or the last layer's scalar term only)
+        kernel = kernel[:, :, None]
     return kernel
 
 
@@ -147,9 +151,19 @@ def jacobian_kernel(
         params = {k: params[k] for k in names}
     j1 = flat_jacobian(model, params, fixed, cast_input(x1, dtype))
     j2 = j1 if x2 is None else flat_jacobian(model, params, fixed, cast_input(x2, dtype))
+    return contract_jacobians(j1, j2, trace)
+
+
+def contract_jacobians(j1: Tensor, j2: Tensor, trace: bool | str) -> Tensor:
+    """J1 J2^T of per-sample Jacobians (N, O, P): (N1, N2) traced or for O = 1, (N1, N2, O) for
+    trace="diagonal" (the output diagonal), (N1, N2, O, O) otherwise."""
+    if trace == "diagonal":  # O Gram products of contiguous (N, P) slices, one batched product
+        a1 = j1.transpose(0, 1).contiguous()  # (O, N1, P)
+        a2 = a1 if j2 is j1 else j2.transpose(0, 1).contiguous()
+        return torch.bmm(a1, a2.transpose(1, 2)).permute(1, 2, 0)  # (N1, N2, O)
     if trace or j1.shape[1] == 1:
-        return torch.einsum("iap,jap->ij", j1, j2)  # (N1, N2)
-    return torch.einsum("iap,jbp->ijab", j1, j2)  # (N1, N2, O, O)
+        return torch.einsum("iap,jap->ij", j1, j2)
+    return torch.einsum("iap,jbp->ijab", j1, j2)
 
 
 # ----------------------------------------------------------------------------- ntk_vp
@@ -182,8 +196,46 @@ def ntk_vp_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.
 
     cols = torch.cat([columns(k) for k in range(0, points.shape[0], chunk)])  # (N2 O, N1, O)
     kernel = cols.reshape(xs.shape[0], out_dim, x1.shape[0], out_dim).permute(2, 0, 3, 1)  # (N1, N2, O_a, O_b)
+    if trace == "diagonal":  # every column is needed anyway: the diagonal of the whole kernel
+        return kernel.diagonal(dim1=2, dim2=3).contiguous()
     if out_dim == 1:
         return kernel[:, :, 0, 0].contiguous()
     if trace:
         return kernel.diagonal(dim1=2, dim2=3).sum(-1)
     return kernel.contiguous()
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+def autograd_jacobian(model: nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per-sample Jacobians (N, O, P) by plain autograd: one forward pass per input and one backward
+    pass per output entry, no torch.func transform. It takes what the transforms cannot: a forward
+    that calls `torch.autograd.grad` itself (with create_graph), that updates a buffer in place, or
+    that calls an operation without a batching or forward-mode rule."""
+    params, fixed = cast_params(model, dtype), cast_fixed(model, dtype)
+    names = list(params)
+    rows = []
+    for xi in cast_input(x, dtype):
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}  # fresh leaves per input
+        with torch.enable_grad():
+            out = as_outputs(functional_call(model, {**fixed, **leaves}, (xi.unsqueeze(0).clone(),)), 1)[0]  # (O,)
+            per_output = []
+            for a in range(out.shape[0]):
+                grads = (
+                    torch.autograd.grad(out[a], [leaves[k] for k in names], retain_graph=a < out.shape[0] - 1, allow_unused=True)
+                    if out.requires_grad
+                    else [None] * len(names)
+                )
+                per_output.append(
+                    torch.cat([(g if g is not None else torch.zeros_like(leaves[k])).reshape(-1) for g, k in zip(grads, names)])
+                )
+        rows.append(torch.stack(per_output).detach())  # (O, P)
+    return torch.stack(rows)  # (N, O, P)
+
+
+def autograd_kernel(model: nn.Module, x1: Tensor, x2: Tensor | None, dtype: torch.dtype, block: int | None, trace: bool) -> Tensor:
+    """J(x1) J(x2)^T with the Jacobians of `autograd_jacobian`."""
+    j1 = autograd_jacobian(model, x1, dtype)
+    j2 = j1 if x2 is None else autograd_jacobian(model, x2, dtype)
+    return contract_jacobians(j1, j2, trace)

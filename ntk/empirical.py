@@ -41,11 +41,12 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from ntk.backends import layerwise_factors
-from ntk.forward import as_outputs, cast_fixed, cast_input, cast_params, one_call, output_shape
+from ntk.forward import as_outputs, cast_fixed, cast_input, cast_params, first_line, one_call, output_shape
+from ntk.guard import leaves_model_unchanged
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 from ntk.methods import METHODS, get_method
 from ntk.model import NTKMLP, forward_with_cache
-from ntk.planning import memory_estimate, plan_method
+from ntk.planning import choose_method, memory_estimate, plan_method, run_choice
 from ntk.structured import check_independent_samples
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
 Tensor = torch.Tensor
 
 
+@leaves_model_unchanged
 def empirical_ntk(
     model: nn.Module,
     x1: Tensor,
@@ -72,6 +74,7 @@ def empirical_ntk(
     memory_limit: int | None = None,
     trace_axes: tuple[int, ...] | None = None,
     diagonal: bool = False,
+    diagonal_axes: tuple[int, ...] | int | None = None,
 ) -> Tensor:
     """Empirical NTK Theta(x1, x2) of `model` at its current parameters.
 
@@ -90,8 +93,15 @@ def empirical_ntk(
         trace_axes: axes of the model's output (N, d_1, ..., d_k), counted with the batch axis 0 as
             neural-tangents counts them (1 ... k, or negative), to sum over; the other output axes
             are kept. A tensor output only; trace_axes covering every output axis equals trace=True.
-        diagonal: only K(x_i, x_i) for each input of x1 (x2 must be None), without the N x N
-            matrix: computed in small symmetric blocks along the diagonal.
+        diagonal: the inputs' diagonal, the older spelling of diagonal_axes=(0,).
+        diagonal_axes: axes computed only on their diagonal, counted as neural-tangents counts them
+            (its `diagonal_axes`; batch axis 0, output axes 1 ... k or negative):
+            - 0, the inputs: only K(x_i, x_i) for each input of x1 (x2 must be None), without the
+              N x N matrix, in small symmetric blocks along the diagonal;
+            - output axes: the kernel of each output entry with itself, K[i, j, a] = sum_p
+              df_a(x_i)/dtheta_p df_a(x_j)/dtheta_p, as the torch.func NTK tutorial's "diagonal"
+              mode; when every output axis is traced or on the diagonal this costs about what the
+              trace costs (O Grams instead of O^2).
 
     Returns:
         The kernel, entry [i, j, a..., b...] = sum_p df_a(x_i)/dtheta_p df_b(x_j)/dtheta_p:
@@ -101,7 +111,9 @@ def empirical_ntk(
           (N1, N2, O, O);
         - with trace=True, every output axis traced, or one output entry per input ((N,), (N, 1)):
           (N1, N2);
-        - with diagonal=True: (N1, *K, *K), or (N1,) when nothing is kept.
+        - with output axes D on the diagonal: (N1, N2, *K, *K, *D), K the other kept axes;
+        - with the inputs' diagonal (diagonal=True, or 0 in diagonal_axes): the first two axes are
+          one, N1: (N1, *K, *K), or (N1,) when nothing is kept.
 
     Raises:
         ValueError: unknown method; inputs that are not a tensor (N, ...), a 1-D float tensor, integer
@@ -125,16 +137,16 @@ def empirical_ntk(
         >>> conv = torch.nn.Conv2d(1, 2, 3, padding=1)  # image to image: output (N, 2, 8, 8)
         >>> ntk.empirical_ntk(conv, torch.randn(5, 1, 8, 8), trace_axes=(2, 3)).shape  # channels kept
         torch.Size([5, 5, 2, 2])
-        >>> ntk.empirical_ntk(conv, torch.randn(5, 1, 8, 8), trace=True, diagonal=True).shape
+        >>> ntk.empirical_ntk(conv, torch.randn(5, 1, 8, 8), trace=True, diagonal_axes=0).shape
         torch.Size([5])
+        >>> ntk.empirical_ntk(cnn, torch.randn(5, 1, 8, 8), diagonal_axes=-1).shape  # each output with itself
+        torch.Size([5, 5, 3])
     """
     if method != "auto":
         get_method(method)  # one line naming the allowed methods for an unknown name
     _check_tensor("x1", x1)
     if x2 is not None:
         _check_tensor("x2", x2)
-    if diagonal and x2 is not None:
-        raise ValueError("diagonal=True gives K(x_i, x_i) for the inputs of x1: pass x2=None")
     x1, x2 = on_model_device(model, x1), None if x2 is None else on_model_device(model, x2)
     _check_model(model)
     _check_inputs(model, x1, x2)
@@ -142,20 +154,53 @@ def empirical_ntk(
         raise ValueError(why)
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
         raise ValueError(f"block_size must be an integer >= 1 or None, got {block_size!r}")
+    axes = _diagonal_axes(diagonal_axes)
+    if diagonal or 0 in axes:
+        if x2 is not None:
+            raise ValueError(
+                "the inputs' diagonal (diagonal_axes with 0, or diagonal=True) gives K(x_i, x_i) for the inputs of x1: pass x2=None"
+            )
+        diagonal = True
     with one_call():  # the model does not change within: its fingerprint is taken once per kind of input
         shape, entries = output_shape(model, x1)
         traced, kept = _traced_axes(shape, trace, trace_axes)
-        full_trace = not kept or entries == 1  # one number per pair: the backends' traced kernel (N1, N2)
+        flat = shape if shape is not None else (entries,)  # a tuple, list or dict output: its O entries as one axis
+        on_diagonal = _output_axes(flat, [a for a in axes if a != 0], "diagonal_axes")
+        if set(on_diagonal) & set(traced):
+            raise ValueError("an output axis cannot be both traced (trace, trace_axes) and on the diagonal (diagonal_axes)")
+        off_diagonal = [i for i in range(len(flat)) if i not in traced and i not in on_diagonal]
+        if on_diagonal and not off_diagonal:  # every kept axis on the diagonal: the backends' (N1, N2, O) at the trace's cost
+            mode: bool | str = "diagonal"
+        else:
+            mode = not kept or entries == 1  # True: one number per pair, the backends' traced kernel (N1, N2)
+        full_trace = mode
         budget = memory_limit if memory_limit is not None else available_memory(x1.device)
 
         def compute(xa: Tensor, xb: Tensor | None) -> Tensor:
             n1, n2 = xa.shape[0], (xa if xb is None else xb).shape[0]
-            name, block = plan_method(model, xa, n1, n2, xb is None, method, block_size, dtype, budget, trace=full_trace)
-            with torch.no_grad():
-                kernel = METHODS[name].compute(model, xa, xb, dtype, block, full_trace)
+            if method == "auto":  # predicted, probed on the model in hand, decided (`ntk.planning.choose_method`)
+                choice = choose_method(model, xa, xb, n1, n2, xb is None, block_size, dtype, budget, full_trace)
+                kernel = run_choice(model, choice, xa, xb, dtype, full_trace)
+            else:
+                name, block = plan_method(model, xa, n1, n2, xb is None, method, block_size, dtype, budget, trace=full_trace)
+                try:
+                    with torch.no_grad():
+                        kernel = METHODS[name].compute(model, xa, xb, dtype, block, full_trace)
+                except (ValueError, NTKMemoryError):
+                    raise
+                except Exception as err:  # torch's error from deep inside a transform: one line, with what to do
+                    raise ValueError(
+                        f"method={name!r} cannot compute this model's kernel ({type(err).__name__}: {first_line(err)}); "
+                        "method='auto' tries every method, and method='autograd' takes any model a forward pass runs on"
+                    ) from err
             if xb is None:
-                kernel = 0.5 * (kernel + (kernel.transpose(0, 1).transpose(2, 3) if kernel.dim() == 4 else kernel.T))
-            return kernel if full_trace else _kept(kernel, shape, traced, kept)
+                kernel = 0.5 * (kernel + (kernel.transpose(0, 1).transpose(2, 3) if kernel.dim() == 4 else kernel.transpose(0, 1)))
+            if mode == "diagonal":  # (N1, N2, O) -> (N1, N2, *diagonal axes), the traced ones summed
+                kernel = kernel.reshape(*kernel.shape[:2], *flat)
+                return kernel.sum([2 + t for t in traced]) if traced else kernel
+            if on_diagonal:
+                return _kept(kernel, flat, traced, kept, on_diagonal)
+            return kernel if mode else _kept(kernel, shape, traced, kept)
 
         if not diagonal:
             return compute(x1, x2)
@@ -196,25 +241,50 @@ def _traced_axes(shape: tuple[int, ...] | None, trace: bool, trace_axes) -> tupl
     return sorted(set(out)), tuple(d for i, d in enumerate(shape) if i not in out)
 
 
-def _kept(kernel: Tensor, shape: tuple[int, ...] | None, traced: list[int], kept: tuple[int, ...]) -> Tensor:
+def _diagonal_axes(diagonal_axes) -> tuple[int, ...]:
+    if diagonal_axes is None:
+        return ()
+    axes = (diagonal_axes,) if isinstance(diagonal_axes, int) else tuple(diagonal_axes)
+    if not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+        raise ValueError(f"diagonal_axes must be integers (0: the inputs, 1 ... k or -k ... -1: output axes), got {diagonal_axes!r}")
+    return axes
+
+
+def _output_axes(shape: tuple[int, ...], axes, what: str) -> list[int]:
+    """Output axes as neural-tangents counts them (batch 0, then 1 ... k, or -k ... -1) as 0-based axes per input."""
+    k, out = len(shape), []
+    for a in axes:
+        b = a + k + 1 if a < 0 else a
+        if not 1 <= b <= k:
+            raise ValueError(
+                f"{what} {a} is not an output axis: the output (N, {', '.join(map(str, shape))}) has axes 1 ... {k} (or -{k} ... -1)"
+            )
+        out.append(b - 1)
+    return sorted(set(out))
+
+
+def _kept(kernel: Tensor, shape: tuple[int, ...] | None, traced: list[int], kept: tuple[int, ...], on_diagonal: list[int] = ()) -> Tensor:
     """(N1, N2, O, O) (or (N1, N2) for O = 1) over the flat outputs as (N1, N2, *kept, *kept), the
-    traced axes summed over equal indices."""
+    traced axes summed over equal indices; axes `on_diagonal` are kept once, at the end, with equal
+    indices: (N1, N2, *off, *off, *diagonal)."""
     n1, n2 = kernel.shape[:2]
     if kernel.dim() == 2:
         kernel = kernel[:, :, None, None]
     if shape is None:
         return kernel
-    if not traced:
+    if not traced and not on_diagonal:
         return kernel.reshape(n1, n2, *shape, *shape)
     k = len(shape)
     letters = "abcdefghijklmnopqrstuvwx"
     left, right = list(letters[:k]), list(letters[k : 2 * k])
-    for t in traced:
-        right[t] = left[t]  # the same index on both sides: the diagonal, summed
-    out = "".join(left[i] for i in range(k) if i not in traced) + "".join(right[i] for i in range(k) if i not in traced)
+    for t in (*traced, *on_diagonal):
+        right[t] = left[t]  # the same index on both sides: the diagonal (summed when traced)
+    off = [i for i in range(k) if i not in traced and i not in on_diagonal]
+    out = "".join(left[i] for i in off) + "".join(right[i] for i in off) + "".join(left[i] for i in on_diagonal)
     return torch.einsum(f"yz{''.join(left)}{''.join(right)}->yz{out}", kernel.reshape(n1, n2, *shape, *shape))
 
 
+@leaves_model_unchanged
 def empirical_nngp(model: NTKMLP, x1: Tensor, x2: Tensor | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
     """Finite-width estimate of the output's NNGP kernel Sigma(L) from the last hidden layer.
 
@@ -257,6 +327,7 @@ def ntk_row(model: nn.Module, x0: Tensor, x: Tensor, dtype: torch.dtype = torch.
     return empirical_ntk(model, x0.unsqueeze(0), x, method=method, dtype=dtype, **kwargs)[0]
 
 
+@leaves_model_unchanged
 def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
     """Theta(X, X) v without forming Theta: J (J^T v), one vjp and one jvp over X.
 
@@ -357,6 +428,11 @@ def _check_inputs(model: nn.Module, x1: Tensor, x2: Tensor | None) -> None:
     for name, x in (("x1", x1), ("x2", x2)):
         if x is None:
             continue
+        if x.is_complex():
+            raise ValueError(
+                f"{name} is complex ({x.dtype}); the kernel takes real inputs: pass the real and imaginary parts as "
+                f"features, torch.view_as_real({name}) (a last axis of 2)"
+            )
         if isinstance(model, NTKMLP):
             if x.dim() != 2:
                 raise ValueError(f"{name} must have shape (N, input_dim) for an NTKMLP, got {tuple(x.shape)}")

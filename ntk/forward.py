@@ -80,8 +80,7 @@ def output_shape(model: nn.Module, x_example: Tensor) -> tuple[tuple[int, ...] |
         return (model.out_dim,), model.out_dim
     cache = model_cache(model, "output shape", x_example[:1])  # measured once per model and kind of input
     if "shape" not in cache:
-        with torch.no_grad():
-            f = model(as_model_input(model, x_example[:1]))
+        f = probe_forward(model, x_example[:1])
         o = as_outputs(f, 1).shape[1]  # refuses what is not an output
         cache["shape"] = (tuple(f.shape[1:]) if isinstance(f, Tensor) else None), o
     return cache["shape"]
@@ -118,9 +117,48 @@ def leaf_output_numel(model: nn.Module, x_example: Tensor) -> int:
         nonlocal total
         total += sum(t.numel() for t in _tensors(out))
 
-    with hooked([m for m in model.modules() if not list(m.children())], count), torch.no_grad():
-        model(as_model_input(model, x_example))
+    with hooked([m for m in model.modules() if not list(m.children())], count):
+        probe_forward(model, x_example)
     return total
+
+
+def refuse_transformed(module: nn.Module, x: object) -> None:
+    """One line when a module's input is a torch.func transform's tensor: the model differentiates or
+    vectorises inside its forward (a PINN's residual, `vmap(hessian(u))`), where per-layer records of
+    one forward pass do not hold one input's activations."""
+    if isinstance(x, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(x):
+        raise ValueError(
+            f"method='structured' cannot record {type(module).__name__}: the model calls it inside a torch.func transform "
+            "(vmap, grad, jacrev, hessian) in its forward; use method='jacobian', 'ntk_vp' or 'autograd'"
+        )
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name if it has none)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def probe_forward(model: nn.Module, x: Tensor) -> object:
+    """The model's output on a few inputs, for measuring it: without gradients, or with them where
+    the forward needs them (a model that differentiates inside forward, `torch.autograd.grad`).
+
+    Raises:
+        ValueError: the model fails on inputs of this shape; one line with the input shape and the
+            model's own error.
+    """
+    x = as_model_input(model, x)
+    try:
+        with torch.no_grad():
+            return model(x)
+    except Exception as err:
+        try:  # a forward that takes gradients itself runs only with grad enabled
+            with torch.enable_grad():
+                return model(x)
+        except Exception:
+            raise ValueError(
+                f"the model fails on inputs of shape (N, {', '.join(map(str, x.shape[1:]))}) like x1's: "
+                f"{type(err).__name__}: {first_line(err)}"
+            ) from None
 
 
 def _tensors(out: object) -> list[Tensor]:

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torch.func import vmap
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import flop_registry
 
-from ntk.backends import jacobian_kernel, layerwise_kernel, ntk_vp_kernel
-from ntk.forward import leaf_output_numel, model_cache, output_dim
+from ntk.backends import autograd_kernel, jacobian_kernel, layerwise_kernel, ntk_vp_kernel
+from ntk.forward import leaf_output_numel, model_cache, output_dim, probe_forward
 from ntk.model import NTKMLP
 from ntk.structured import plan, structured_kernel
 from ntk.structured.contractions import CONCAT_NUMBERS
@@ -40,15 +40,22 @@ JACOBIAN_OVERHEAD = 2.0  # vmap(jacrev) holds the Jacobians and about as much in
 
 
 class _OpCounter(TorchDispatchMode):
-    """Counts the operations dispatched inside it."""
+    """Counts the operations dispatched inside it, and their FLOPs by `torch.utils.flop_counter`'s
+    formulas (its registry; `FlopCounterMode` itself cannot run a forward that differentiates inside,
+    as a PINN's residual does)."""
 
     def __init__(self):
         super().__init__()
         self.count = 0
+        self.flops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         self.count += 1
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **kwargs)
+        if (count := flop_registry.get(func._overloadpacket)) is not None:
+            self.flops += count(*args, **kwargs, out_val=out)
+        return out
 
 
 class _measured(functools.cached_property):
@@ -98,18 +105,25 @@ class ModelSizes:
     @_measured
     def blocks(self) -> list[Block]:
         """The weight blocks of the covered module calls on one input."""
-        if "counted" in self._store:
-            return self.counted[0]
-        return one_input_blocks(self.model, self.x_example, self.structured_plan[0])
+        blocks = self.counted[0] if "counted" in self._store else one_input_blocks(self.model, self.x_example, self.structured_plan[0])
+        if isinstance(blocks, Exception):
+            raise blocks
+        return blocks
 
     @_measured
     def counted(self) -> tuple[list[Block], float, int]:
         """The blocks, F (the FLOPs of one input's forward pass, `torch.utils.flop_counter`) and D
         (the operations it dispatches), from one pass."""
-        counter, ops = FlopCounterMode(display=False), _OpCounter()
-        with counter, ops:
-            blocks = one_input_blocks(self.model, self.x_example, self.structured_plan[0])
-        return blocks, float(counter.get_total_flops()), ops.count
+        ops = _OpCounter()
+        try:
+            with ops:
+                blocks = one_input_blocks(self.model, self.x_example, self.structured_plan[0])
+        except ValueError as err:  # the rules cannot record this model (`refuse_transformed`): F from a plain pass
+            ops = _OpCounter()
+            with ops:
+                probe_forward(self.model, self.x_example)
+            blocks = err
+        return blocks, float(ops.flops), ops.count
 
     @property
     def forward_ops(self) -> int:
@@ -125,7 +139,7 @@ class ModelSizes:
         try:
             with torch.no_grad():
                 vmap(lambda xi: self.model(xi[None]))(torch.cat([self.x_example, self.x_example]))
-        except RuntimeError:
+        except Exception:
             return False
         return True
 
@@ -158,11 +172,12 @@ class KernelMethod:
         compute: (model, x1, x2, dtype, block, trace) -> the kernel (the backend itself, `ntk.backends` / `ntk.structured`).
         dispatches: (sizes, n1, n2, symmetric, block) -> operations dispatched, each costing a fixed
             time whatever its size (`predicted_seconds`).
+        last_resort: method="auto" probes it only when no other method runs on the model.
 
     Example:
         >>> import ntk
         >>> [(m.name, m.applies_to) for m in ntk.METHODS.values()]
-        [('layerwise', 'NTKMLP'), ('structured', 'any module'), ('jacobian', 'any module'), ('ntk_vp', 'any module')]
+        [('layerwise', 'NTKMLP'), ('structured', 'any module'), ('jacobian', 'any module'), ('ntk_vp', 'any module'), ('autograd', 'any module')]
     """
 
     name: str
@@ -178,6 +193,7 @@ class KernelMethod:
     memory_formula: str = ""
     flops_formula: str = ""
     dispatches_formula: str = ""
+    last_resort: bool = False  # auto probes it only when no other method runs
 
     def largest_block(self, sizes: ModelSizes, n1: int, n2: int) -> int | None:
         """The block that computes everything at once (None for a method without blocks)."""
@@ -312,6 +328,11 @@ def _ntk_vp_dispatches(s: ModelSizes, n1: int, n2: int, symmetric: bool, block: 
     return chunks * VMAP_OP * 5 * s.forward_ops
 
 
+def _autograd_dispatches(s: ModelSizes, n1: int, n2: int, symmetric: bool, block: int | None) -> float:
+    n = n1 if symmetric else n1 + n2
+    return n * s.forward_ops * (1 + 2 * s.out_dim)  # per input: a forward pass and O backward passes, no batching
+
+
 def _layerwise_dispatches(s: ModelSizes, n1: int, n2: int, symmetric: bool, block: int | None) -> float:
     passes, pairs = _blocks_count(n1, n2, symmetric, block)
     return (passes + pairs) * 6 * (s.model.depth + 1)
@@ -387,6 +408,22 @@ METHODS: dict[str, KernelMethod] = {
             memory_formula="b c (2 P + 3 N1 A) + b P + K",
             flops_formula="N2 O (3 F + 3 F N1)",
         ),
+        KernelMethod(
+            name="autograd",
+            summary="plain autograd, one forward per input and one backward per output entry: no torch.func transform, so it takes "
+            "forwards that differentiate themselves, update buffers in place or have no batching rule (the last resort)",
+            applies_to="any module",
+            refuses=lambda model: None,
+            in_auto=lambda model: True,
+            blocks=None,
+            memory=_jacobian_memory,
+            flops=_jacobian_flops,
+            compute=autograd_kernel,
+            dispatches=_autograd_dispatches,
+            memory_formula="2 b O P (N1 + N2) + K (N2 left out when symmetric)",
+            flops_formula="n (F + 2 O F) + 2 N1 N2 O^2 P",
+            last_resort=True,
+        ),
     )
 }
 
@@ -417,7 +454,12 @@ def flop_counts(model: nn.Module, x_example: Tensor, n1: int, n2: int | None = N
     sizes = ModelSizes(model, x_example)
     symmetric, n2 = n2 is None, n1 if n2 is None else n2
     out = {"forward": sizes.forward_flops}
-    out |= {m.name: float(m.flops(sizes, n1, n2, symmetric, trace)) for m in METHODS.values() if m.refuses(model) is None}
+    for m in METHODS.values():
+        if m.refuses(model) is None:
+            try:
+                out[m.name] = float(m.flops(sizes, n1, n2, symmetric, trace))
+            except ValueError:  # a method that cannot take the model (structured on a forward it cannot record)
+                continue
     return out
 
 

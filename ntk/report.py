@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ntk.forward import output_shape
+from ntk.forward import first_line, output_shape
+from ntk.guard import leaves_model_unchanged
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 from ntk.methods import METHODS, ModelSizes, predicted_seconds
 from ntk.model import NTKMLP
-from ntk.planning import plan_method
+from ntk.planning import choose_method, plan_method
 from ntk.structured.capture import checked_rules
 from ntk.structured.cost import block_costs
 from ntk.structured.coverage import CONVS, LINEAR, uncovered_reasons
@@ -44,7 +45,9 @@ class MethodRow:
     gflop: float
     dispatches: float
     predicted_s: float
-    note: str = ""
+    probe_s: float = float("nan")  # measured on auto's probe
+    estimated_s: float = float("nan")  # the probe's time scaled to the whole kernel by the method's formula
+    note: str = ""  # why it failed, does not fit, or was not probed
 
 
 @dataclass
@@ -59,7 +62,7 @@ class KernelReport:
         >>> print(str(report).splitlines()[0])
         empirical NTK of 4 x 4 inputs, 2 output entries per input
         >>> [m.name for m in report.methods]
-        ['structured', 'jacobian', 'ntk_vp']
+        ['structured', 'jacobian', 'ntk_vp', 'autograd']
     """
 
     n1: int
@@ -68,23 +71,32 @@ class KernelReport:
     parameters: list[ParameterRow] = field(default_factory=list)
     methods: list[MethodRow] = field(default_factory=list)
     chosen: tuple[str, int | None] | None = None
+    probe_inputs: tuple[int, int] = (0, 0)
+    failure: str = ""
 
     def __str__(self) -> str:
         lines = [f"empirical NTK of {self.n1} x {self.n2} inputs, {self.outputs} output entries per input", ""]
         lines += ["| parameter | shape | numbers | handled by | contraction | GFLOP |", "|---|---|---|---|---|---|"]
         for p in self.parameters:
             lines.append(f"| {p.name} | {tuple(p.shape)} | {p.numel} | {p.handled_by} | {p.form} | {p.gflop:.3g} |")
-        lines += ["", "| method | fits | block | memory | GFLOP | operations | predicted s | note |", "|---|---|---|---|---|---|---|---|"]
+        p1, p2 = self.probe_inputs
+        lines += [
+            "",
+            f"| method | fits | block | memory | GFLOP | operations | predicted s | probe s ({p1} x {p2}) | estimated s | note |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for m in self.methods:
-            mem = fmt_bytes(m.memory)
+            mem = fmt_bytes(m.memory) if m.memory == m.memory else "-"
             lines.append(
-                f"| {m.name} | {'yes' if m.fits else 'no'} | {m.block} | {mem} | {m.gflop:.3g} | {m.dispatches:.0f} | {m.predicted_s:.3g} | {m.note} |"
+                f"| {m.name} | {'yes' if m.fits else 'no'} | {m.block} | {mem} | {m.gflop:.3g} | {m.dispatches:.0f} | "
+                f"{m.predicted_s:.3g} | {m.probe_s:.3g} | {m.estimated_s:.3g} | {m.note} |"
             )
-        chosen = "none fits" if self.chosen is None else f"{self.chosen[0]} (block {self.chosen[1]})"
+        chosen = self.failure or "none fits" if self.chosen is None else f"{self.chosen[0]} (block {self.chosen[1]})"
         lines += ["", f"method='auto' takes: {chosen}"]
         return "\n".join(lines)
 
 
+@leaves_model_unchanged
 def kernel_report(
     model: nn.Module,
     x1: Tensor,
@@ -95,8 +107,12 @@ def kernel_report(
 ) -> KernelReport:
     """How `ntk.empirical_ntk(model, x1, x2, trace=trace)` would compute its kernel, and at what cost.
 
-    Runs no kernel: one forward pass of one input measures the model (and, for the structured rules,
-    their check against autograd on a few inputs, as the kernel itself would).
+    Runs what method="auto" runs before the kernel (`ntk.planning.choose_method`): one forward pass
+    of one input measures the model, the structured rules are checked against autograd on a few
+    inputs, and the methods predicted within `PROBE_FACTOR` of the fastest are timed on the probe (a
+    block of the kernel; the choice is kept with the model, so the kernel itself then probes no more).
+    Each method's row gives its predicted time, its time on the probe and that time scaled to the
+    whole kernel, or why it failed or was not probed.
 
     Example:
         >>> import torch, ntk
@@ -114,19 +130,24 @@ def kernel_report(
     report = KernelReport(n1, n2, o)
     budget = memory_limit if memory_limit is not None else available_memory(x1.device)
     try:
-        report.chosen = plan_method(model, x1, n1, n2, symmetric, "auto", None, dtype, budget, trace)
-    except NTKMemoryError:
-        report.chosen = None
+        auto = choose_method(model, x1, x2, n1, n2, symmetric, None, dtype, budget, trace)
+        report.chosen, report.probe_inputs = (auto.name, auto.block), auto.probe_inputs
+    except (NTKMemoryError, ValueError) as err:  # none fits, or every method fails: the rows say why
+        auto, report.chosen, report.failure = None, None, first_line(err)
     oo = o if trace else o * o
     if isinstance(model, NTKMLP):
         for name, p in model.named_parameters():
             report.parameters.append(ParameterRow(name, tuple(p.shape), p.numel(), "layer-wise factors (NTK MLP)", "layerwise", 0.0))
     else:
         by_module, rest = sizes.structured_plan
-        wrong = checked_rules(model, x1, by_module)[0] if by_module else set()
+        try:
+            wrong = checked_rules(model, x1, by_module)[0] if by_module else set()
+            unrecorded = ""
+        except ValueError as err:  # the rules cannot record this model's forward: every parameter by Jacobian
+            wrong, unrecorded = {full for names in by_module.values() for full in names.values()}, first_line(err)
         reasons = uncovered_reasons(model)
         costs: dict[nn.Module, list] = {}
-        for c in block_costs(sizes.blocks, by_module, n1, n2, o, trace, symmetric):
+        for c in block_costs([] if unrecorded else sizes.blocks, by_module, n1, n2, o, trace, symmetric):
             costs.setdefault(c.block.module, []).append(c)
         full_to_module = {full: (m, name) for m, names in by_module.items() for name, full in names.items()}
         for full, p in model.named_parameters():
@@ -136,7 +157,7 @@ def kernel_report(
                 row.handled_by, row.form = "frozen (requires_grad False): not in the kernel", "-"
             elif full in wrong:
                 row.handled_by, row.form, row.gflop = (
-                    "Jacobian: its gradient is not all inside its module's call",
+                    f"Jacobian: {unrecorded}" if unrecorded else "Jacobian: its gradient is not all inside its module's call",
                     "jacobian",
                     jacobian_gflop,
                 )
@@ -156,26 +177,32 @@ def kernel_report(
             else:
                 row.handled_by, row.form, row.gflop = f"Jacobian: {reasons.get(full, 'no rule')}", "jacobian", jacobian_gflop
             report.parameters.append(row)
+    trials = {t.name: t for t in (auto.trials if auto is not None else [])}
     for m in METHODS.values():
         if m.refuses(model) is not None:
             continue
-        note = "" if m.in_auto(model) else "not tried by auto"
+        t = trials.get(m.name)
+        row = MethodRow(m.name, False, None, float("nan"), float("nan"), float("nan"), float("nan"))
+        if t is not None:
+            row.probe_s, row.estimated_s = t.probe_s, t.estimated_s
+            row.note = t.error or t.note or ("" if t.probed else "not probed")
+        else:
+            row.note = "not tried by auto"
         try:
-            name, block = plan_method(model, x1, n1, n2, symmetric, m.name, None, dtype, budget, trace)
-            fits = True
+            name, row.block = plan_method(model, x1, n1, n2, symmetric, m.name, None, dtype, budget, trace)
+            row.fits = True
         except NTKMemoryError:
-            block, fits = (1 if m.blocks else None), False
-        memory = m.memory(sizes, n1, n2, symmetric, dtype, block)
-        report.methods.append(
-            MethodRow(
-                m.name,
-                fits,
-                block,
-                memory,
-                m.flops(sizes, n1, n2, symmetric, trace) / 1e9,
-                m.dispatches(sizes, n1, n2, symmetric, block),
-                predicted_seconds(m, sizes, n1, n2, symmetric, trace, block, x1.device),
-                note,
-            )
-        )
+            row.block = 1 if m.blocks else None
+        except ValueError as err:  # the model defeats the method's measurement
+            row.note = row.note or first_line(err)
+            report.methods.append(row)
+            continue
+        try:
+            row.memory = m.memory(sizes, n1, n2, symmetric, dtype, row.block)
+            row.gflop = m.flops(sizes, n1, n2, symmetric, trace) / 1e9
+            row.dispatches = m.dispatches(sizes, n1, n2, symmetric, row.block)
+            row.predicted_s = predicted_seconds(m, sizes, n1, n2, symmetric, trace, row.block, x1.device)
+        except ValueError as err:
+            row.note = row.note or first_line(err)
+        report.methods.append(row)
     return report

@@ -17,15 +17,24 @@ Models (scalar output, the full (N, N) kernel):
   vit          a ViT: 4 x 4 patches of 32 x 32 images, d = 64, 2 pre-norm layers, class token, N = 32
   unet         a UNet block (GroupNorm, SiLU, strided convolution, ConvTranspose2d, skip), 32 x 32, pooled, N = 16
   lora         784-512-512-1 frozen linear layers with rank-8 trainable updates (LoRA), N = 64
-(the last five from `scripts.model_zoo`, float32 unless named _f64).
-Contenders per model: method="auto" (with the method it takes), method="structured", torch.func Jacobian contraction and NTK-vector products
-(the PyTorch NTK tutorial's two methods, `ntk.empirical`), nngeometry's Gram matrix (PyPI
+  img2img      an image-to-image network (Conv2d, GroupNorm, ConvTranspose2d, 1 x 1 Conv2d), 3 x 8 x 8 to
+               1 x 16 x 16, the whole (N, N, 256, 256) kernel, N = 16
+  gru_text_x2  gru_text with x2 given: 32 x 32 inputs, not symmetric
+  pinn         a PINN's residual u_xx of a tanh MLP [1, 64, 64, 1] (torch.func.hessian inside forward,
+               `ntk.OperatorModel`), 32 points for u and 32 for the residual, N = 64
+(the last eight from `scripts.model_zoo`, float32 unless named _f64).
+Contenders per model: method="auto" (with the method it takes), "auto_first" (auto's first call on
+the model: the model's measurements, the rules' check, the probes and the kernel, its cache cleared
+before every call), method="structured", torch.func Jacobian contraction and NTK-vector products
+(the PyTorch NTK tutorial's two methods, `ntk.empirical`), plain autograd, nngeometry's Gram matrix (PyPI
 nngeometry 0.4, given by `nngeometry_path`: `pip install --no-deps --target <path> nngeometry==0.4`),
 and a float32 GEMM (N x 1024) @ (1024 x 1024) as the rate reference. A contender whose first call
 takes longer than `slow_limit` seconds, or whose memory estimate exceeds the budget, is left out of
 the rounds with the reason. The rest alternate over `rounds` rounds (`scripts.common.interleaved`:
 each round repeats a contender for at least 0.25 s, mean per call). Reported: median, min and max;
-the speed-up over the faster torch.func method as the median of per-round ratios; the FLOPs of one
+the speed-up over the faster torch.func method as the median of per-round ratios; auto over the best
+of the exact methods in the same round (`over_best`: the fastest of structured, jacobian, ntk_vp
+and autograd on the same model; at most 1.1 is the goal for repeated calls); the FLOPs of one
 call by formula (`ntk.methods.flop_counts` for the structured method, with its per-layer choice,
 and the two torch.func methods; `scripts.bench_ntk.layerwise_flops` for the layer-wise kernel;
 torch's profiler for nngeometry) and the achieved rate as a fraction of the same rounds' GEMM rate;
@@ -45,6 +54,7 @@ import torch
 from torch import nn
 
 from ntk.empirical import empirical_ntk, memory_estimate
+from ntk.forward import _CACHE as model_cache_of
 from ntk.memory import available_memory
 from ntk.methods import flop_counts
 from ntk.model import NTKMLP
@@ -54,9 +64,35 @@ from scripts import model_zoo
 from scripts.bench_ntk import layerwise_flops
 from scripts.common import BENCH_DIR, interleaved, parse_kv, spread, write_bench
 
-MODELS = ("mlp", "cnn", "lenet", "resnet18", "transformer", "mobilenet", "mobilenet_f64", "gru_text", "vit", "unet", "lora")
-ZOO_N = {"mobilenet": 16, "mobilenet_f64": 4, "gru_text": 32, "vit": 32, "unet": 16, "lora": 64}
+MODELS = (
+    "mlp",
+    "cnn",
+    "lenet",
+    "resnet18",
+    "transformer",
+    "mobilenet",
+    "mobilenet_f64",
+    "gru_text",
+    "gru_text_x2",
+    "vit",
+    "unet",
+    "lora",
+    "img2img",
+    "pinn",
+)
+ZOO_N = {
+    "mobilenet": 16,
+    "mobilenet_f64": 4,
+    "gru_text": 32,
+    "gru_text_x2": 32,
+    "vit": 32,
+    "unet": 16,
+    "lora": 64,
+    "img2img": 16,
+    "pinn": 64,
+}
 TORCH_FUNC = ("jacobian", "ntk_vp")
+EXACT = ("structured", "jacobian", "ntk_vp", "autograd")  # on the model itself (layerwise runs on a twin NTKMLP)
 
 
 class CNN(nn.Module):
@@ -83,15 +119,16 @@ class Transformer(nn.Module):
         return self.fc(self.layer(x).mean(1))
 
 
-def build(name: str, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.dtype]:
-    """The model (eval mode), its N inputs and the dtype of the kernel."""
+def build(name: str, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None, torch.dtype]:
+    """The model (eval mode), its N inputs, the second inputs (None: the symmetric kernel) and the dtype of the kernel."""
     if name in ZOO_N:
-        model, inputs = model_zoo.build(name.removesuffix("_f64"), 1, "bench")
+        model, inputs = model_zoo.build(name.removesuffix("_f64").removesuffix("_x2"), 1, "bench")
         x = inputs(ZOO_N[name], torch.Generator().manual_seed(1))
+        x2 = inputs(ZOO_N[name], torch.Generator().manual_seed(2)) if name.endswith("_x2") else None
         dtype = torch.float64 if name.endswith("_f64") else torch.float32
         if dtype == torch.float64:
             model, x = model.double(), (x.double() if x.is_floating_point() else x)
-        return model.to(device).eval(), x.to(device), dtype
+        return model.to(device).eval(), x.to(device), None if x2 is None else x2.to(device), dtype
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     if name == "mlp":
@@ -105,7 +142,7 @@ def build(name: str, device: torch.device) -> tuple[nn.Module, torch.Tensor, tor
         model, x = torchvision.models.resnet18(num_classes=1), torch.rand(16, 3, 32, 32, generator=g)
     else:
         model, x = Transformer(), torch.randn(32, 16, 64, generator=g)
-    return model.to(device).eval(), x.to(device), torch.float32
+    return model.to(device).eval(), x.to(device), None, torch.float32
 
 
 def nngeometry_gram(model: nn.Module, x: torch.Tensor):
@@ -153,14 +190,27 @@ def main(argv: list[str]) -> None:
     budget = available_memory(device)
     rows = []
     for name in names:
-        model, x, dtype = build(name, device)
+        model, x, x2, dtype = build(name, device)
         n = x.shape[0]
         a, w = torch.randn(n, 1024, device=device), torch.randn(1024, 1024, device=device)
         contenders = {"gemm": lambda: a @ w}
         notes: dict[str, str] = {}
-        candidates = {m: functools.partial(empirical_ntk, model, x, method=m, dtype=dtype) for m in ("auto", "structured", *TORCH_FUNC)}
-        takes = kernel_report(model, x, dtype=dtype).chosen
+        candidates = {
+            m: functools.partial(empirical_ntk, model, x, x2, method=m, dtype=dtype)
+            for m in ("auto", "structured", *TORCH_FUNC, "autograd")
+        }
+
+        def first_call(model=model, x=x, x2=x2, dtype=dtype):
+            model_cache_of.pop(model, None)  # nothing measured, checked or chosen: a first call
+            return empirical_ntk(model, x, x2, dtype=dtype)
+
+        candidates = {"auto": candidates.pop("auto"), "auto_first": first_call, **candidates}
+        report = kernel_report(model, x, x2, dtype=dtype)
+        takes = report.chosen
         notes["auto"] = f"takes {takes[0]}" if takes else "no method fits"
+        failed = [f"{m.name}: {m.note}" for m in report.methods if m.note and not m.note.startswith(("not probed", "not tried"))]
+        if failed:
+            notes["auto"] += "; dropped " + "; ".join(failed)
         if name == "mlp":
             twin = NTKMLP(784, 1000, 3, generator=torch.Generator().manual_seed(0), device=device)
             candidates["layerwise"] = functools.partial(empirical_ntk, twin, x, method="layerwise", dtype=torch.float32)
@@ -179,9 +229,9 @@ def main(argv: list[str]) -> None:
                 notes[method] = f"not in the rounds: one call takes {first:.1f} s (> slow_limit={args['slow_limit']:g} s)"
                 continue
             contenders[method] = fn
-        flops = flop_counts(model, x, n)
+        flops = flop_counts(model, x, n, None if x2 is None else x2.shape[0])
         if takes:
-            flops["auto"] = flops.get(takes[0], float("nan"))
+            flops["auto"] = flops["auto_first"] = flops.get(takes[0], float("nan"))
         if "layerwise" in candidates:
             flops["layerwise"] = layerwise_flops(twin.widths, n)
         if "nngeometry" in contenders:
@@ -201,11 +251,17 @@ def main(argv: list[str]) -> None:
                     row |= dict(speedup_vs_torch_func=float(np.median(ratio)), speedup_min=ratio.min(), speedup_max=ratio.max())
                 if method == "structured" and "layerwise" in times:
                     row["over_layerwise"] = float(np.median(t / np.array(times["layerwise"])))
+                exact = [np.array(times[m]) for m in EXACT if m in times]
+                if method in ("auto", "auto_first") and exact:
+                    row["over_best"] = float(np.median(t / np.min(exact, axis=0)))  # per round: auto over that round's fastest
             if method in flops:
                 row["gflop"] = flops[method] / 1e9
             row["note"] = notes.get(method, "")
             if method in ("structured", *TORCH_FUNC):
-                row["largest_N_in_budget"] = largest_n(model, method, x, budget, dtype)
+                try:
+                    row["largest_N_in_budget"] = largest_n(model, method, x, budget, dtype)
+                except ValueError:  # the method cannot take the model
+                    pass
             row["gemm_gflops"] = float(np.median(gemm_rate) / 1e9)
             rows.append(row)
             if "median_s" in row:
@@ -223,6 +279,7 @@ def main(argv: list[str]) -> None:
         "rounds",
         "calls_per_round",
         "speedup_vs_torch_func",
+        "over_best",
     ]
     columns += ["speedup_min", "speedup_max", "over_layerwise", "gflop", "fraction_of_gemm", "gemm_gflops", "largest_N_in_budget", "note"]
     write_bench(pd.DataFrame(rows).reindex(columns=columns), "structured", argv, Path(args["out_dir"]))

@@ -13,6 +13,10 @@ mode) and a function of (n, generator) giving inputs for it.
               nn.ConvTranspose2d up, a skip connection; image to image (or pooled to O outputs)
   lora        frozen linear layers with trainable low-rank updates B A as raw parameters (LoRA,
               Hu et al. 2021): no trainable parameter belongs to a module with a rule
+  img2img     an image-to-image network: Conv2d, GroupNorm, SiLU, ConvTranspose2d up by 2, a 1 x 1
+              Conv2d; 3 x 8 x 8 images to `out` x 16 x 16 (the whole image kept as output)
+  pinn        a physics-informed residual: u_xx of a tanh MLP [1, w, w, 1] by torch.func.hessian inside
+              the forward pass (`ntk.OperatorModel`, Poisson), on points tagged for u or the residual
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-FAMILIES = ("mobilenet", "gru_text", "vit", "unet", "lora")
+FAMILIES = ("mobilenet", "gru_text", "vit", "unet", "lora", "img2img", "pinn")
 SIZES = ("test", "bench")
 
 Inputs = Callable[[int, torch.Generator], torch.Tensor]
@@ -97,6 +101,31 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * (x @ self.a.T) @ self.b.T
 
 
+class ImageToImage(nn.Module):
+    """Conv2d -> GroupNorm -> SiLU -> ConvTranspose2d (x2 up) -> SiLU -> 1 x 1 Conv2d: (N, C, H, W) to (N, out, 2H, 2W)."""
+
+    def __init__(self, channels: int, width: int, out: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.GroupNorm(4, width),
+            nn.SiLU(),
+            nn.ConvTranspose2d(width, width, 2, stride=2),
+            nn.SiLU(),
+            nn.Conv2d(width, out, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def poisson(u: Callable, x: torch.Tensor) -> torch.Tensor:
+    """u_xx at one point x (1,): the Laplacian of a 1-D Poisson problem (a source term does not enter the kernel)."""
+    from torch.func import hessian
+
+    return hessian(u)(x)[0, 0]
+
+
 def build(family: str, out: int = 1, size: str = "test", seed: int = 0) -> tuple[nn.Module, Inputs]:
     """The model of `family` (eval mode, float32, seeded) with `out` outputs, and its inputs' maker."""
     if family not in FAMILIES:
@@ -123,6 +152,18 @@ def build(family: str, out: int = 1, size: str = "test", seed: int = 0) -> tuple
         side = 8 if small else 32
         model = UNetBlock(2 if small else 3, 8 if small else 32, out, pooled=not small)
         inputs = lambda n, g: torch.randn(n, 2 if small else 3, side, side, generator=g)  # noqa: E731
+    elif family == "img2img":
+        model = ImageToImage(3, 4 if small else 16, out)
+        inputs = lambda n, g: torch.randn(n, 3, 4 if small else 8, 4 if small else 8, generator=g)  # noqa: E731
+    elif family == "pinn":
+        from ntk.operators import OperatorModel
+
+        width = 8 if small else 64
+        model = OperatorModel(
+            nn.Sequential(nn.Linear(1, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1)), poisson
+        )
+        # half boundary-like points for u (tag 0), half residual points (tag 1), x in [0, 1]
+        inputs = lambda n, g: torch.cat([(torch.arange(n) >= n // 2).float()[:, None], torch.rand(n, 1, generator=g)], 1)  # noqa: E731
     else:
         widths = [6, 8, 8] if small else [784, 512, 512]
         layers: list[nn.Module] = []

@@ -54,9 +54,13 @@ def family(name: str, out: int, n: int = 3):
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("method", ["auto", "structured", "jacobian"])
 def test_new_families_equal_torch_func(name, method):
-    out = 1 if name == "unet" else 3  # the test-size UNet block maps images to images (2 x 8 x 8 outputs)
+    out = 1 if name in ("unet", "img2img", "pinn") else 3  # images to images (2 x 8 x 8, 1 x 8 x 8 outputs), one residual
     model, x = family(name, out)
     ref = reference(model, x)
+    if name == "pinn" and method == "structured":  # the residual differentiates inside forward: refused in one line
+        with pytest.raises(ValueError, match="inside a torch.func transform"):
+            ntk.empirical_ntk(model, x, method=method)
+        return
     kernel = ntk.empirical_ntk(model, x, method=method)
     assert rel_fro(kernel.reshape(ref.shape), ref) < TOL
 
@@ -253,7 +257,7 @@ def test_the_diagonal_of_many_inputs_equals_the_full_kernel_diagonal():
         (dict(trace_axes=(0,)), r"trace_axes 0 is not an output axis: the output \(N, 2, 4, 5\) has axes 1 \.\.\. 3"),
         (dict(trace_axes=(4,)), "trace_axes 4 is not an output axis"),
         (dict(trace_axes=("h",)), "trace_axes must be integers"),
-        (dict(diagonal=True, x2=torch.randn(2, 1, 4, 5)), "diagonal=True gives K"),
+        (dict(diagonal=True, x2=torch.randn(2, 1, 4, 5)), "the inputs. diagonal"),
     ],
 )
 def test_bad_output_options_get_one_line(kwargs, match):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ntk.forward import as_model_input, as_outputs, cast_fixed, cast_input, cast_params, hooked, model_cache
+from ntk.forward import as_model_input, as_outputs, cast_fixed, cast_input, cast_params, hooked, model_cache, refuse_transformed
 from ntk.structured.coverage import CONVS, LINEAR, bias_scale
 from ntk.structured.records import Call, conv_weight_grad, linear_inputs, out_positions, record
 
@@ -87,6 +87,7 @@ def factors(
 
     def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
         x_in = args[0]
+        refuse_transformed(module, x_in)
         calls[module].append(Call(inputs=record(module, x_in.detach()), tap=out))
         return out.clone() if copied is None or module in copied else out
 
@@ -205,6 +206,7 @@ def inplace_outputs(model: nn.Module, x: Tensor, by_module: dict[nn.Module, dict
     seen: list[tuple[nn.Module, Tensor, int]] = []
 
     def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+        refuse_transformed(module, args[0] if args else None)
         seen.append((module, out, out._version))
 
     with hooked([m for m in by_module if not isinstance(m, nn.MultiheadAttention)], hook), torch.enable_grad():

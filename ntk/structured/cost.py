@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ntk.forward import as_model_input, hooked
+from ntk.forward import as_model_input, hooked, refuse_transformed
 from ntk.structured.contractions import GROUPED_GRAMS, contraction_costs
 from ntk.structured.coverage import CONVS, LINEAR
 from ntk.structured.records import conv_padded, conv_patches, out_positions, record
@@ -38,6 +38,7 @@ def one_input_blocks(model: nn.Module, x1: Tensor, by_module: dict[nn.Module, di
     blocks: list[Block] = []
 
     def hook(module: nn.Module, args: tuple, out) -> None:
+        refuse_transformed(module, args[0])
         x = args[0].detach()
         if isinstance(module, nn.MultiheadAttention):  # three blocks (E, E) on the L tokens, inputs and outputs (L, E) each
             e = module.embed_dim
