@@ -172,7 +172,6 @@ class KernelMethod:
         compute: (model, x1, x2, dtype, block, trace) -> the kernel (the backend itself, `ntk.backends` / `ntk.structured`).
         dispatches: (sizes, n1, n2, symmetric, block) -> operations dispatched, each costing a fixed
             time whatever its size (`predicted_seconds`).
-        last_resort: method="auto" probes it only when no other method runs on the model.
 
     Example:
         >>> import ntk
@@ -193,7 +192,6 @@ class KernelMethod:
     memory_formula: str = ""
     flops_formula: str = ""
     dispatches_formula: str = ""
-    last_resort: bool = False  # auto probes it only when no other method runs
 
     def largest_block(self, sizes: ModelSizes, n1: int, n2: int) -> int | None:
         """The block that computes everything at once (None for a method without blocks)."""
@@ -411,7 +409,7 @@ METHODS: dict[str, KernelMethod] = {
         KernelMethod(
             name="autograd",
             summary="plain autograd, one forward per input and one backward per output entry: no torch.func transform, so it takes "
-            "forwards that differentiate themselves, update buffers in place or have no batching rule (the last resort)",
+            "forwards that differentiate themselves or update buffers in place, and it is the fastest where vmap has no batching rule",
             applies_to="any module",
             refuses=lambda model: None,
             in_auto=lambda model: True,
@@ -422,7 +420,6 @@ METHODS: dict[str, KernelMethod] = {
             dispatches=_autograd_dispatches,
             memory_formula="2 b O P (N1 + N2) + K (N2 left out when symmetric)",
             flops_formula="n (F + 2 O F) + 2 N1 N2 O^2 P",
-            last_resort=True,
         ),
     )
 }

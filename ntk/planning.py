@@ -279,8 +279,6 @@ def choose_method(
         choice = AutoChoice("layerwise", fitting[0].block, trials, (0, 0), key=key)
         decided[key] = choice
         return choice
-    last_resort = [t for t in fitting if get_method(t.name).last_resort]
-    fitting = [t for t in fitting if t not in last_resort] + last_resort
     if not fitting:
         if any(t.error.startswith("does not fit") for t in trials):
             budget_line = "; ".join(f"{t.name} {t.error}" for t in trials)
@@ -293,13 +291,13 @@ def choose_method(
     xb = None if symmetric else (x2[:p2] if x2 is not None else x1[-p2:])
     whole = p1 == n1 and p2 == n2 and (symmetric or x2 is not None)
     best = fitting[0].predicted_s
-    contenders = [t for t in fitting if t.predicted_s <= PROBE_FACTOR * best and t not in last_resort]
+    contenders = [t for t in fitting if t.predicted_s <= PROBE_FACTOR * best]
     later = [t for t in fitting if t not in contenders]
     kernels: dict[str, Tensor] = {}
     measured = _measured_decides()
     for t in contenders + later:
         if (t in later or not measured) and any(c.probed and not c.error for c in trials):
-            t.note = "not probed: the last resort" if t in last_resort else f"not probed: predicted {t.predicted_s / best:.3g}x the fastest"
+            t.note = f"not probed: predicted {t.predicted_s / best:.3g}x the fastest"
             continue
         m = get_method(t.name)
         block = None if t.block is None else min(t.block, max(p1, p2)) if m.blocks == "rows" else t.block
