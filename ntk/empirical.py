@@ -173,19 +173,18 @@ def empirical_ntk(
             mode: bool | str = "diagonal"
         else:
             mode = not kept or entries == 1  # True: one number per pair, the backends' traced kernel (N1, N2)
-        full_trace = mode
         budget = memory_limit if memory_limit is not None else available_memory(x1.device)
 
         def compute(xa: Tensor, xb: Tensor | None) -> Tensor:
             n1, n2 = xa.shape[0], (xa if xb is None else xb).shape[0]
             if method == "auto":  # predicted, probed on the model in hand, decided (`ntk.planning.choose_method`)
-                choice = choose_method(model, xa, xb, n1, n2, xb is None, block_size, dtype, budget, full_trace)
-                kernel = run_choice(model, choice, xa, xb, dtype, full_trace)
+                choice = choose_method(model, xa, xb, n1, n2, xb is None, block_size, dtype, budget, mode)
+                kernel = run_choice(model, choice, xa, xb, dtype, mode)
             else:
-                name, block = plan_method(model, xa, n1, n2, xb is None, method, block_size, dtype, budget, trace=full_trace)
+                name, block = plan_method(model, xa, n1, n2, xb is None, method, block_size, dtype, budget, trace=mode)
                 try:
                     with torch.no_grad():
-                        kernel = METHODS[name].compute(model, xa, xb, dtype, block, full_trace)
+                        kernel = METHODS[name].compute(model, xa, xb, dtype, block, mode)
                 except (ValueError, NTKMemoryError):
                     raise
                 except Exception as err:  # torch's error from deep inside a transform: one line, with what to do
@@ -226,19 +225,11 @@ def _traced_axes(shape: tuple[int, ...] | None, trace: bool, trace_axes) -> tupl
         return list(range(len(shape))), ()
     if trace_axes is None:
         return [], shape
-    k = len(shape)
     axes = (trace_axes,) if isinstance(trace_axes, int) else tuple(trace_axes)
     if not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
         raise ValueError(f"trace_axes must be integers, got {trace_axes!r}")
-    out = []
-    for a in axes:
-        b = a + k + 1 if a < 0 else a
-        if not 1 <= b <= k:
-            raise ValueError(
-                f"trace_axes {a} is not an output axis: the output (N, {', '.join(map(str, shape))}) has axes 1 ... {k} (or -{k} ... -1)"
-            )
-        out.append(b - 1)
-    return sorted(set(out)), tuple(d for i, d in enumerate(shape) if i not in out)
+    out = _output_axes(shape, axes, "trace_axes")
+    return out, tuple(d for i, d in enumerate(shape) if i not in out)
 
 
 def _diagonal_axes(diagonal_axes) -> tuple[int, ...]:

@@ -316,7 +316,8 @@ def choose_method(
             t.estimated_s, kernels[t.name] = t.probe_s, kernel
         else:
             at_probe = predicted_seconds(m, sizes, p1, p2, symmetric, trace, block, x1.device)
-            t.estimated_s = t.probe_s * t.predicted_s / at_probe
+            # scaled by the method's own formula (by the pairs where the model could not be counted)
+            t.estimated_s = t.probe_s * (t.predicted_s / at_probe if at_probe > 0 else n1 * n2 / (p1 * p2))
     ran = [t for t in trials if t.probed and not t.error]
     if not ran:
         raise ValueError(_all_failed(trials))

@@ -206,6 +206,7 @@ def main(argv: list[str]) -> None:
 
         candidates = {"auto": candidates.pop("auto"), "auto_first": first_call, **candidates}
         report = kernel_report(model, x, x2, dtype=dtype)
+        flops = flop_counts(model, x, n, None if x2 is None else x2.shape[0])  # what the report measured, before any cache is cleared
         takes = report.chosen
         notes["auto"] = f"takes {takes[0]}" if takes else "no method fits"
         failed = [f"{m.name}: {m.note}" for m in report.methods if m.note and not m.note.startswith(("not probed", "not tried"))]
@@ -229,7 +230,6 @@ def main(argv: list[str]) -> None:
                 notes[method] = f"not in the rounds: one call takes {first:.1f} s (> slow_limit={args['slow_limit']:g} s)"
                 continue
             contenders[method] = fn
-        flops = flop_counts(model, x, n, None if x2 is None else x2.shape[0])
         if takes:
             flops["auto"] = flops["auto_first"] = flops.get(takes[0], float("nan"))
         if "layerwise" in candidates:
@@ -267,22 +267,31 @@ def main(argv: list[str]) -> None:
             if "median_s" in row:
                 print(f"{name} N={n} {method}: median {row['median_s']:.4g} s [{row['min_s']:.4g}, {row['max_s']:.4g}]", flush=True)
         model = a = w = None
-    columns = [
-        "model",
-        "N",
-        "method",
-        "device",
-        "dtype",
-        "median_s",
-        "min_s",
-        "max_s",
-        "rounds",
-        "calls_per_round",
-        "speedup_vs_torch_func",
-        "over_best",
-    ]
-    columns += ["speedup_min", "speedup_max", "over_layerwise", "gflop", "fraction_of_gemm", "gemm_gflops", "largest_N_in_budget", "note"]
-    write_bench(pd.DataFrame(rows).reindex(columns=columns), "structured", argv, Path(args["out_dir"]))
+        write_bench(pd.DataFrame(rows).reindex(columns=COLUMNS), "structured", argv, Path(args["out_dir"]))  # as each model finishes
+
+
+COLUMNS = [
+    "model",
+    "N",
+    "method",
+    "device",
+    "dtype",
+    "median_s",
+    "min_s",
+    "max_s",
+    "rounds",
+    "calls_per_round",
+    "speedup_vs_torch_func",
+    "over_best",
+    "speedup_min",
+    "speedup_max",
+    "over_layerwise",
+    "gflop",
+    "fraction_of_gemm",
+    "gemm_gflops",
+    "largest_N_in_budget",
+    "note",
+]
 
 
 if __name__ == "__main__":
