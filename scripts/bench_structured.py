@@ -64,7 +64,8 @@ from scripts import model_zoo
 from scripts.bench_ntk import layerwise_flops
 from scripts.common import BENCH_DIR, interleaved, parse_kv, spread, write_bench
 
-MODELS = (
+MODELS = (  # pinn first: once nngeometry has run in the process, a forward with torch.func inside it fails
+    "pinn",  # ("cannot register a hook on a tensor that doesn't require gradient")
     "mlp",
     "cnn",
     "lenet",
@@ -78,7 +79,6 @@ MODELS = (
     "unet",
     "lora",
     "img2img",
-    "pinn",
 )
 ZOO_N = {
     "mobilenet": 16,
@@ -179,7 +179,18 @@ def largest_n(model: nn.Module, method: str, x: torch.Tensor, budget: float, dty
 
 
 def main(argv: list[str]) -> None:
-    args = parse_kv(argv, dict(models=list(MODELS), rounds=5, slow_limit=10.0, device="auto", nngeometry_path=None, out_dir=str(BENCH_DIR)))
+    args = parse_kv(
+        argv,
+        dict(
+            models=list(MODELS),
+            rounds=5,
+            slow_limit=10.0,
+            device="auto",
+            nngeometry_path=None,
+            out_dir=str(BENCH_DIR),
+            out_name="structured",
+        ),
+    )
     names = [m.strip() for m in str(args["models"]).strip("[]").split(",")] if isinstance(args["models"], str) else list(args["models"])
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
@@ -267,7 +278,7 @@ def main(argv: list[str]) -> None:
             if "median_s" in row:
                 print(f"{name} N={n} {method}: median {row['median_s']:.4g} s [{row['min_s']:.4g}, {row['max_s']:.4g}]", flush=True)
         model = a = w = None
-        write_bench(pd.DataFrame(rows).reindex(columns=COLUMNS), "structured", argv, Path(args["out_dir"]))  # as each model finishes
+        write_bench(pd.DataFrame(rows).reindex(columns=COLUMNS), args["out_name"], argv, Path(args["out_dir"]))  # as each model finishes
 
 
 COLUMNS = [
