@@ -44,6 +44,7 @@ runs once per model (in the warm-up), as in any repeated use. Writes results/ben
 
 from __future__ import annotations
 
+import copy
 import functools
 import sys
 from pathlib import Path
@@ -64,8 +65,7 @@ from scripts import model_zoo
 from scripts.bench_ntk import layerwise_flops
 from scripts.common import BENCH_DIR, interleaved, parse_kv, spread, write_bench
 
-MODELS = (  # pinn first: once nngeometry has run in the process, a forward with torch.func inside it fails
-    "pinn",  # ("cannot register a hook on a tensor that doesn't require gradient")
+MODELS = (
     "mlp",
     "cnn",
     "lenet",
@@ -79,6 +79,7 @@ MODELS = (  # pinn first: once nngeometry has run in the process, a forward with
     "unet",
     "lora",
     "img2img",
+    "pinn",
 )
 ZOO_N = {
     "mobilenet": 16,
@@ -228,7 +229,7 @@ def main(argv: list[str]) -> None:
             candidates["layerwise"] = functools.partial(empirical_ntk, twin, x, method="layerwise", dtype=torch.float32)
         if args["nngeometry_path"]:
             try:
-                candidates["nngeometry"] = nngeometry_gram(model, x)
+                candidates["nngeometry"] = nngeometry_gram(copy.deepcopy(model), x)  # a copy: a refusing nngeometry leaves its hooks on it
             except Exception as err:  # nngeometry raises a bare Exception for a layer it does not know
                 notes["nngeometry"] = f"refused: {str(err).splitlines()[0]}"
         for method, fn in candidates.items():
