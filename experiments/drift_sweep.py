@@ -29,6 +29,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from experiments.figures import render
 from experiments.fits import fit_exponent
+from experiments.launching import threads_per_job
 from experiments.persistence import atomic_write_json, atomic_write_text, config_key, provenance, run_start
 from experiments.runner import Experiment
 from experiments.training import build_model, train
@@ -58,24 +59,6 @@ def check_config(cfg: DictConfig) -> None:
     check_odd_grid("n_probe", cfg.n_probe)
     if cfg.threads is not None:
         check_int("threads", cfg.threads)
-
-
-def threads_per_job() -> int | None:
-    """CPU threads for one job when a launcher runs n_jobs > 1 jobs at once on this machine.
-
-    With `hydra/launcher=joblib hydra.launcher.n_jobs=k`, each of the k jobs gets cores // k threads,
-    so they do not oversubscribe the cores; None otherwise (inside a SLURM job `cli.apply_threads`
-    has set SLURM_CPUS_PER_TASK threads already).
-    """
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
-    if not isinstance(jobs, int) or jobs == 1:
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // (jobs if jobs > 0 else cores))
 
 
 def job_paths(cfg: DictConfig) -> dict[str, Path]:

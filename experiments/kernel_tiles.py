@@ -45,9 +45,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from experiments.cli import USER_ERRORS, fail, say
-from experiments.drift_sweep import threads_per_job
+from experiments.digits import CLASSES, architectures, images, scores
 from experiments.figures import render
-from experiments.mnist_cntk import CLASSES, architectures, images, scores
+from experiments.launching import threads_per_job
 from experiments.persistence import atomic_write_text, gemm_gflops, git_revision, provenance, run_start
 from experiments.runner import Experiment
 from experiments.validation import check_choice, check_int, check_nonnegative

@@ -21,6 +21,7 @@ Hydra's launchers take the grid from the sweeper and start the jobs. `install()`
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 import time
@@ -296,3 +297,21 @@ def run_end_callbacks(config: DictConfig) -> None:
         callback = instantiate(conf)
         if hasattr(callback, "on_multirun_end"):
             callback.on_multirun_end(config=config)
+
+
+def threads_per_job() -> int | None:
+    """CPU threads for one job when a launcher runs n_jobs > 1 jobs at once on this machine.
+
+    With `hydra/launcher=joblib hydra.launcher.n_jobs=k`, each of the k jobs gets cores // k threads,
+    so they do not oversubscribe the cores; None otherwise (inside a SLURM job `cli.apply_threads`
+    has set SLURM_CPUS_PER_TASK threads already).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
+    if not isinstance(jobs, int) or jobs == 1:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // (jobs if jobs > 0 else cores))

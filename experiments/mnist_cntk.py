@@ -41,13 +41,13 @@ from omegaconf import MISSING, DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
+from experiments.digits import CLASSES, architectures, images, scores
 from experiments.fits import fit_exponent
 from experiments.persistence import Checkpoint, config_key, show_progress
 from experiments.runner import Experiment, per_network
 from experiments.training import loss_table, train
 from experiments.validation import check_choice, check_int, check_model_and_training, check_nonnegative
 from ntk.analytic import limiting_kernels as mlp_kernels
-from ntk.blocks import Dense, Flatten
 from ntk.cnn import NTKCNN
 from ntk.data import MNIST_SOURCES, mnist_split
 from ntk.limits import model_limiting_kernels
@@ -56,7 +56,6 @@ from ntk.spectrum import top_eigenvalue
 from ntk.train import TrainState
 from ntk.utils import resolve_device, resolve_dtype
 
-CLASSES = 10
 TABLES = ("table", "loss")
 KERNELS = ("cntk_gap", "cntk_flatten", "mlp")
 
@@ -84,21 +83,6 @@ def check_config(cfg: DictConfig) -> None:
     check_int("scale_check_n", cfg.scale_check_n, low=0)
 
 
-def images(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Flat digits (N, 784) -> standardised images (N, 1, size, size), average-pooled from 28 x 28."""
-    x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)
-    x = x.reshape(-1, 1, 28, 28)
-    return F.avg_pool2d(x, 28 // size) if size != 28 else x
-
-
-def architectures(cfg: DictConfig) -> dict[str, nn.Module]:
-    """The two convolutional architectures whose limits are computed (their weights are never read)."""
-    gap = NTKCNN(1, 1, cfg.model.depth, generator=torch.Generator().manual_seed(0))
-    probe = nn.Sequential(*list(gap)[:-2])(torch.zeros(1, 1, cfg.image_size, cfg.image_size))  # the last convolution's output
-    flatten = nn.Sequential(*list(gap)[:-2], Flatten(), Dense(probe[0].numel(), 1, beta=0.0, bias=False))
-    return {"cntk_gap": gap, "cntk_flatten": flatten}
-
-
 def chunked_kernels(
     cfg: DictConfig, name: str, model: nn.Module, x_rows: torch.Tensor, x_cols: torch.Tensor, symmetric: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,11 +106,6 @@ def chunked_kernels(
         lower = torch.tril(torch.ones(n1, n1, dtype=torch.bool), -1)
         nngp[lower], ntk[lower] = nngp.T[lower], ntk.T[lower]
     return nngp, ntk
-
-
-def scores(f: torch.Tensor, y: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """(mean over digits of ||f - y||^2, fraction with argmax f = label)."""
-    return (f - y).square().sum(1).mean().item(), (f.argmax(1) == labels).double().mean().item()
 
 
 def predictions(

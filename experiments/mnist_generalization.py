@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 from omegaconf import MISSING, DictConfig
 
+from experiments.digits import scores
 from experiments.fits import fit_exponent
 from experiments.persistence import Checkpoint
 from experiments.runner import Experiment, per_network
@@ -101,11 +102,6 @@ class Shared:
     labels_test: torch.Tensor  # (M,)
     gain: dict[float, torch.Tensor]  # t -> Theta_inf(x_test, X) A_t at the training lr, (M, N)
     limits: pd.DataFrame  # predictor, t, test_mse, test_accuracy, variance
-
-
-def scores(f: torch.Tensor, y: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """(mean over digits of ||f - y||^2, fraction with argmax f = label)."""
-    return (f - y).square().sum(1).mean().item(), (f.argmax(1) == labels).double().mean().item()
 
 
 def rms_distance(f: torch.Tensor, g: torch.Tensor) -> float:

@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
+from experiments.digits import architectures
 from experiments.kernel_tiles import compute_tile, inputs
-from experiments.mnist_cntk import architectures
 from experiments.runner import CONFIG_DIR
 from experiments.schema import register_all
 from ntk import model_limiting_kernels

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from experiments.digits import architectures
 from experiments.kernel_tiles import EXPERIMENT, inputs, network
-from experiments.mnist_cntk import architectures
 from ntk.empirical import empirical_ntk
 from ntk.limits import model_limiting_kernels
 from ntk.model import NTKMLP
