@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -409,23 +409,17 @@ METHODS: dict[str, KernelMethod] = {
             memory_formula="b c (2 P + 3 N1 A) + b P + K",
             flops_formula="N2 O (3 F + 3 F N1)",
         ),
-        KernelMethod(
-            name="autograd",
-            summary="plain autograd, one forward per input and one backward per output entry: no torch.func transform, so it takes "
-            "forwards that differentiate themselves or update buffers in place, and it is the fastest where vmap has no batching rule",
-            applies_to="any module",
-            refuses=lambda model: None,
-            in_auto=lambda model: True,
-            blocks=None,
-            memory=_jacobian_memory,
-            flops=_jacobian_flops,
-            compute=autograd_kernel,
-            dispatches=_autograd_dispatches,
-            memory_formula="2 b O P (N1 + N2) + K (N2 left out when symmetric)",
-            flops_formula="n (F + 2 O F) + 2 N1 N2 O^2 P",
-        ),
     )
 }
+# plain autograd: the Jacobian's memory and FLOPs, its own passes (one input, one output entry at a time)
+METHODS["autograd"] = replace(
+    METHODS["jacobian"],
+    name="autograd",
+    summary="plain autograd, one forward per input and one backward per output entry: no torch.func transform, so it takes "
+    "forwards that differentiate themselves or update buffers in place, and it is the fastest where vmap has no batching rule",
+    compute=autograd_kernel,
+    dispatches=_autograd_dispatches,
+)
 
 METHOD_NAMES = ("auto", *METHODS)  # what `empirical_ntk(method=...)` accepts
 
