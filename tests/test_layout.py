@@ -114,6 +114,15 @@ def test_imports_form_a_dag(package):
     assert cycles(graph) == []
 
 
+def test_no_experiment_imports_another():
+    """An experiment (a module with a config in configs/exp) imports shared modules only, never another
+    experiment: what two experiments share lives in a module of its own (experiments.digits, .launching)."""
+    graph = import_graph("experiments")
+    experiments = {m for m in graph if m.count(".") == 1 and (ROOT / "configs" / "exp" / f"{m.split('.')[1]}.yaml").exists()}
+    assert len(experiments) >= 10
+    assert {m: sorted(graph[m] & experiments) for m in sorted(experiments) if graph[m] & experiments} == {}
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_project_import_hides_inside_a_function(package):
     """An import of the package's own modules inside a function is how a cycle is dodged: none are left."""
