@@ -30,9 +30,15 @@ Cost. The recursion keeps, per pair of inputs, only what the layers above need: 
 covariance Sigma(x, s; x', s) (N1 N2 S numbers, ~ N1 N2 S k per convolution) where nothing above
 mixes positions, the full spatial covariance (N1 N2 S^2 numbers, ~ N1 N2 S^2 k per convolution) only
 below a pooling layer (decided by one pass backwards over the blocks); a convolution, activation or
-flatten above which nothing pools drops to the diagonal. Pairs are computed in chunks that fit the
-memory budget (`ntk.memory.available_memory`), the upper triangle only when x2 is None; every
-layer's per-position variances are computed once per input. Float64 by default.
+flatten above which nothing pools drops to the diagonal. Below a convolution of stride s (> 1 in
+every dimension) whose output is kept at all position pairs, the recursion keeps only the pairs
+(s, s') equal modulo s, the only ones that convolution reads (both positions of a pair move by the
+same offset): 1/s^2 of them in 2-D, a quarter of NTKCNN's first and largest layer. Pairs are computed
+in chunks that fit the memory budget (`ntk.memory.available_memory`), the upper triangle only when
+x2 is None; every layer's per-position variances are computed once per input, by the runs of the
+pairs (x, x), which give the diagonal of the result as well. The steps over every entry (Gaussian
+maps in closed form, window sums, pooling) run compiled by torch.compile where the work pays for it
+(`ntk.fused`; `compile=`). Float64 by default.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from torch import nn
 from ntk.analytic import gaussian_expectations
 from ntk.analytic import limiting_kernels as mlp_limiting_kernels
 from ntk.blocks import AvgPool, Conv, Dense, Elementwise, Flatten, GlobalAvgPool, Residual
+from ntk.fused import AUTO_NUMBERS, MODES, activation_step, affine_step, default_mode, fusible, patch_products_step, pool_step
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
 from ntk.model import NTKMLP
 
@@ -57,7 +64,25 @@ Tensor = torch.Tensor
 VECTOR, DIAG, FULL = 0, 1, 2  # what a layer's kernel keeps per pair: no positions, (s, s) pairs, all (s, s') pairs
 SUPPORTED = "ntk.blocks.Dense (NTKDense), Conv, Elementwise, AvgPool, GlobalAvgPool, Flatten, Residual, nn.Sequential, NTKMLP, NTKCNN"
 TEMPORARIES = 12  # arrays of a state's size alive at once (kernels, window sums, the Gaussian maps' intermediates)
+PATCH_SHARE = 8  # the patches of every input are kept (not unfolded per chunk) while they fit 1/8 of the memory budget
 CHUNK_NUMBERS = 2**22  # numbers per state array of a chunk of pairs (32 MB in float64): large arrays cost page faults, not speed
+
+
+@dataclass
+class _Raw:
+    """The inputs of a chunk of pairs before their kernel is formed, x1[i] and x2[j], with the patches
+    of every input, computed once per call and shared by all chunks (`patches`: geometry -> the two
+    inputs' patches) while they fit `patch_bytes`."""
+
+    x1: Tensor
+    x2: Tensor
+    i: Tensor
+    j: Tensor
+    patches: dict
+    patch_bytes: float
+
+    def pairs(self) -> tuple[Tensor, Tensor]:
+        return self.x1[self.i], self.x2[self.j]
 
 
 @dataclass
@@ -70,13 +95,14 @@ class _State:
     spatial: tuple[int, ...]  # one input's spatial shape: (L,), (H, W), or () for a vector
     flat: bool = False  # flattened: positions kept (DIAG), a Dense layer takes their mean
     gaussian: bool = False  # a Gaussian process in the limit (the output of an affine layer, pooled or summed)
-    raw: tuple[Tensor, Tensor] | None = None  # the inputs of the pairs, (P, C, *spatial) each, before their kernel is formed
+    raw: _Raw | None = None  # the inputs of the pairs, before their kernel is formed
+    phase: tuple[int, ...] = ()  # FULL on the sublattice only: (P, *phase, *sub, *sub), the pairs whose positions are equal modulo `phase`
 
     def materialized(self) -> _State:
         """The input's kernel formed from `raw` (for a block other than a convolution)."""
         if self.raw is None:
             return self
-        a, b = (t.flatten(2) for t in self.raw)  # (P, C, S)
+        a, b = (t.flatten(2) for t in self.raw.pairs())  # (P, C, S)
         if self.layout == FULL:
             k = torch.bmm(a.transpose(1, 2), b) / a.shape[1]  # (P, S, S)
             return _State(k.reshape(k.shape[0], *self.spatial, *self.spatial), None, FULL, self.spatial)
@@ -87,12 +113,20 @@ class _State:
         if self.layout != FULL:
             return self
         return _State(
-            _diag(self.nngp, len(self.spatial)),
-            None if self.ntk is None else _diag(self.ntk, len(self.spatial)),
+            _full_diag(self.nngp, self.phase, len(self.spatial)),
+            None if self.ntk is None else _full_diag(self.ntk, self.phase, len(self.spatial)),
             DIAG,
             self.spatial,
             self.flat,
         )
+
+    def phased(self, phase: tuple[int, ...]) -> _State:
+        """A FULL kernel kept on the sublattice of `phase` (the position pairs equal modulo the stride of
+        the convolution above, the only ones it reads); itself where the sizes are not multiples."""
+        if self.layout != FULL or self.phase or any(n % s for n, s in zip(self.spatial, phase)):
+            return self
+        cut = lambda t: None if t is None else _to_phases(t, phase)  # noqa: E731
+        return _State(cut(self.nngp), cut(self.ntk), FULL, self.spatial, self.flat, self.gaussian, phase=phase)
 
 
 def _diag(t: Tensor, dims: int) -> Tensor:
@@ -100,6 +134,40 @@ def _diag(t: Tensor, dims: int) -> Tensor:
     if dims == 1:
         return t.diagonal(dim1=1, dim2=2)
     return t.diagonal(dim1=1, dim2=3).diagonal(dim1=1, dim2=2)
+
+
+def _to_phases(t: Tensor, phase: tuple[int, ...]) -> Tensor:
+    """(P, *sp, *sp) -> (P, *phase, *sub, *sub) with sub = sp / phase: for every phase a, the entries
+    K(phase u + a, phase u' + a)."""
+    d = len(phase)
+    parts = [t[(slice(None), *[slice(a, None, s) for a, s in zip(at, phase)] * 2)] for at in itertools.product(*map(range, phase))]
+    out = torch.stack(parts, 1)
+    return out.reshape(t.shape[0], *phase, *out.shape[2 : 2 + 2 * d])
+
+
+def _vec_to_phases(v: Tensor, phase: tuple[int, ...]) -> Tensor:
+    """(P, *sp) -> (P, *phase, *sub): position phase u + a at [a, u]."""
+    d = len(phase)
+    sub = [n // s for n, s in zip(v.shape[1:], phase)]
+    split = v.reshape(v.shape[0], *itertools.chain(*zip(sub, phase)))  # (P, sub0, phase0, sub1, phase1, ...)
+    return split.permute(0, *range(2, 2 * d + 1, 2), *range(1, 2 * d, 2))
+
+
+def _phases_to_vec(v: Tensor, phase: tuple[int, ...]) -> Tensor:
+    """(P, *phase, *sub) -> (P, *sp), the inverse of `_vec_to_phases`."""
+    d = len(phase)
+    order = [0] + [i for k in range(d) for i in (1 + d + k, 1 + k)]  # (P, sub0, phase0, sub1, phase1, ...)
+    out = v.permute(*order)
+    return out.reshape(v.shape[0], *[v.shape[1 + d + k] * phase[k] for k in range(d)])
+
+
+def _full_diag(t: Tensor, phase: tuple[int, ...], dims: int) -> Tensor:
+    """The entries at equal positions of a FULL kernel, natural or on its sublattice: (P, *sp)."""
+    if not phase:
+        return _diag(t, dims)
+    inner = t.flatten(1, dims)  # (P, phases, *sub, *sub)
+    diag = inner.diagonal(dim1=2, dim2=3) if dims == 1 else inner.diagonal(dim1=2, dim2=4).diagonal(dim1=2, dim2=3)
+    return _phases_to_vec(diag.reshape(t.shape[0], *phase, *diag.shape[2:]), phase)
 
 
 def _children(module: nn.Module) -> list[nn.Module]:
@@ -148,50 +216,90 @@ def _need_in(module: nn.Module, need_out: int) -> int:
 
 
 def _window_mean_diag(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
-    """A[K] on the diagonal: (P, *sp) -> (P, *sp_out), (1/k) sum over the window (zero padding)."""
-    conv = F.conv1d if len(kernel) == 1 else F.conv2d
-    ones = t.new_full((1, 1, *kernel), 1.0 / math.prod(kernel))
-    return conv(t.unsqueeze(1), ones, stride=stride, padding=padding).squeeze(1)
+    """A[K] on the diagonal: (P, *sp) -> (P, *sp_out), (1/k) sum over the window (zero padding): a sum
+    of strided slices of the padded K, one per offset (a single loop when compiled)."""
+    sizes = t.shape[1:]
+    out_sizes = [(n + 2 * p - k) // s + 1 for n, k, s, p in zip(sizes, kernel, stride, padding)]
+    padded = F.pad(t, [q for p in reversed(padding) for q in (p, p)]) if any(padding) else t
+    total = None
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        part = padded[(slice(None), *[slice(o, o + s * (m - 1) + 1, s) for o, s, m in zip(offset, stride, out_sizes)])]
+        total = part if total is None else total + part
+    return total * (1.0 / math.prod(kernel))
 
 
 def _window_mean_full(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
     """A[K] on all position pairs: (P, *sp, *sp) -> (P, *sp_out, *sp_out), both positions shifted by
-    the same offset (one weight per offset): for every offset, the slice of K it reads added into the
-    outputs whose window stays inside the input (zero padding contributes nothing)."""
+    the same offset (one weight per offset). K zero-padded by p at both positions, output t reads
+    position s t + o of the padded K for offset o: a sum of strided slices of the output's size, one
+    per offset (no scatter: a single fused loop when compiled)."""
     d = len(kernel)
     sizes = t.shape[1 : 1 + d]
     out_sizes = [(n + 2 * p - k) // s + 1 for n, k, s, p in zip(sizes, kernel, stride, padding)]
-    total = t.new_zeros(t.shape[0], *out_sizes, *out_sizes)
+    pad = [q for p in reversed(padding) for q in (p, p)] * 2  # F.pad's order: last dimension first
+    padded = F.pad(t, pad) if any(padding) else t
+    total = None
     for offset in itertools.product(*[range(k) for k in kernel]):
-        outs, ins = [], []
-        for o, s, p, n, m in zip(offset, stride, padding, sizes, out_sizes):
-            lo = max(0, math.ceil((p - o) / s))  # first output whose input s i + o - p is >= 0
-            hi = min(m, (n - 1 - o + p) // s + 1)  # outputs whose input is <= n - 1
-            if hi <= lo:
-                break
-            outs.append(slice(lo, hi))
-            start = lo * s + o - p
-            ins.append(slice(start, start + (hi - lo - 1) * s + 1, s))
-        else:
-            total[(slice(None), *outs, *outs)] += t[(slice(None), *ins, *ins)]
-    return total.mul_(1.0 / math.prod(kernel))
+        at = [slice(o, o + s * (m - 1) + 1, s) for o, s, m in zip(offset, stride, out_sizes)]
+        part = padded[(slice(None), *at, *at)]
+        total = part if total is None else total + part
+    return total * (1.0 / math.prod(kernel))
 
 
-def _first_conv(module: Conv, state: _State) -> _State:
+def _window_mean_phased(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
+    """A[K] of a stride-s convolution from K on its sublattice (P, *s, *sub, *sub) (`_State.phased`):
+    output t reads input s t + o - p at both positions, phase a = (o - p) mod s, index t + q on that
+    phase's grid, q = (o - p) // s; every phase's grid zero-padded so that each offset is one contiguous
+    slice of the output's size; (P, *sp_out, *sp_out)."""
+    d = len(kernel)
+    sub = t.shape[1 + d : 1 + 2 * d]
+    out_sizes = [(n * s + 2 * p - k) // s + 1 for n, k, s, p in zip(sub, kernel, stride, padding)]
+    shifts = [[(o - p) // s for o in range(k)] for k, s, p in zip(kernel, stride, padding)]
+    low = [max(0, -min(q)) for q in shifts]
+    high = [max(0, m - 1 + max(q) - (n - 1)) for q, m, n in zip(shifts, out_sizes, sub)]
+    pad = [x for lo, hi in zip(reversed(low), reversed(high)) for x in (lo, hi)] * 2
+    padded = F.pad(t, pad) if any(pad) else t
+    total = None
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        phases = [(o - p) % s for o, s, p in zip(offset, stride, padding)]
+        at = [slice(lo + (o - p) // s, lo + (o - p) // s + m) for o, s, p, lo, m in zip(offset, stride, padding, low, out_sizes)]
+        part = padded[(slice(None), *phases, *at, *at)]
+        total = part if total is None else total + part
+    return total * (1.0 / math.prod(kernel))
+
+
+def _first_conv(module: Conv, state: _State, phase: tuple[int, ...] = (), fuse: bool = False) -> _State:
     """A convolution applied to the inputs themselves: Sigma' = sigma_w^2 (patch . patch') / (C k) + beta^2
     from the patches of both inputs (one batched product per pair), Theta' = Sigma'."""
-    a, b = state.raw
-    if module.dims == 1:  # (P, C, L) as (P, C, 1, L)
-        a, b = a.unsqueeze(2), b.unsqueeze(2)
-    one = module.dims == 1  # the extra dimension: kernel 1, stride 1, no padding
+    raw = state.raw
+    one = module.dims == 1  # (N, C, L) as (N, C, 1, L): the extra dimension has kernel 1, stride 1, no padding
     k, s, p = ((1,) * one + module.kernel_size, (1,) * one + module.stride, (0,) * one + module.padding)
-    pa, pb = (F.unfold(t, k, padding=p, stride=s) for t in (a, b))  # (P, C k, S_out)
+    unfold = lambda t: F.unfold(t.unsqueeze(2) if one else t, k, padding=p, stride=s)  # noqa: E731  (N, C k, S_out)
     spatial = tuple((n + 2 * q - kk) // ss + 1 for n, kk, ss, q in zip(state.spatial, module.kernel_size, module.stride, module.padding))
-    scale = module.sigma_w**2 / pa.shape[1]
-    if state.layout == FULL:
-        nngp = torch.bmm(pa.transpose(1, 2), pb).reshape(pa.shape[0], *spatial, *spatial)
-    else:
-        nngp = (pa * pb).sum(1).reshape(pa.shape[0], *spatial)
+    width = raw.x1.shape[1] * math.prod(k)
+    size = (raw.x1.shape[0] + raw.x2.shape[0]) * width * math.prod(spatial) * raw.x1.element_size()
+    if size <= raw.patch_bytes:  # every input's patches once, the chunk's pairs gathered from them
+        if (k, s, p) not in raw.patches:
+            first = unfold(raw.x1)
+            raw.patches[(k, s, p)] = (first, first if raw.x2 is raw.x1 else unfold(raw.x2))
+        (all_a, all_b), i, j = raw.patches[(k, s, p)], raw.i, raw.j
+    else:  # the chunk's inputs only
+        all_a, all_b = (unfold(t) for t in raw.pairs())
+        i = j = torch.arange(all_a.shape[0], device=all_a.device)
+    scale = module.sigma_w**2 / width
+    if state.layout != FULL:  # the patches' products summed: Sigma(x, s; x', s) only
+        nngp = patch_products_step()(fuse, all_a, all_b, i, j, scale, module.beta**2).reshape(-1, *spatial)
+        return _State(nngp, nngp.clone(), state.layout, spatial, gaussian=True)
+    pa, pb = all_a[i], all_b[j]
+    if phase and not any(n % s for n, s in zip(spatial, phase)):  # the sublattice's pairs only
+        count, width = pa.shape[:2]
+        sub = [n // s for n, s in zip(spatial, phase)]
+        by_phase = [_vec_to_phases(t.reshape(count * width, *spatial), phase).reshape(count, width, -1, math.prod(sub)) for t in (pa, pb)]
+        qa, qb = (t.transpose(1, 2).flatten(0, 1) for t in by_phase)  # (P phases, C k, S_sub)
+        nngp = torch.bmm(qa.transpose(1, 2), qb).reshape(count, *phase, *sub, *sub)
+        nngp.mul_(scale).add_(module.beta**2)
+        return _State(nngp, nngp.clone(), FULL, spatial, gaussian=True, phase=phase)
+    nngp = torch.bmm(pa.transpose(1, 2), pb).reshape(pa.shape[0], *spatial, *spatial)
     nngp.mul_(scale).add_(module.beta**2)
     return _State(nngp, nngp.clone(), state.layout, spatial, gaussian=True)
 
@@ -218,13 +326,14 @@ class _Run:
     per-position variances are read from the state itself and recorded; in pair mode they come from
     the two inputs' self runs (`marginals`, in the order the activations are met)."""
 
-    def __init__(self, expect_of: Callable[[Elementwise], Callable], marginals: Iterator | None = None):
+    def __init__(self, expect_of: Callable[[Elementwise], Callable], marginals: Iterator | None = None, fuse: bool = False):
         self.expect_of = expect_of
         self.marginals = marginals
+        self.fuse = fuse  # the steps over every entry compiled (`ntk.fused`)
         self.records: list[Tensor] = []
         self.peak = 0  # largest state, in numbers per pair
 
-    def run(self, module: nn.Module, state: _State, need_out: int) -> _State:
+    def run(self, module: nn.Module, state: _State, need_out: int, phase: tuple[int, ...] = ()) -> _State:
         if not _composite(module) and not isinstance(module, Conv):
             state = state.materialized()
         if _composite(module):
@@ -233,10 +342,14 @@ class _Run:
             for child in reversed(children):
                 needs.append(need)
                 need = _need_in(child, need)
-            for child, need in zip(children, reversed(needs)):
-                state = self.run(child, state, need)
+            needs.reverse()
+            phases = _sublattices(children, needs)
+            for child, need, phase in zip(children, needs, phases):
+                state = self.run(child, state, need, phase)
                 if state.layout == FULL and need <= DIAG:
                     state = state.diagonal()  # nothing above mixes positions: keep (s, s) only
+                elif phase:
+                    state = state.phased(phase)  # a strided convolution above reads only these pairs
                 self.peak = max(self.peak, state.nngp[0].numel())
             return state
         if isinstance(module, Residual):
@@ -263,9 +376,20 @@ class _Run:
             if state.flat or len(state.spatial) != module.dims:
                 raise ValueError(f"a {module.dims}-D Conv block needs inputs with {module.dims} spatial dimension(s), got {state.spatial}")
             if state.raw is not None:
-                return _first_conv(module, state)
+                return _first_conv(module, state, phase, self.fuse)
             window = _window_mean_full if state.layout == FULL else _window_mean_diag
-            out = _affine(state, module.sigma_w, module.beta, lambda t: window(t, module.kernel_size, module.stride, module.padding))
+            if state.phase:
+                if state.phase != module.stride:
+                    raise AssertionError(f"a kernel on the sublattice {state.phase} met a convolution of stride {module.stride}")
+                window = _window_mean_phased
+            geometry = (module.kernel_size, module.stride, module.padding)
+            mean = lambda t: window(t, *geometry)  # noqa: E731
+            if self.fuse:
+                key = ("conv", window.__name__, *geometry)
+                nngp, ntk = affine_step(key, mean, module.sigma_w, module.beta)(True, state.nngp, state.ntk)
+                out = _State(nngp, ntk, state.layout, state.spatial)
+            else:
+                out = _affine(state, module.sigma_w, module.beta, mean)
             spatial = tuple(
                 (n + 2 * p - k) // s + 1 for n, k, s, p in zip(state.spatial, module.kernel_size, module.stride, module.padding)
             )
@@ -275,7 +399,8 @@ class _Run:
         if isinstance(module, AvgPool):
             spatial = tuple((n - k) // s + 1 for n, k, s in zip(state.spatial, module.kernel_size, module.stride))
             pool = lambda t: _pool_full(t, module.kernel_size, module.stride)  # noqa: E731
-            return _State(pool(state.nngp), None if state.ntk is None else pool(state.ntk), FULL, spatial, gaussian=state.gaussian)
+            nngp, ntk = pool_step(("avgpool", module.kernel_size, module.stride), pool)(self.fuse, state.nngp, state.ntk)
+            return _State(nngp, ntk, FULL, spatial, gaussian=state.gaussian)
         if isinstance(module, GlobalAvgPool):
             dims = tuple(range(1, state.nngp.dim()))
             return _State(state.nngp.mean(dims), None if state.ntk is None else state.ntk.mean(dims), VECTOR, (), gaussian=state.gaussian)
@@ -294,26 +419,36 @@ class _Run:
             )
         d = len(state.spatial)
         if self.marginals is None:  # self pairs: the variances are the state's own diagonal
-            var = _diag(state.nngp, d).contiguous() if state.layout == FULL else state.nngp  # a copy: no view keeps the full kernel
+            var = (
+                _full_diag(state.nngp, state.phase, d).contiguous() if state.layout == FULL else state.nngp
+            )  # a copy: no view keeps the full kernel
             self.records.append(var)
             var1 = var2 = var
         else:
             var1, var2 = next(self.marginals)
-        if state.layout == FULL:  # (P, *sp, 1...) and (P, 1..., *sp) against (P, *sp, *sp)
+        if state.phase:  # (P, *phase, *sub, 1...) and (P, *phase, 1..., *sub) against (P, *phase, *sub, *sub)
+            var1, var2 = _vec_to_phases(var1, state.phase), _vec_to_phases(var2, state.phase)
+            var1 = var1.reshape(var1.shape + (1,) * d)
+            var2 = var2.reshape(var2.shape[: 1 + d] + (1,) * d + var2.shape[1 + d :])
+        elif state.layout == FULL:  # (P, *sp, 1...) and (P, 1..., *sp) against (P, *sp, *sp)
             var1 = var1.reshape(var1.shape + (1,) * d)
             var2 = var2.reshape(var2.shape[:1] + (1,) * d + var2.shape[1:])
-        e_ss, e_dd = self.expect_of(module)(var1, var2, state.nngp)
-        ntk = None if state.ntk is None else state.ntk * e_dd
-        return _State(e_ss, ntk, state.layout, state.spatial, state.flat)
+        expect = self.expect_of(module)
+        if self.fuse and fusible(expect):
+            e_ss, ntk = activation_step(expect)(True, var1, var2, state.nngp, state.ntk)
+        else:
+            e_ss, e_dd = expect(var1, var2, state.nngp)
+            ntk = None if state.ntk is None else state.ntk * e_dd
+        return _State(e_ss, ntk, state.layout, state.spatial, state.flat, phase=state.phase)
 
 
-def _input_state(x1: Tensor, x2: Tensor, i: Tensor, j: Tensor, layout: int) -> _State:
+def _input_state(x1: Tensor, x2: Tensor, i: Tensor, j: Tensor, layout: int, patches: dict | None = None, patch_bytes: float = 0.0) -> _State:
     """The input's kernel for the pairs (x1[i], x2[j]): (1/d) x.x' for vectors; for images and
-    sequences the inputs themselves, whose kernel the first convolution forms from its patches."""
-    a, b = x1[i], x2[j]
-    if a.dim() == 2:  # vectors (P, d)
+    sequences the inputs themselves (`_Raw`), whose kernel the first convolution forms from its patches."""
+    if x1.dim() == 2:  # vectors (P, d)
+        a, b = x1[i], x2[j]
         return _State((a * b).sum(1) / a.shape[1], None, VECTOR, ())
-    return _State(None, None, layout, tuple(a.shape[2:]), raw=(a, b))
+    return _State(None, None, layout, tuple(x1.shape[2:]), raw=_Raw(x1, x2, i, j, {} if patches is None else patches, patch_bytes))
 
 
 def limiting_kernels(model_or_x1, *args, **kwargs) -> tuple[Tensor, Tensor]:
@@ -344,6 +479,7 @@ def model_limiting_kernels(
     method: str = "auto",
     dtype: torch.dtype = torch.float64,
     memory_limit: int | None = None,
+    compile: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """NNGP kernel and NTK of the infinite-width network `model`, (N1, N2) each.
 
@@ -358,6 +494,9 @@ def model_limiting_kernels(
         method: the Gaussian maps' method ("auto", "closed", "hermite", "quadrature"; `ntk.analytic`).
         dtype: precision of the computation and the result (float64).
         memory_limit: bytes the computation may use (default `ntk.memory.available_memory`).
+        compile: the steps over every entry (Gaussian maps, window sums, pooling) compiled with
+            torch.compile (`ntk.fused`): "auto" when the work pays for the compilation, "on", "off";
+            None: the environment's NTK_COMPILE, else "auto". The same kernels to rounding.
 
     Returns:
         (nngp, ntk), each (N1, N2).
@@ -378,6 +517,9 @@ def model_limiting_kernels(
         (torch.Size([3, 3]), True)
     """
     check_blocks(model)
+    mode = default_mode() if compile is None else compile
+    if mode not in MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; allowed: {', '.join(MODES)}")
     for name, x in (("x1", x1), ("x2", x2)):
         if x is not None and (not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] < 1):
             raise ValueError(f"{name} must be a tensor (N, ...) of inputs, got {getattr(x, 'shape', type(x))}")
@@ -413,34 +555,69 @@ def model_limiting_kernels(
             f"more than the {fmt_bytes(budget)} available; use fewer inputs or raise the limit (NTK_MEMORY_LIMIT)"
         )
     chunk = max(1, min(int((budget - result) // bytes_per_pair), CHUNK_NUMBERS // per_pair))
+    pairs = n1 * (n1 + 1) // 2 if x2 is None else n1 * n2 + n1 + n2  # with the self runs
+    fuse = mode == "on" or (mode == "auto" and per_pair * pairs * _depth(model) > AUTO_NUMBERS)
 
-    def self_records(x: Tensor) -> list[Tensor]:
-        """Every activation's per-position input variances of every input, (N, *spatial) each."""
-        parts = []
+    nngp = x1.new_zeros(n1, n2)
+    ntk = x1.new_zeros(n1, n2)
+
+    patch_bytes = budget / PATCH_SHARE
+    same_patches: dict = {}  # every input's patches for the runs of x1 with itself (and with x2 = x1)
+
+    def self_records(x: Tensor, keep: bool) -> list[Tensor]:
+        """Every activation's per-position input variances of every input, (N, *spatial) each; with
+        `keep`, the kernels of the pairs (x, x) themselves go on the diagonal of the result."""
+        parts, patches = [], same_patches if x is x1 else {}
         for start in range(0, x.shape[0], chunk):
             idx = torch.arange(start, min(start + chunk, x.shape[0]), device=x.device)
-            run = _Run(expect_of)
-            run.run(model, _input_state(x, x, idx, idx, layout), VECTOR)
+            run = _Run(expect_of, fuse=fuse)
+            out = run.run(model, _input_state(x, x, idx, idx, layout, patches, patch_bytes), VECTOR)
             parts.append(run.records)
+            if keep:
+                nngp[idx, idx], ntk[idx, idx] = out.nngp, out.ntk if out.ntk is not None else 0.0
         return [torch.cat(r) for r in zip(*parts)] if parts and parts[0] else []
 
-    rec1 = self_records(x1)
-    rec2 = rec1 if x2 is None else self_records(xs2)
+    rec1 = self_records(x1, keep=x2 is None)  # x2 = None: the self runs are the diagonal pairs, not run again
+    rec2 = rec1 if x2 is None else self_records(xs2, keep=False)
     if x2 is None:
-        i_all, j_all = torch.triu_indices(n1, n1, device=x1.device)
+        i_all, j_all = torch.triu_indices(n1, n1, offset=1, device=x1.device)
     else:
         i_all = torch.arange(n1, device=x1.device).repeat_interleave(n2)
         j_all = torch.arange(n2, device=x1.device).repeat(n1)
-    nngp = x1.new_zeros(n1, n2)
-    ntk = x1.new_zeros(n1, n2)
+    pair_patches = same_patches if x2 is None else {}
     for start in range(0, i_all.numel(), chunk):
         i, j = i_all[start : start + chunk], j_all[start : start + chunk]
-        run = _Run(expect_of, iter([(r1[i], r2[j]) for r1, r2 in zip(rec1, rec2)]))
-        out = run.run(model, _input_state(x1, xs2, i, j, layout), VECTOR)
+        run = _Run(expect_of, iter([(r1[i], r2[j]) for r1, r2 in zip(rec1, rec2)]), fuse=fuse)
+        out = run.run(model, _input_state(x1, xs2, i, j, layout, pair_patches, patch_bytes), VECTOR)
         nngp[i, j], ntk[i, j] = out.nngp, out.ntk if out.ntk is not None else torch.zeros_like(out.nngp)
         if x2 is None:
             nngp[j, i], ntk[j, i] = nngp[i, j], ntk[i, j]
     return nngp, ntk
+
+
+def _sublattices(children: list[nn.Module], needs: list[int]) -> list[tuple[int, ...]]:
+    """Per block of a composition, the sublattice its output is kept on: the stride of the convolution
+    it feeds through activations only (a stride-s convolution reads only the position pairs equal
+    modulo s, Arora et al. 2019's recursion at stride s), where that convolution's output is needed
+    at all position pairs (FULL) and its stride exceeds 1 in every dimension; () elsewhere."""
+    out: list[tuple[int, ...]] = [()] * len(children)
+    for c, child in enumerate(children):
+        if isinstance(child, Conv) and needs[c] == FULL and all(s > 1 for s in child.stride):
+            below = c - 1
+            while below > 0 and isinstance(children[below], Elementwise):
+                below -= 1
+            for k in range(max(below, 0), c):
+                out[k] = tuple(child.stride)
+    return out
+
+
+def _depth(module: nn.Module) -> int:
+    """The number of blocks (each a pass over the state) in a composition."""
+    if _composite(module):
+        return sum(_depth(child) for child in _children(module))
+    if isinstance(module, Residual):
+        return 1 + _depth(module.branch)
+    return 1
 
 
 def _probe(model: nn.Module, x: Tensor) -> None:

@@ -11,12 +11,17 @@ says how to make it). Cases (the NNGP kernel and NTK of N inputs with themselves
   2: the flatten variant (the same convolutions, Flatten, dense read-out), N = 256
 neural-tangents' "SAME" padding puts the odd pixel of a stride-2 convolution of an even size on one
 side, ours pads both sides (torch): the cost is the same, the kernels differ slightly (they are
-compared where the paddings agree in tests/test_limits.py). Both sides are warmed up (JAX's
-compilation excluded); one timed call of each sets its calls per round (at least `min_time`
-seconds); in every round the worker computes its kernels on request and this process computes
-ours, next to each other, the order reversed every other round. Reported: medians with min and max,
-the speed-up as the median of per-round ratios, the FLOPs of one call by formula (`cntk_flops`: the
-same count for both) and each side's rate, and each process's peak resident memory.
+compared where the paddings agree in tests/test_limits.py). Three contenders: neural-tangents,
+ours compiled (`compile="on"`: the fused steps of `ntk.fused`) and ours eager (`compile="off"`).
+All are warmed up (JAX's compilation and torch.compile's excluded from the rounds; ours is reported
+as `compile_s`, the seconds of the calls that compiled, 0 when inductor's cache answered, and
+`first_call_s`); one timed call of each sets its calls per round (at least `min_time` seconds); in
+every round the worker computes its kernels on request and this process computes ours, next to each
+other, the order reversed every other round. Reported: medians with min and max, the speed-up as the
+median of per-round ratios (compiled and eager), milliseconds per pair of inputs (N (N + 1) / 2
+pairs), the FLOPs of one call by formula (`cntk_flops`: the all-pairs count, the same for both; ours
+does a quarter of the first layer's, `ntk.limits`' sublattice) and each side's rate, a float64 GEMM
+rate of this process for scale, and each process's peak resident memory.
 Writes results/bench/cnn_limits.csv and .md.
 """
 
@@ -61,6 +66,11 @@ def worker() -> None:
         print(json.dumps(dict(time_s=elapsed, peak_bytes=peak, jax=jax.__version__, neural_tangents=nt.__version__)), flush=True)
 
 
+def _seconds(result) -> float:
+    """A contender's seconds per call: the worker's answer, or ours."""
+    return result["time_s"] if isinstance(result, dict) else result
+
+
 def cntk_flops(head: str, n: int) -> float:
     """FLOPs of one call by formula (pairs i <= j; a multiply-add is 2, a special function 1): per pair,
     the first convolution's patch products (2 C k S1^2), every later convolution's window sums on the
@@ -84,6 +94,8 @@ def main(argv: list[str]) -> None:
     import torch
 
     import ntk
+    from ntk import fused
+    from ntk.utils import best_time
     from scripts.common import Worker, calls_per_round, parse_kv, write_bench
 
     args = parse_kv(argv, dict(nt_python="/tmp/nt/bin/python", cases=[0, 1, 2], rounds=5, min_time=0.25, out_name="cnn_limits"))
@@ -110,27 +122,37 @@ def main(argv: list[str]) -> None:
             model = torch.nn.Sequential(*layers)
             x = torch.randn(n, CHANNELS, SIZE, SIZE, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
-            def ours(calls: int) -> float:
+            def ours(calls: int, mode: str = "on") -> float:
                 start = time.perf_counter()
                 for _ in range(calls):
-                    ntk.limiting_kernels(model, x)
+                    ntk.limiting_kernels(model, x, compile=mode)
                 return (time.perf_counter() - start) / calls
 
             neural_tangents(index, 1)  # warm-up: JAX compiles here
-            ours(1)
-            calls = dict(neural_tangents=neural_tangents(index, 1)["time_s"], ours=ours(1))
-            calls = {name: calls_per_round(args["min_time"], seconds) for name, seconds in calls.items()}
-            times = dict(neural_tangents=[], ours=[])
+            fused.reset_stats()
+            warm = time.perf_counter()
+            ours(1, "on")  # warm-up: torch.compile compiles here (or loads from its cache)
+            compile_s, first_s = fused.compile_stats()["compile_s"], time.perf_counter() - warm
+            ours(1, "off")
+            contenders = {
+                "neural_tangents": lambda calls: neural_tangents(index, calls),
+                "ours": lambda calls: ours(calls, "on"),
+                "ours_eager": lambda calls: ours(calls, "off"),
+            }
+            calls = {name: calls_per_round(args["min_time"], _seconds(fn(1))) for name, fn in contenders.items()}
+            times = {name: [] for name in contenders}
             for r in range(args["rounds"]):
-                for name in ["neural_tangents", "ours"] if r % 2 == 0 else ["ours", "neural_tangents"]:
+                for name in contenders if r % 2 == 0 else reversed(contenders):
+                    result = contenders[name](calls[name])
                     if name == "neural_tangents":
-                        info = neural_tangents(index, calls[name])
-                        times[name].append(info["time_s"])
-                    else:
-                        times[name].append(ours(calls[name]))
+                        info = result
+                    times[name].append(_seconds(result))
             ratios = np.array(times["neural_tangents"]) / np.array(times["ours"])
+            eager_ratios = np.array(times["neural_tangents"]) / np.array(times["ours_eager"])
             med = {k: float(np.median(v)) for k, v in times.items()}
             flops = cntk_flops(head, n)
+            pairs = n * (n + 1) // 2
+            a, w = torch.randn(512, 512, dtype=torch.float64), torch.randn(512, 512, dtype=torch.float64)
             rows.append(
                 dict(
                     model=f"3 conv + {head}, 28 x 28",
@@ -142,12 +164,18 @@ def main(argv: list[str]) -> None:
                     ours_s=med["ours"],
                     ours_min_s=min(times["ours"]),
                     ours_max_s=max(times["ours"]),
+                    ours_eager_s=med["ours_eager"],
                     speedup=float(np.median(ratios)),
                     speedup_min=float(ratios.min()),
                     speedup_max=float(ratios.max()),
+                    speedup_eager=float(np.median(eager_ratios)),
+                    ms_per_pair=1e3 * med["ours"] / pairs,
+                    compile_s=compile_s,
+                    first_call_s=first_s,
                     gflop=flops / 1e9,
                     ours_gflops=flops / med["ours"] / 1e9,
                     neural_tangents_gflops=flops / med["neural_tangents"] / 1e9,
+                    gemm_f64_gflops=2 * 512**3 / best_time(lambda: a @ w, torch.device("cpu"), 5) / 1e9,
                     ours_peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
                     neural_tangents_peak_gb=info["peak_bytes"] / 1e9,
                     jax=info["jax"],
@@ -155,7 +183,8 @@ def main(argv: list[str]) -> None:
                 )
             )
             print(
-                f"{head} N={n}: neural-tangents {med['neural_tangents']:.4g} s, ours {med['ours']:.4g} s ({np.median(ratios):.3g}x)",
+                f"{head} N={n}: neural-tangents {med['neural_tangents']:.4g} s, ours {med['ours']:.4g} s ({np.median(ratios):.3g}x), "
+                f"eager {med['ours_eager']:.4g} s ({np.median(eager_ratios):.3g}x); compile {compile_s:.1f} s",
                 flush=True,
             )
     finally:

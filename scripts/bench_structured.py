@@ -22,7 +22,9 @@ Models (scalar output, the full (N, N) kernel):
   gru_text_x2  gru_text with x2 given: 32 x 32 inputs, not symmetric
   pinn         a PINN's residual u_xx of a tanh MLP [1, 64, 64, 1] (torch.func.hessian inside forward,
                `ntk.OperatorModel`), 32 points for u and 32 for the residual, N = 64
-(the last eight from `scripts.model_zoo`, float32 unless named _f64).
+(the last eight from `scripts.model_zoo`, float32 unless named _f64). The test zoo: `models=test_zoo`
+runs every family of `scripts.model_zoo` at the size the tests use ("<family>_test", float64,
+N = 16; out_name=structured_test_zoo keeps it apart), where a call's fixed costs weigh most.
 Contenders per model: method="auto" (with the method it takes), "auto_first" (auto's first call on
 the model: the model's measurements, the rules' check, the probes and the kernel, its cache cleared
 before every call), method="structured", torch.func Jacobian contraction and NTK-vector products
@@ -81,6 +83,7 @@ MODELS = (
     "img2img",
     "pinn",
 )
+TEST_ZOO = tuple(f"{family}_test" for family in model_zoo.FAMILIES)  # the tests' sizes, float64, N = 16
 ZOO_N = {
     "mobilenet": 16,
     "mobilenet_f64": 4,
@@ -122,11 +125,14 @@ class Transformer(nn.Module):
 
 def build(name: str, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None, torch.dtype]:
     """The model (eval mode), its N inputs, the second inputs (None: the symmetric kernel) and the dtype of the kernel."""
-    if name in ZOO_N:
-        model, inputs = model_zoo.build(name.removesuffix("_f64").removesuffix("_x2"), 1, "bench")
-        x = inputs(ZOO_N[name], torch.Generator().manual_seed(1))
-        x2 = inputs(ZOO_N[name], torch.Generator().manual_seed(2)) if name.endswith("_x2") else None
-        dtype = torch.float64 if name.endswith("_f64") else torch.float32
+    if name in ZOO_N or name in TEST_ZOO:
+        small = name in TEST_ZOO
+        family = name.removesuffix("_f64").removesuffix("_x2").removesuffix("_test")
+        model, inputs = model_zoo.build(family, 1, "test" if small else "bench")
+        n = 16 if small else ZOO_N[name]
+        x = inputs(n, torch.Generator().manual_seed(1))
+        x2 = inputs(n, torch.Generator().manual_seed(2)) if name.endswith("_x2") else None
+        dtype = torch.float64 if name.endswith(("_f64", "_test")) else torch.float32
         if dtype == torch.float64:
             model, x = model.double(), (x.double() if x.is_floating_point() else x)
         return model.to(device).eval(), x.to(device), None if x2 is None else x2.to(device), dtype
@@ -193,9 +199,11 @@ def main(argv: list[str]) -> None:
         ),
     )
     names = [m.strip() for m in str(args["models"]).strip("[]").split(",")] if isinstance(args["models"], str) else list(args["models"])
-    unknown = sorted(set(names) - set(MODELS))
+    if names == ["test_zoo"]:
+        names = list(TEST_ZOO)
+    unknown = sorted(set(names) - set(MODELS) - set(TEST_ZOO))
     if unknown:
-        sys.exit(f"error: unknown model(s) {', '.join(unknown)}; allowed: {', '.join(MODELS)}")
+        sys.exit(f"error: unknown model(s) {', '.join(unknown)}; allowed: {', '.join(MODELS + TEST_ZOO)}, or test_zoo for all *_test")
     if args["nngeometry_path"]:
         sys.path.insert(0, str(args["nngeometry_path"]))
     device = resolve_device(args["device"])

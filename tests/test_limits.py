@@ -150,6 +150,73 @@ def test_pairs_in_chunks_equal_all_at_once():
         ntk.limiting_kernels(model, x, memory_limit=10_000)
 
 
+def _sublattice_models():
+    g = torch.Generator().manual_seed(3)
+    relu, gap = Elementwise("relu"), GlobalAvgPool()
+    return {
+        "ntkcnn": (ntk.NTKCNN(1, 1, 3, generator=g), (1, 12, 12)),
+        "odd size": (ntk.NTKCNN(2, 1, 3, generator=g), (2, 11, 11)),  # 11 is no multiple of 2: all pairs there
+        "1-D, erf": (
+            nn.Sequential(
+                Conv(2, 1, 3, padding=1, dims=1, generator=g),
+                Elementwise("erf"),
+                Conv(1, 1, 3, 2, 1, dims=1, generator=g),
+                relu,
+                gap,
+                Dense(1, 1, beta=0.1, generator=g),
+            ),
+            (2, 10),
+        ),
+        "stride (2, 3), pool": (
+            nn.Sequential(
+                Conv(1, 1, 3, padding=1, beta=0.2, generator=g),
+                Elementwise("gelu"),
+                Conv(1, 1, (3, 4), (2, 3), 0, generator=g),
+                relu,
+                AvgPool(2),
+                Conv(1, 1, 3, 2, 1, generator=g),
+                relu,
+                gap,
+                Dense(1, 1, beta=0.1, generator=g),
+            ),
+            (1, 14, 18),
+        ),
+        "residual producer": (
+            nn.Sequential(
+                Conv(1, 1, 3, padding=1, generator=g),
+                Residual(nn.Sequential(relu, Conv(1, 1, 3, padding=1, generator=g))),
+                relu,
+                Conv(1, 1, 3, 2, 1, generator=g),
+                relu,
+                gap,
+                Dense(1, 1, beta=0.1, generator=g),
+            ),
+            (1, 8, 8),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(_sublattice_models()))
+def test_a_strided_convolution_reads_its_sublattice_only_and_the_kernels_do_not_change(name, monkeypatch):
+    """Below a stride-s convolution the recursion keeps only the position pairs equal modulo s (a quarter
+    of them at stride 2 in 2-D): the kernels equal those of the recursion over all pairs."""
+    import ntk.limits as limits
+
+    model, shape = _sublattice_models()[name]
+    g = torch.Generator().manual_seed(4)
+    x1, x2 = torch.randn(4, *shape, dtype=torch.float64, generator=g), torch.randn(3, *shape, dtype=torch.float64, generator=g)
+    read = []
+    phased = limits._window_mean_phased
+    monkeypatch.setattr(limits, "_window_mean_phased", lambda t, *a: read.append(t.shape) or phased(t, *a))
+    sub = [limits.model_limiting_kernels(model, x1, compile="off"), limits.model_limiting_kernels(model, x1, x2, compile="off")]
+    assert read  # the sublattice was used where the sizes allow: for 11 x 11, only below the last convolution (6 x 6)
+    assert name != "odd size" or {t[-1] for t in read} == {3}
+    monkeypatch.setattr(limits, "_sublattices", lambda children, needs: [()] * len(children))
+    every = [limits.model_limiting_kernels(model, x1, compile="off"), limits.model_limiting_kernels(model, x1, x2, compile="off")]
+    for a, b in zip(sub, every):
+        assert rel_fro(a[0], b[0]) < 1e-13 and rel_fro(a[1], b[1]) < 1e-13
+
+
 def test_ntkcnn_is_a_composition_of_blocks_with_its_limit():
     model = ntk.NTKCNN(1, 16, depth=2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = torch.randn(3, 1, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,99 @@
+"""The compiled steps of the infinite-width recursion (ntk.fused): the same kernels as the eager path,
+an eager fallback when compiling fails, one-line errors for a mode that is not one."""
+
+import warnings
+
+import pytest
+import torch
+
+import ntk
+import ntk.fused as fused
+from ntk.blocks import Conv, Dense, Elementwise, Flatten, GlobalAvgPool
+from tests.conftest import rel_fro
+
+
+def pooled_cnn(activation: str = "relu") -> torch.nn.Module:
+    g = torch.Generator().manual_seed(0)
+    return torch.nn.Sequential(
+        Conv(1, 1, 3, padding=1, beta=0.1, generator=g),
+        Elementwise(activation),
+        Conv(1, 1, 3, 2, 1, generator=g),
+        Elementwise(activation),
+        GlobalAvgPool(),
+        Dense(1, 1, beta=0.1, generator=g),
+    )
+
+
+def images(n: int, side: int = 8, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 1, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """No step compiled or failed before the test, none kept after it."""
+    monkeypatch.setattr(fused, "_STEPS", {})
+    fused.reset_stats()
+    yield
+    fused.reset_stats()
+
+
+def test_a_compiler_that_fails_falls_back_to_eager_with_one_warning(fresh, monkeypatch):
+    def broken(*args, **kwargs):
+        def call(*a):
+            raise RuntimeError("no C++ compiler found\nmore detail")
+
+        return call
+
+    monkeypatch.setattr(fused.torch, "compile", broken)
+    model, x = pooled_cnn(), images(3)
+    eager = ntk.limiting_kernels(model, x, compile="off")
+    with pytest.warns(RuntimeWarning, match="running it eagerly") as caught:
+        forced = ntk.limiting_kernels(model, x, compile="on")
+    assert all(torch.equal(a, b) for a, b in zip(forced, eager))
+    reasons = fused.compile_stats()["fallbacks"]
+    assert reasons and all(r == "RuntimeError: no C++ compiler found" for r in reasons.values())
+    assert len(caught) == len(reasons)  # one warning per step, not per call
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = ntk.limiting_kernels(model, x, compile="on")  # the failed steps stay eager, silently
+    assert all(torch.equal(a, b) for a, b in zip(again, eager))
+
+
+def test_auto_leaves_small_kernels_eager(fresh, monkeypatch):
+    monkeypatch.setattr(fused.torch, "compile", lambda *a, **k: pytest.fail("compiled a kernel too small to pay for it"))
+    ntk.limiting_kernels(pooled_cnn(), images(3), compile="auto")
+    assert fused.compile_stats()["calls"] == 0
+
+
+def test_bad_modes_get_one_line(monkeypatch):
+    with pytest.raises(ValueError, match=r"unknown compile mode 'fast'; allowed: auto, on, off"):
+        ntk.limiting_kernels(pooled_cnn(), images(2), compile="fast")
+    monkeypatch.setenv("NTK_COMPILE", "yes")
+    with pytest.raises(ValueError, match=r"NTK_COMPILE='yes' is not a compile mode; allowed: auto, on, off"):
+        ntk.limiting_kernels(pooled_cnn(), images(2))
+
+
+def test_compiled_kernels_equal_eager_to_rounding(fresh):
+    """One compiled run (the activation, window sums and pooling of a strided, pooled CNN, pairs in
+    chunks of different sizes): equal to the eager path to 1e-12, the compilation timed apart."""
+    model, x = pooled_cnn("erf"), images(5)
+    eager = ntk.limiting_kernels(model, x, images(3, seed=2), compile="off")
+    compiled = ntk.limiting_kernels(model, x, images(3, seed=2), compile="on", memory_limit=3_000_000)  # a few pairs per chunk
+    assert rel_fro(compiled[0], eager[0]) < 1e-12 and rel_fro(compiled[1], eager[1]) < 1e-12
+    stats = fused.compile_stats()
+    assert stats["fallbacks"] == {} and stats["compiled_calls"] >= 1 and stats["compile_s"] > 0
+    assert stats["calls"] > stats["compiled_calls"]  # later chunks reuse what compiled: no recompilation per chunk size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation", ["relu", "gelu", "sin", "abs"])
+@pytest.mark.parametrize("head", ["gap", "flatten"])
+def test_compiled_closed_forms_equal_eager(fresh, activation, head):
+    model = pooled_cnn(activation)
+    if head == "flatten":
+        model = torch.nn.Sequential(*list(model)[:4], Flatten(), Dense(16, 1, beta=0.1, generator=torch.Generator().manual_seed(5)))
+    x = images(4)
+    eager = ntk.limiting_kernels(model, x, compile="off")
+    compiled = ntk.limiting_kernels(model, x, compile="on")
+    assert rel_fro(compiled[0], eager[0]) < 1e-12 and rel_fro(compiled[1], eager[1]) < 1e-12
+    assert fused.compile_stats()["fallbacks"] == {}
