@@ -442,7 +442,9 @@ class _Run:
         return _State(e_ss, ntk, state.layout, state.spatial, state.flat, phase=state.phase)
 
 
-def _input_state(x1: Tensor, x2: Tensor, i: Tensor, j: Tensor, layout: int, patches: dict | None = None, patch_bytes: float = 0.0) -> _State:
+def _input_state(
+    x1: Tensor, x2: Tensor, i: Tensor, j: Tensor, layout: int, patches: dict | None = None, patch_bytes: float = 0.0
+) -> _State:
     """The input's kernel for the pairs (x1[i], x2[j]): (1/d) x.x' for vectors; for images and
     sequences the inputs themselves (`_Raw`), whose kernel the first convolution forms from its patches."""
     if x1.dim() == 2:  # vectors (P, d)
