@@ -65,7 +65,7 @@ VECTOR, DIAG, FULL = 0, 1, 2  # what a layer's kernel keeps per pair: no positio
 SUPPORTED = "ntk.blocks.Dense (NTKDense), Conv, Elementwise, AvgPool, GlobalAvgPool, Flatten, Residual, nn.Sequential, NTKMLP, NTKCNN"
 TEMPORARIES = 12  # arrays of a state's size alive at once (kernels, window sums, the Gaussian maps' intermediates)
 PATCH_SHARE = 8  # the patches of every input are kept (not unfolded per chunk) while they fit 1/8 of the memory budget
-CHUNK_NUMBERS = 2**22  # numbers per state array of a chunk of pairs (32 MB in float64): large arrays cost page faults, not speed
+CHUNK_NUMBERS = 2**20  # numbers per state array of a chunk of pairs (8 MB in float64): large arrays cost page faults, not speed
 
 
 @dataclass
@@ -289,7 +289,7 @@ def _first_conv(module: Conv, state: _State, phase: tuple[int, ...] = (), fuse: 
     scale = module.sigma_w**2 / width
     if state.layout != FULL:  # the patches' products summed: Sigma(x, s; x', s) only
         nngp = patch_products_step()(fuse, all_a, all_b, i, j, scale, module.beta**2).reshape(-1, *spatial)
-        return _State(nngp, nngp.clone(), state.layout, spatial, gaussian=True)
+        return _State(nngp, nngp, state.layout, spatial, gaussian=True)
     pa, pb = all_a[i], all_b[j]
     if phase and not any(n % s for n, s in zip(spatial, phase)):  # the sublattice's pairs only
         count, width = pa.shape[:2]
@@ -298,10 +298,10 @@ def _first_conv(module: Conv, state: _State, phase: tuple[int, ...] = (), fuse: 
         qa, qb = (t.transpose(1, 2).flatten(0, 1) for t in by_phase)  # (P phases, C k, S_sub)
         nngp = torch.bmm(qa.transpose(1, 2), qb).reshape(count, *phase, *sub, *sub)
         nngp.mul_(scale).add_(module.beta**2)
-        return _State(nngp, nngp.clone(), FULL, spatial, gaussian=True, phase=phase)
+        return _State(nngp, nngp, FULL, spatial, gaussian=True, phase=phase)  # Theta = Sigma: one array (no step writes into a state's arrays)
     nngp = torch.bmm(pa.transpose(1, 2), pb).reshape(pa.shape[0], *spatial, *spatial)
     nngp.mul_(scale).add_(module.beta**2)
-    return _State(nngp, nngp.clone(), state.layout, spatial, gaussian=True)
+    return _State(nngp, nngp, state.layout, spatial, gaussian=True)
 
 
 def _pool_full(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> Tensor:
@@ -334,8 +334,9 @@ class _Run:
         self.peak = 0  # largest state, in numbers per pair
 
     def run(self, module: nn.Module, state: _State, need_out: int, phase: tuple[int, ...] = ()) -> _State:
-        if not _composite(module) and not isinstance(module, Conv):
-            state = state.materialized()
+        if not _composite(module) and not isinstance(module, Conv) and state.raw is not None:
+            state = state.materialized()  # the inputs' kernel itself, for a block other than a convolution
+            self.peak = max(self.peak, state.nngp[0].numel())
         if _composite(module):
             children = _children(module)
             needs, need = [], need_out
@@ -546,7 +547,7 @@ def model_limiting_kernels(
     one = _Run(expect_of)  # one pair (x1[0], x1[0]): the largest state per pair, and the output's layout, before the work
     if one.run(model, first, VECTOR).layout != VECTOR:
         raise ValueError("the model's output has positions: end it with GlobalAvgPool or Flatten and a Dense block")
-    per_pair = max(one.peak, first.materialized().nngp[0].numel())
+    per_pair = max(one.peak, 1)
     budget = memory_limit if memory_limit is not None else available_memory(x1.device)
     bytes_per_pair = TEMPORARIES * per_pair * torch.empty((), dtype=dtype).element_size()
     n1, n2 = x1.shape[0], xs2.shape[0]
