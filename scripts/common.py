@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import random
 import subprocess
 import sys
 import time
@@ -73,8 +74,10 @@ def interleaved(
     contenders: dict[str, Callable[[], object]], rounds: int, device: torch.device, min_time: float = 0.25
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Wall time per call of every contender over `rounds` rounds, alternating them within each
-    round (the order rotates from round to round): on a shared machine whose speed drifts, every
-    contender sees the same conditions.
+    round: on a shared machine whose speed drifts, every contender sees the same conditions. Each
+    round takes its own order (a seeded shuffle, rotated by the round's number), so that no
+    contender always follows the same one: a heavy contender (a first call that allocates and frees
+    a lot) would otherwise leave its wake on the same neighbour in every round.
 
     After a warm-up call, one timed call per contender sets its calls per round, enough to last
     `min_time` seconds (`calls_per_round`), so that a round of a 20 ms kernel is not one sample of
@@ -94,7 +97,8 @@ def interleaved(
         calls[name] = calls_per_round(min_time, time.perf_counter() - start)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        order = random.Random(r).sample(names, len(names))
+        for name in order[r % len(names) :] + order[: r % len(names)]:
             start = time.perf_counter()
             for _ in range(calls[name]):
                 contenders[name]()

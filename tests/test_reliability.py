@@ -1,5 +1,6 @@
 """Determinism of every experiment, and bad input through the real command line."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from experiments.runner import experiment_names, load_experiment
+from tests.cli_server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,12 +93,22 @@ BAD = [
 ]
 
 
+@pytest.fixture(scope="module")
+def cli():
+    """run(args): `python -m experiments.run <args>` in a process of its own; on POSIX forked from a
+    server that imported it once (`tests.cli_server`: the imports cost ~5 s a command here)."""
+    if not hasattr(os, "fork"):
+        yield lambda args: subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=ROOT, capture_output=True, text=True)
+        return
+    server = Server()
+    yield server.run
+    server.close()
+
+
 @pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) or "no-exp" for a, _ in BAD])
-def test_bad_input_one_line_error_and_nothing_written(args, message, tmp_path):
+def test_bad_input_one_line_error_and_nothing_written(args, message, tmp_path, cli):
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.run", *args, f"out_dir={out}", "progress=false"], cwd=ROOT, capture_output=True, text=True
-    )
+    proc = cli([*args, f"out_dir={out}", "progress=false"])
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
