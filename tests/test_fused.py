@@ -1,6 +1,7 @@
 """The compiled steps of the infinite-width recursion (ntk.fused): the same kernels as the eager path,
 an eager fallback when compiling fails, one-line errors for a mode that is not one."""
 
+import shutil
 import warnings
 
 import pytest
@@ -22,6 +23,11 @@ def pooled_cnn(activation: str = "relu") -> torch.nn.Module:
         GlobalAvgPool(),
         Dense(1, 1, beta=0.1, generator=g),
     )
+
+
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="no C++ compiler for inductor (the fallback is tested without one)"
+)
 
 
 def images(n: int, side: int = 8, seed: int = 1) -> torch.Tensor:
@@ -73,6 +79,7 @@ def test_bad_modes_get_one_line(monkeypatch):
         ntk.limiting_kernels(pooled_cnn(), images(2))
 
 
+@needs_compiler
 def test_compiled_kernels_equal_eager_to_rounding(fresh):
     """One compiled run (the activation, window sums and pooling of a strided, pooled CNN, pairs in
     chunks of different sizes): equal to the eager path to 1e-12, the compilation timed apart."""
@@ -86,6 +93,7 @@ def test_compiled_kernels_equal_eager_to_rounding(fresh):
 
 
 @pytest.mark.slow
+@needs_compiler
 @pytest.mark.parametrize("activation", ["relu", "gelu", "sin", "abs"])
 @pytest.mark.parametrize("head", ["gap", "flatten"])
 def test_compiled_closed_forms_equal_eager(fresh, activation, head):
