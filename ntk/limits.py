@@ -215,33 +215,20 @@ def _need_in(module: nn.Module, need_out: int) -> int:
     return need_out  # Elementwise
 
 
-def _window_mean_diag(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
-    """A[K] on the diagonal: (P, *sp) -> (P, *sp_out), (1/k) sum over the window (zero padding): a sum
-    of strided slices of the padded K, one per offset (a single loop when compiled)."""
-    sizes = t.shape[1:]
+def _window_mean(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...], copies: int) -> Tensor:
+    """A[K], (1/k) sum over the window with zero padding, both positions shifted by the same offset (one
+    weight per offset): (P, *sp) -> (P, *sp_out) on the diagonal (`copies` = 1), (P, *sp, *sp) ->
+    (P, *sp_out, *sp_out) on all position pairs (`copies` = 2). K zero-padded by p at every position,
+    output t reads position s t + o of the padded K for offset o: a sum of strided slices of the
+    output's size, one per offset (no scatter: a single fused loop when compiled)."""
+    sizes = t.shape[1 : 1 + len(kernel)]
     out_sizes = [(n + 2 * p - k) // s + 1 for n, k, s, p in zip(sizes, kernel, stride, padding)]
-    padded = F.pad(t, [q for p in reversed(padding) for q in (p, p)]) if any(padding) else t
-    total = None
-    for offset in itertools.product(*[range(k) for k in kernel]):
-        part = padded[(slice(None), *[slice(o, o + s * (m - 1) + 1, s) for o, s, m in zip(offset, stride, out_sizes)])]
-        total = part if total is None else total + part
-    return total * (1.0 / math.prod(kernel))
-
-
-def _window_mean_full(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
-    """A[K] on all position pairs: (P, *sp, *sp) -> (P, *sp_out, *sp_out), both positions shifted by
-    the same offset (one weight per offset). K zero-padded by p at both positions, output t reads
-    position s t + o of the padded K for offset o: a sum of strided slices of the output's size, one
-    per offset (no scatter: a single fused loop when compiled)."""
-    d = len(kernel)
-    sizes = t.shape[1 : 1 + d]
-    out_sizes = [(n + 2 * p - k) // s + 1 for n, k, s, p in zip(sizes, kernel, stride, padding)]
-    pad = [q for p in reversed(padding) for q in (p, p)] * 2  # F.pad's order: last dimension first
+    pad = [q for p in reversed(padding) for q in (p, p)] * copies  # F.pad's order: last dimension first
     padded = F.pad(t, pad) if any(padding) else t
     total = None
     for offset in itertools.product(*[range(k) for k in kernel]):
         at = [slice(o, o + s * (m - 1) + 1, s) for o, s, m in zip(offset, stride, out_sizes)]
-        part = padded[(slice(None), *at, *at)]
+        part = padded[(slice(None), *at * copies)]
         total = part if total is None else total + part
     return total * (1.0 / math.prod(kernel))
 
@@ -314,12 +301,9 @@ def _pool_full(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> T
     return t
 
 
-def _affine(state: _State, sigma_w: float, beta: float, mean: Callable[[Tensor], Tensor]) -> _State:
-    """Sigma' = sigma_w^2 A[Sigma] + beta^2, Theta' = sigma_w^2 A[Theta] + Sigma' (Conv and Dense)."""
-    s2 = sigma_w**2
-    nngp = mean(state.nngp).mul_(s2).add_(beta**2) if s2 != 1.0 or beta else mean(state.nngp)
-    ntk = nngp.clone() if state.ntk is None else mean(state.ntk).mul_(s2).add_(nngp)
-    return _State(nngp, ntk, state.layout, state.spatial, state.flat, gaussian=True)
+def _mean_over_positions(t: Tensor) -> Tensor:
+    """A Dense block's A[K]: the mean over a flattened input's positions, K itself for a vector."""
+    return t.mean(tuple(range(1, t.dim()))) if t.dim() > 1 else t
 
 
 class _Run:
@@ -370,32 +354,28 @@ class _Run:
                 raise ValueError(
                     f"a Dense block needs inputs (N, features), got positions {state.spatial}: put Flatten or GlobalAvgPool before it"
                 )
-            dims = tuple(range(1, state.nngp.dim()))
-            mean = (lambda t: t.mean(dims)) if dims else (lambda t: t.clone())
-            out = _affine(state, module.sigma_w, module.beta if module.bias is not None else 0.0, mean)
-            return _State(out.nngp, out.ntk, VECTOR, (), gaussian=True)
+            beta = module.beta if module.bias is not None else 0.0
+            nngp, ntk = affine_step(("dense",), _mean_over_positions, module.sigma_w, beta)(self.fuse, state.nngp, state.ntk)
+            return _State(nngp, ntk, VECTOR, (), gaussian=True)
         if isinstance(module, Conv):
             if state.flat or len(state.spatial) != module.dims:
                 raise ValueError(f"a {module.dims}-D Conv block needs inputs with {module.dims} spatial dimension(s), got {state.spatial}")
             if state.raw is not None:
                 return _first_conv(module, state, phase, self.fuse)
-            window = _window_mean_full if state.layout == FULL else _window_mean_diag
+            geometry = (module.kernel_size, module.stride, module.padding)
             if state.phase:
                 if state.phase != module.stride:
                     raise AssertionError(f"a kernel on the sublattice {state.phase} met a convolution of stride {module.stride}")
-                window = _window_mean_phased
-            geometry = (module.kernel_size, module.stride, module.padding)
-            mean = lambda t: window(t, *geometry)  # noqa: E731
-            if self.fuse:
-                key = ("conv", window.__name__, *geometry)
-                nngp, ntk = affine_step(key, mean, module.sigma_w, module.beta)(True, state.nngp, state.ntk)
-                out = _State(nngp, ntk, state.layout, state.spatial)
+                mean = lambda t: _window_mean_phased(t, *geometry)  # noqa: E731
             else:
-                out = _affine(state, module.sigma_w, module.beta, mean)
+                copies = 2 if state.layout == FULL else 1
+                mean = lambda t: _window_mean(t, *geometry, copies)  # noqa: E731
+            key = ("conv", state.layout, bool(state.phase), *geometry)
+            nngp, ntk = affine_step(key, mean, module.sigma_w, module.beta)(self.fuse, state.nngp, state.ntk)
             spatial = tuple(
                 (n + 2 * p - k) // s + 1 for n, k, s, p in zip(state.spatial, module.kernel_size, module.stride, module.padding)
             )
-            return _State(out.nngp, out.ntk, state.layout, spatial, gaussian=True)
+            return _State(nngp, ntk, state.layout, spatial, gaussian=True)
         if isinstance(module, Elementwise):
             return self.activation(module, state)
         if isinstance(module, AvgPool):
@@ -421,9 +401,8 @@ class _Run:
             )
         d = len(state.spatial)
         if self.marginals is None:  # self pairs: the variances are the state's own diagonal
-            var = (
-                _full_diag(state.nngp, state.phase, d).contiguous() if state.layout == FULL else state.nngp
-            )  # a copy: no view keeps the full kernel
+            # a copy: no view keeps the full kernel
+            var = _full_diag(state.nngp, state.phase, d).contiguous() if state.layout == FULL else state.nngp
             self.records.append(var)
             var1 = var2 = var
         else:
