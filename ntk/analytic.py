@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ def limiting_kernels(
     quadrature_order: int = 24,
     method: str = "auto",
     memory_limit: int | None = None,
+    rates: Sequence[tuple[float, float]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """NNGP kernel Sigma(L) and NTK Theta(L) of the infinite-width network.
 
@@ -76,6 +77,12 @@ def limiting_kernels(
         memory_limit: bytes the computation may use (default `ntk.memory.available_memory`); the
             rows of x1 are processed in blocks that fit, and a result that cannot fit is refused
             with `NTKMemoryError`.
+        rates: per layer l = 0 ... L-1, factors (r_w, r_b) of the kernel's weight and bias terms
+            when layers train at other rates than the NTK parameterisation's (default all 1):
+            Theta(1) = r_w x.x'/n_0 + r_b beta^2 and Theta(l+1) = Theta(l) SigmaDot(l+1)
+            + r_w (Sigma(l+1) - beta^2) + r_b beta^2. `ntk.parameterization.kernel_rates` gives them
+            for the standard parameterisation (its n = inf kernel drops the input weights' and the
+            biases' terms).
 
     Returns:
         (nngp, ntk), each (N1, N2) in float64.
@@ -99,6 +106,10 @@ def limiting_kernels(
         raise ValueError(f"unknown method {method!r} for the limiting kernels; allowed: {', '.join(METHODS)}")
     if method == "closed" and act.gaussian is None:
         raise ValueError(f"activation {act.name!r} has no closed form; use method='auto', 'hermite' or 'quadrature'")
+    if rates is not None:
+        rates = [(float(w), float(b)) for w, b in rates]
+        if len(rates) != depth or not all(w >= 0 and b >= 0 for w, b in rates):
+            raise ValueError(f"rates needs one pair (weight, bias) >= 0 per layer, {depth} in all, got {rates}")
     x1, x2 = _check(x1, x2)
     _check_finite(act)
     if method == "closed":
@@ -116,13 +127,13 @@ def limiting_kernels(
     may_integrate = method == "quadrature" or (method == "auto" and act.gaussian is None)  # (the series' fallback)
     rows = _rows_per_block(x1.shape[0], x2.shape[0], quadrature_order if may_integrate else 0, memory_limit, x1.device)
     if rows < x1.shape[0]:  # pairs are independent: do the rows of x1 in blocks that fit
-        parts = [_recursion(x1[i : i + rows], x2, depth, beta, expect) for i in range(0, x1.shape[0], rows)]
+        parts = [_recursion(x1[i : i + rows], x2, depth, beta, expect, rates) for i in range(0, x1.shape[0], rows)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     if x1 is x2 and (act.gaussian is not None or method == "quadrature") and method != "hermite":
         # x2 = None: the kernels are symmetric, so the upper triangle is enough (the series keeps
         # the full matrix: its coefficients broadcast along rows and columns)
-        return _symmetric_recursion(x1, depth, beta, expect)
-    return _recursion(x1, x2, depth, beta, expect)
+        return _symmetric_recursion(x1, depth, beta, expect, rates)
+    return _recursion(x1, x2, depth, beta, expect, rates)
 
 
 def gaussian_expectations(
@@ -186,18 +197,27 @@ def _rows_per_block(n1: int, n2: int, order: int, memory_limit: int | None, devi
     return max(1, min(n1, (budget - result) // per_row))
 
 
-def _recursion(x1: Tensor, x2: Tensor, depth: int, beta: float, expect) -> tuple[Tensor, Tensor]:
+def _weighted(rates, l: int, weight_term: Tensor, b2: float, sigma: Tensor) -> Tensor:
+    """Layer l's new kernel terms: Sigma itself, or r_w (its weight part) + r_b beta^2 with rates."""
+    if rates is None:
+        return sigma
+    r_w, r_b = rates[l]
+    return r_w * weight_term + r_b * b2
+
+
+def _recursion(x1: Tensor, x2: Tensor, depth: int, beta: float, expect, rates=None) -> tuple[Tensor, Tensor]:
     """Sigma(L), Theta(L) of all pairs of rows of x1, x2 (float64)."""
     n0 = x1.shape[1]
     b2 = beta**2
-    sigma = x1 @ x2.T / n0 + b2  # Sigma(1)(x1, x2), (N1, N2)
+    gram = x1 @ x2.T / n0
+    sigma = gram + b2  # Sigma(1)(x1, x2), (N1, N2)
     diag1 = x1.square().sum(1) / n0 + b2  # Sigma(1)(x, x), (N1,)
     diag2 = x2.square().sum(1) / n0 + b2
-    theta = sigma.clone()
-    for _ in range(depth - 1):
+    theta = sigma.clone() if rates is None else _weighted(rates, 0, gram, b2, sigma)
+    for l in range(1, depth):
         e_ss, e_dd = expect(diag1[:, None], diag2[None, :], sigma)  # (N1, 1), (1, N2), (N1, N2)
         sigma = e_ss + b2
-        theta = theta * e_dd + sigma
+        theta = theta * e_dd + _weighted(rates, l, e_ss, b2, sigma)
         diag1 = expect(diag1, diag1, diag1)[0] + b2
         diag2 = expect(diag2, diag2, diag2)[0] + b2
     return sigma, theta
@@ -210,18 +230,19 @@ def _largest_variance(x1: Tensor, x2: Tensor, depth: int, beta: float) -> float:
     return first + (depth - 1) * beta**2
 
 
-def _symmetric_recursion(x: Tensor, depth: int, beta: float, expect) -> tuple[Tensor, Tensor]:
+def _symmetric_recursion(x: Tensor, depth: int, beta: float, expect, rates=None) -> tuple[Tensor, Tensor]:
     """`_recursion` with x2 = x, on the N (N + 1) / 2 pairs i <= j (half the Gaussian expectations)."""
     n = x.shape[0]
     i, j = torch.triu_indices(n, n, device=x.device)
     b2 = beta**2
     diag = x.square().sum(1) / x.shape[1] + b2
-    sigma = (x @ x.T / x.shape[1] + b2)[i, j]
-    theta = sigma.clone()
-    for _ in range(depth - 1):
+    gram = (x @ x.T / x.shape[1])[i, j]
+    sigma = gram + b2
+    theta = sigma.clone() if rates is None else _weighted(rates, 0, gram, b2, sigma)
+    for l in range(1, depth):
         e_ss, e_dd = expect(diag[i], diag[j], sigma)
         sigma = e_ss + b2
-        theta = theta * e_dd + sigma
+        theta = theta * e_dd + _weighted(rates, l, e_ss, b2, sigma)
         diag = expect(diag, diag, diag)[0] + b2
     out = torch.empty(2, n, n, dtype=x.dtype, device=x.device)
     out[:, i, j] = torch.stack([sigma, theta])

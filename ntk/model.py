@@ -23,6 +23,7 @@ from torch import nn
 
 from ntk.activations import Activation, as_activation
 from ntk.memory import check_fits
+from ntk.parameterization import check_parameterization, layer_scales
 
 Tensor = torch.Tensor
 
@@ -40,6 +41,11 @@ class NTKDense(nn.Module):
             so a CPU generator gives the same network on every device.
         sigma_w: weight scale (1 in the paper).
         bias: whether the layer has a bias (without one, z = sigma_w W a / sqrt(n_in) and beta is unused).
+        weight_mult: the weight's multiplier in the forward pass, in place of sigma_w / sqrt(n_in)
+            (other parameterisations, `ntk.parameterization`).
+        weight_std, bias_std: the standard deviations of the stored weight and bias entries (1 in the
+            NTK parameterisation). The same N(0, 1) draws are scaled, so a generator gives the same
+            network up to these factors under every parameterisation.
 
     Example:
         >>> import torch, ntk
@@ -58,17 +64,28 @@ class NTKDense(nn.Module):
         dtype: torch.dtype | None = None,
         sigma_w: float = 1.0,
         bias: bool = True,
+        weight_mult: float | None = None,
+        weight_std: float = 1.0,
+        bias_std: float = 1.0,
     ) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.beta = float(beta) if bias else 0.0
         self.sigma_w = float(sigma_w)
-        self.scale = self.sigma_w / math.sqrt(in_features)
+        self.scale = self.sigma_w / math.sqrt(in_features) if weight_mult is None else float(weight_mult)
+        self.weight_std, self.bias_std = float(weight_std), float(bias_std)
+        # the NTK form (every entry N(0, 1), the multiplier sigma_w / sqrt(n_l)) or another parameterisation's
+        self.parameterization = "ntk" if (weight_mult is None and weight_std == 1 and bias_std == 1) else "other"
         source = generator.device if generator is not None else device  # where the numbers are drawn
         kw = dict(generator=generator, device=source, dtype=dtype)
-        self.weight = nn.Parameter(torch.randn(out_features, in_features, **kw).to(device))  # (n_{l+1}, n_l)
-        self.bias = nn.Parameter(torch.randn(out_features, **kw).to(device)) if bias else None  # (n_{l+1},)
+        weight = torch.randn(out_features, in_features, **kw)  # (n_{l+1}, n_l)
+        self.weight = nn.Parameter((weight if weight_std == 1 else weight * weight_std).to(device))
+        if bias:
+            b = torch.randn(out_features, **kw)  # (n_{l+1},)
+            self.bias = nn.Parameter((b if bias_std == 1 else b * bias_std).to(device))
+        else:
+            self.bias = None
 
     def forward(self, a: Tensor) -> Tensor:
         if self.bias is None:
@@ -76,7 +93,12 @@ class NTKDense(nn.Module):
         return dense(a, self.weight, self.bias, self.scale, self.beta)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, beta={self.beta}, sigma_w={self.sigma_w}, bias={self.bias is not None}"
+        extra = (
+            ""
+            if self.parameterization == "ntk"
+            else f", weight_mult={self.scale:.4g}, weight_std={self.weight_std:.4g}, bias_std={self.bias_std:.4g}"
+        )
+        return f"in_features={self.in_features}, out_features={self.out_features}, beta={self.beta}, sigma_w={self.sigma_w}, bias={self.bias is not None}{extra}"
 
 
 def dense(a: Tensor, weight: Tensor, bias: Tensor, scale: float, beta: float) -> Tensor:
@@ -97,6 +119,12 @@ class NTKMLP(nn.Module):
         beta: bias scale.
         activation: a name of `ntk.activations.ACTIVATIONS`, an `Activation`, or a pair (sigma, sigma')
             of elementwise torch functions.
+        parameterization: "ntk" (the paper's, default), "standard" (fan-in initialisation at the
+            stable learning rate eta / n) or "mean_field" (muP, the maximal-update
+            parameterisation), each folded into multipliers and stored deviations so that one
+            global learning rate trains it (`ntk.parameterization`: the table, the conventions,
+            the citations). The hidden widths must be equal except under "ntk".
+        base_width: n_b of "mean_field": the width at which it is the NTK-parameterised network.
         generator: explicit `torch.Generator` for the N(0, 1) initialisation, drawn layer by
             layer (weight then bias) on the generator's device, then moved to `device`. Same CPU
             generator state and dtype: the same network on every device (a CUDA generator draws
@@ -125,8 +153,11 @@ class NTKMLP(nn.Module):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        parameterization: str = "ntk",
+        base_width: int | None = None,
     ) -> None:
         super().__init__()
+        check_parameterization(parameterization)
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be an integer >= 1 (number of weight layers), got {depth!r}")
         hidden = [width] * (depth - 1) if isinstance(width, int) else list(width)
@@ -147,10 +178,29 @@ class NTKMLP(nn.Module):
             self.parameter_count(self.widths) * itemsize,
             device,
         )
-        self.layers = nn.ModuleList(
-            NTKDense(n_in, n_out, beta, generator=generator, device=device, dtype=dtype)
-            for n_in, n_out in zip(self.widths[:-1], self.widths[1:])
-        )
+        self.parameterization = parameterization
+        self.base_width = base_width if parameterization == "mean_field" else None
+        if parameterization == "ntk":
+            self.layers = nn.ModuleList(
+                NTKDense(n_in, n_out, beta, generator=generator, device=device, dtype=dtype)
+                for n_in, n_out in zip(self.widths[:-1], self.widths[1:])
+            )
+        else:
+            scales = layer_scales(parameterization, self.widths, self.beta, base_width)
+            self.layers = nn.ModuleList(
+                NTKDense(
+                    n_in,
+                    n_out,
+                    s.bias_mult,
+                    generator=generator,
+                    device=device,
+                    dtype=dtype,
+                    weight_mult=s.weight_mult,
+                    weight_std=s.weight_std,
+                    bias_std=s.bias_std,
+                )
+                for n_in, n_out, s in zip(self.widths[:-1], self.widths[1:], scales)
+            )
 
     @staticmethod
     def parameter_count(widths: Sequence[int]) -> int:

@@ -190,8 +190,8 @@ def linearised_gradient_descent(
     """Train f_lin(x) = f0(x) + J(x) (theta - theta0) by gradient descent on C = 1/(2N) sum ||f - y||^2.
 
     Uses the same learning rate and time t = lr * steps as `ntk.train.gradient_descent`; J is never
-    formed (forward-mode products through `jvp`, reverse-mode through `vjp`). The model is not
-    modified.
+    formed (forward-mode products through `jvp`, reverse-mode through `vjp`). Only the trainable
+    parameters (requires_grad) move, as in `ntk.gradient_descent`; the model is not modified.
 
     Returns:
         {t: f_lin(x_eval) at t, shape (M, O)} for every t in `record_t`.
@@ -205,15 +205,19 @@ def linearised_gradient_descent(
         ([0.0, 10.0], torch.Size([4, 1]))
     """
     to_record = record_steps(record_t, lr, steps)
-    params = {k: v.detach().to(dtype) for k, v in model.named_parameters()}
+    params = {k: v.detach().to(dtype) for k, v in model.named_parameters() if v.requires_grad}
+    fixed = {k: v.detach().to(dtype) for k, v in model.named_parameters() if not v.requires_grad}
+    fixed |= {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.named_buffers()}
+    if not params:
+        raise ValueError("the model has no trainable parameters (none with requires_grad): nothing to linearise")
     device = next(iter(params.values())).device
     x, y, x_eval = x.to(device, dtype), y.to(device, dtype).reshape(x.shape[0], -1), x_eval.to(device, dtype)
 
     def f_train(p):
-        return functional_call(model, p, (x,))
+        return functional_call(model, {**fixed, **p}, (x,))
 
     def f_eval(p):
-        return functional_call(model, p, (x_eval,))
+        return functional_call(model, {**fixed, **p}, (x_eval,))
 
     f0_train, pull = vjp(f_train, params)
     with torch.no_grad():

@@ -12,6 +12,7 @@ beside the tables.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -22,9 +23,14 @@ from scripts.common import parse_kv
 
 
 def experiment_of(run_dir: Path) -> str | None:
-    """The experiment that wrote `run_dir`: `name` in its config.yaml (a drift sweep has fits.csv)."""
+    """The experiment that wrote `run_dir`: `name` in its config.yaml, else `experiment` in the
+    provenance.json of a sweep's aggregate (an older drift sweep has only fits.csv)."""
     if (run_dir / "config.yaml").exists():
         return OmegaConf.load(run_dir / "config.yaml").get("name")
+    if (run_dir / "provenance.json").exists():
+        name = json.loads((run_dir / "provenance.json").read_text()).get("experiment")
+        if name:
+            return name
     return "drift_sweep" if (run_dir / "fits.csv").exists() else None
 
 

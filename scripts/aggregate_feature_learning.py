@@ -1,0 +1,30 @@
+"""Merge the jobs of a feature_learning sweep into tables, fit the exponents, draw the figures.
+
+    python -m scripts.aggregate_feature_learning                    # results/feature_learning/
+    python -m scripts.aggregate_feature_learning dir=path/to/sweep
+
+Runs `experiments.feature_learning.aggregate` (what a finished `-m +exp=feature_learning` multirun does by itself),
+also on a half-finished sweep: reads only <dir>/jobs/*.csv and writes table.csv, fits.csv,
+crossover.csv, regimes.csv and the figures atomically.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from experiments.feature_learning import aggregate
+from scripts.common import parse_kv
+
+
+def main(argv: list[str]) -> None:
+    args = parse_kv(argv, dict(dir="results/feature_learning"))
+    try:
+        out = aggregate(Path(args["dir"]))
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
+    print(out["fits"].to_string(index=False))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
