@@ -9,7 +9,7 @@ and Generalization in Neural Networks" (NeurIPS 2018), and what followed.
     >>> result = ntk.gradient_descent(model, x, x[:, :1] * x[:, 1:], lr=1.0, steps=100)  # t = lr x steps
 
 The names below are the public API; the submodules hold them by topic: `ntk.model`, `ntk.cnn` and
-`ntk.blocks` (NTK-parameterised networks and their building blocks; other parameterisations and Chizat's scale in `ntk.parameterization`), `ntk.empirical` (the empirical NTK; of differential operators in `ntk.operators`; its methods in the table
+`ntk.blocks` (NTK-parameterised networks and their building blocks; other parameterisations and Chizat's scale in `ntk.parameterization`), `ntk.empirical` (the empirical NTK; of differential operators in `ntk.operators`, physics-informed networks trained through them in `ntk.pinn`; its methods in the table
 `ntk.methods`, its memory plan in `ntk.planning`, its per-parameter report in `ntk.report`; kernels in tiles on disk and predictions from them in `ntk.tiles`), `ntk.analytic` and `ntk.limits` (infinite-width kernels of MLPs and of any composition of blocks), `ntk.train`
 (gradient descent in t = lr x steps), `ntk.predict` (kernel regression, the n = inf Gaussian),
 `ntk.spectrum` (kernel PCA, Lanczos), `ntk.finite` (finite-width corrections), `ntk.drift`,
@@ -29,6 +29,7 @@ from ntk.memory import NTKMemoryError, available_memory, parse_bytes
 from ntk.methods import METHODS, KernelMethod, flop_counts
 from ntk.model import NTKMLP, NTKDense
 from ntk.operators import OperatorKernels, OperatorModel, operator_ntk
+from ntk.pinn import PINN, PINNResult, adaptive_weights, operator_values, train_pinn
 from ntk.parameterization import PARAMETERIZATIONS, LazyScaled, kernel_rates, layer_scales
 from ntk.planning import memory_estimate, plan_method
 from ntk.predict import (
@@ -73,6 +74,11 @@ __all__ = [
     "operator_ntk",
     "OperatorModel",
     "OperatorKernels",
+    "PINN",
+    "PINNResult",
+    "train_pinn",
+    "adaptive_weights",
+    "operator_values",
     "layerwise_factors",
     "METHODS",
     "KernelMethod",

@@ -11,15 +11,13 @@ and the drift tools apply unchanged, and the empirical NTK of the model is the k
 training. With n_l the fan-in, d = n_0 the input dimension, n the hidden width (one width for all
 hidden layers) and n_b a base width:
 
-================  ===========================  ===============================  ===========================
-layer             "ntk" (Jacot et al. 2018)     "standard", rate eta / n          "mean_field" (muP, base n_b)
-================  ===========================  ===============================  ===========================
-input weight      F = 1/sqrt(d), K = 1/d        F = 1/sqrt(d), K = 1/n           F = 1/sqrt(d), K = n/(n_b d)
-hidden weight     F = 1/sqrt(n), K = 1/n        F = 1/sqrt(n), K = 1/n           F = 1/sqrt(n), K = 1/n_b
-readout weight    F = 1/sqrt(n), K = 1/n        F = 1/sqrt(n), K = 1/n           F = sqrt(n_b)/n, K = 1/n
-hidden biases     F = beta, K = beta^2          F = beta, K = 1/n                F = beta, K = beta^2 n/n_b
-readout bias      F = beta, K = beta^2          F = beta, K = 1/n                F = beta, K = beta^2
-================  ===========================  ===============================  ===========================
+| layer | "ntk" (Jacot et al. 2018) | "standard", rate eta / n | "mean_field" (muP, base n_b) |
+|---|---|---|---|
+| input weight | F = 1/sqrt(d), K = 1/d | F = 1/sqrt(d), K = 1/n | F = 1/sqrt(d), K = n/(n_b d) |
+| hidden weight | F = 1/sqrt(n), K = 1/n | F = 1/sqrt(n), K = 1/n | F = 1/sqrt(n), K = 1/n_b |
+| readout weight | F = 1/sqrt(n), K = 1/n | F = 1/sqrt(n), K = 1/n | F = sqrt(n_b)/n, K = 1/n |
+| hidden biases | F = beta, K = beta^2 | F = beta, K = 1/n | F = beta, K = beta^2 n/n_b |
+| readout bias | F = beta, K = beta^2 | F = beta, K = 1/n | F = beta, K = beta^2 |
 
 - "ntk": the paper's (Section 2), every entry N(0, 1) and the multiplier 1/sqrt(n_l).
 - "standard": the usual fan-in initialisation (W ~ N(0, 1/n_l), multiplier 1, biases N(0, beta^2))
