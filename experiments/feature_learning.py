@@ -21,8 +21,8 @@ provenance), where <key> hashes its resolved config: a rerun skips finished jobs
 redoes them), so an interrupted sweep resumes by running the same command. `aggregate` merges the
 jobs into table.csv, fits the exponents (fits.csv: kernel change against width at alpha = 1 and
 against alpha in the lazy regime, and the crossover alpha* against width, each with its 95%
-interval), writes the crossovers (crossover.csv) and the two regimes' scores (regimes.csv), and
-draws the figures; `AggregateOnEnd` runs it when a Hydra multirun ends.
+interval), writes the crossovers (crossover.csv) and the two regimes' scores (regimes.csv: the runs
+that reached T, by kernel change below 0.03 / above 0.3), and draws the figures; `AggregateOnEnd` runs it when a Hydra multirun ends.
 """
 
 from __future__ import annotations
@@ -262,9 +262,10 @@ def aggregate(run_dir: Path) -> dict[str, pd.DataFrame]:
             dict(quantity="alpha_star_vs_width", parameterization=par, width=np.nan, alpha=np.nan) | fit_exponent(g.width, g.alpha_star)
         )
     fits = pd.DataFrame(fits)
-    regime = np.where(ok.kernel_change < LAZY, "lazy", np.where(ok.kernel_change > FEATURE, "feature", "between"))
+    full = ok[np.isclose(ok.t, ok.t.max())]  # runs that reached T: the regimes compared at equal time
+    regime = np.where(full.kernel_change < LAZY, "lazy", np.where(full.kernel_change > FEATURE, "feature", "between"))
     regimes = (
-        ok.assign(regime=regime)
+        full.assign(regime=regime)
         .groupby(["parameterization", "width", "regime"])
         .agg(
             runs=("seed", "size"),

@@ -7,8 +7,8 @@ still runs in a process of its own (its exit status, its stderr, nothing shared 
 the imports are paid once. The server computes nothing itself, so no thread pool exists when it
 forks. The child calls `experiments.run.main()` as `python -m experiments.run` does. POSIX only (the tests that use it fall back to plain subprocesses elsewhere).
 
-Protocol: one JSON list of arguments per line on stdin; one JSON object {returncode, stdout, stderr}
-per line on stdout.
+Protocol: one JSON object {args, env} per line on stdin (the arguments, and variables added to the
+environment of that command only); one JSON object {returncode, stdout, stderr} per line on stdout.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ def serve() -> None:
 
     out = os.fdopen(os.dup(1), "w")  # the protocol's channel, apart from the children's stdout
     for line in sys.stdin:
-        args = json.loads(line)
+        request = json.loads(line)
+        args, env = (request, {}) if isinstance(request, list) else (request["args"], request.get("env", {}))
         with tempfile.TemporaryDirectory() as tmp:
             paths = [os.path.join(tmp, name) for name in ("stdout", "stderr")]
             pid = os.fork()
             if pid == 0:  # the command
+                os.environ.update(env)
                 for fd, path in zip((1, 2), paths):
                     target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
                     os.dup2(target, fd)
@@ -70,8 +72,9 @@ class Server:
             [sys.executable, "-m", "tests.cli_server"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
 
-    def run(self, args: list[str]) -> subprocess.CompletedProcess:
-        self.proc.stdin.write(json.dumps(args) + "\n")
+    def run(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """The command `python -m experiments.run <args>`, with `env` added to the server's environment."""
+        self.proc.stdin.write(json.dumps({"args": list(args), "env": env or {}}) + "\n")
         self.proc.stdin.flush()
         answer = json.loads(self.proc.stdout.readline())
         return subprocess.CompletedProcess(args, answer["returncode"], answer["stdout"], answer["stderr"])

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from experiments.schema import register_all
 from ntk.model import NTKMLP
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+ROOT = CONFIG_DIR.parent
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
@@ -44,3 +48,24 @@ def compose_config(overrides: list[str]) -> DictConfig:
     register_all()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """run(args, env=None): `python -m experiments.run <args>` in a process of its own (its exit
+    status, stdout and stderr as `subprocess.run` gives them, `env` added to its environment); on
+    POSIX forked from a server that imported it once for the whole test run (`tests.cli_server`:
+    the imports cost ~5 s a command here)."""
+    if not hasattr(os, "fork"):
+
+        def run(args, env=None):
+            full = dict(os.environ, **(env or {}))
+            return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=ROOT, capture_output=True, text=True, env=full)
+
+        yield run
+        return
+    from tests.cli_server import Server
+
+    server = Server()
+    yield server.run
+    server.close()

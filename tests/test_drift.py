@@ -1,6 +1,5 @@
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +31,9 @@ SWEEP = [
 ONE_DEPTH = [a for a in SWEEP if not a.startswith(("width=", "model.depth="))] + ["model.depth=2"]  # the grid given by the test
 
 
-def sweep(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HYDRA_FULL_ERROR="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.run", *SWEEP, f"out_dir={out}", f"hydra.sweep.dir={out.parent / 'multirun'}", *extra],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+def sweep(cli, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The drift sweep of SWEEP into `out` (through the `cli` fixture)."""
+    proc = cli([*SWEEP, f"out_dir={out}", f"hydra.sweep.dir={out.parent / 'multirun'}", *extra], env={"HYDRA_FULL_ERROR": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 
@@ -86,9 +79,9 @@ def test_exponent_fit_recovers_a_known_exponent():
     assert np.isnan(fit_exponent([64, 64], [1.0, 2.0])["exponent"])  # not enough to fit
 
 
-def test_multirun_sweep_aggregates_and_resumes_without_duplicates(tmp_path):
+def test_multirun_sweep_aggregates_and_resumes_without_duplicates(tmp_path, cli):
     out = tmp_path / "sweep"
-    sweep(out)
+    sweep(cli, out)
     jobs = sorted(p for p in (out / "jobs").glob("*.csv") if not p.name.endswith(".theta0.csv"))
     assert len(jobs) == 4
     table = pd.read_csv(out / "table.csv")
@@ -107,7 +100,7 @@ def test_multirun_sweep_aggregates_and_resumes_without_duplicates(tmp_path):
     aggregate(out)  # a partial sweep aggregates too
     assert len(pd.read_csv(out / "table.csv")) == 3 * 3
 
-    proc = sweep(out)
+    proc = sweep(cli, out)
     assert proc.stdout.count("skip:") == 3
     after = {p.name: p.stat().st_mtime_ns for p in (out / "jobs").glob("*.csv") if not p.name.endswith(".theta0.csv")}
     assert set(after) == set(before)
@@ -117,17 +110,17 @@ def test_multirun_sweep_aggregates_and_resumes_without_duplicates(tmp_path):
     pd.testing.assert_frame_equal(resumed.drop(columns="job"), table.drop(columns="job"), check_exact=False, rtol=1e-12)
 
 
-def test_submitit_local_launcher_runs_the_sweep(tmp_path):
+def test_submitit_local_launcher_runs_the_sweep(tmp_path, cli):
     out = tmp_path / "sweep"
-    sweep(out, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "threads=1")
+    sweep(cli, out, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "threads=1")
     assert len(pd.read_csv(out / "table.csv")) == 4 * 3
 
 
-def test_joblib_launcher_runs_jobs_in_parallel_with_threads_split(tmp_path):
+def test_joblib_launcher_runs_jobs_in_parallel_with_threads_split(tmp_path, cli):
     """Two worker processes (not this one) run the four jobs, each job with half the cores' threads.
     (Whether two jobs overlap in time depends on how fast the second worker starts: not asserted.)"""
     out = tmp_path / "sweep"
-    proc = sweep(out, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    proc = sweep(cli, out, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert "Joblib" in proc.stdout + proc.stderr
     assert len(pd.read_csv(out / "table.csv")) == 4 * 3
     jobs = [OmegaConf.load(p).provenance for p in sorted((out / "jobs").glob("*.config.yaml"))]
@@ -144,14 +137,9 @@ def test_job_refuses_several_widths(compose_cfg, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_a_bad_value_anywhere_in_the_grid_runs_no_job(tmp_path):
+def test_a_bad_value_anywhere_in_the_grid_runs_no_job(tmp_path, cli):
     out = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.run", *ONE_DEPTH, "width=16,0", f"out_dir={out}", f"hydra.sweep.dir={tmp_path / 'multirun'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    proc = cli([*ONE_DEPTH, "width=16,0", f"out_dir={out}", f"hydra.sweep.dir={tmp_path / 'multirun'}"])
     assert proc.returncode == 2
     assert (
         proc.stderr.strip().splitlines()[-1].startswith("error: job #")
@@ -160,12 +148,19 @@ def test_a_bad_value_anywhere_in_the_grid_runs_no_job(tmp_path):
     assert not out.exists()  # not even the first, good job ran
 
 
-def test_a_failing_submitit_job_ends_the_sweep_with_its_error_line(tmp_path):
+def test_a_failing_submitit_job_ends_the_sweep_with_its_error_line(tmp_path, cli):
     """submitit_local: one job diverges on purpose; the command ends with its error line, the other job aggregated."""
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "experiments.run", *ONE_DEPTH, "width=16", "train.lr=1,1000000", "threads=1"]
-    cmd += [f"out_dir={out}", f"hydra.sweep.dir={tmp_path / 'multirun'}", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    args = [*ONE_DEPTH, "width=16", "train.lr=1,1000000", "threads=1"]
+    proc = cli(
+        [
+            *args,
+            f"out_dir={out}",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=5",
+        ]
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: job #1 (train.lr=1000000, job ") and "failed: gradient descent diverged" in last, last

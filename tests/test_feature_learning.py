@@ -2,9 +2,6 @@
 sweep end to end (resumable, aggregated, drawn), and the fits against known laws."""
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +28,14 @@ def test_one_job_against_an_independent_computation(compose_cfg, tmp_path):
     x, xt = prep(x_train), prep(x_test)
     y, yt = (l_train % 2 == 0).double()[:, None] * 2 - 1, (l_test % 2 == 0).double()[:, None] * 2 - 1
     net = ntk.NTKMLP(
-        784, 16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64, parameterization="mean_field", base_width=16
+        784,
+        16,
+        3,
+        activation="gelu",
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+        parameterization="mean_field",
+        base_width=16,
     )
     w0 = {k: v.detach().clone() for k, v in net.named_parameters()}
     u = {k: torch.zeros_like(v) for k, v in w0.items()}
@@ -62,12 +66,9 @@ def test_one_job_against_an_independent_computation(compose_cfg, tmp_path):
     assert row.t == pytest.approx(lr * cfg.train.steps) and not row.diverged
 
 
-def test_sweep_runs_resumes_aggregates_and_draws(tmp_path):
+def test_sweep_runs_resumes_aggregates_and_draws(tmp_path, cli):
     out = tmp_path / "fl"
     args = [
-        sys.executable,
-        "-m",
-        "experiments.run",
         "-m",
         "+exp=feature_learning",
         *[a for a in TINY if not a.startswith(("width=", "alpha="))],
@@ -79,8 +80,7 @@ def test_sweep_runs_resumes_aggregates_and_draws(tmp_path):
         f"out_dir={out}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
-    env = dict(os.environ, HYDRA_FULL_ERROR="1")
-    first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env)
+    first = cli(args, env={"HYDRA_FULL_ERROR": "1"})
     assert first.returncode == 0, first.stderr[-2000:]
     table = pd.read_csv(out / "table.csv")
     assert len(table) == 8 and set(table.parameterization) == {"ntk", "mean_field"}
@@ -93,7 +93,7 @@ def test_sweep_runs_resumes_aggregates_and_draws(tmp_path):
     assert set(pd.read_csv(out / "fits.csv").quantity) == {"kernel_change_vs_width", "kernel_change_vs_alpha", "alpha_star_vs_width"}
     for name in ("phase_diagram", "kernel_change_vs_alpha", "kernel_change_vs_width"):
         assert (out / f"{name}.png").exists(), name
-    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env)
+    again = cli(args)
     assert again.returncode == 0 and again.stdout.count("skip:") == 8  # every job found done
 
 

@@ -3,9 +3,7 @@ assembled kernel against the limit of all inputs at once in memory, predictions 
 in-memory solve, a failed tile and its rerun, and a store made with other settings refused."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data.n_train=12", "data.n_test=6", "image_size=7", "row_blocks=3", "model.depth=2", "progress=false"]
 
 
-def sweep(tmp: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "experiments.run", "-m", "+exp=kernel_tiles", *TINY, f"store={tmp}/store", f"out_dir={tmp}/out"]
-    cmd += [f"hydra.sweep.dir={tmp}/multirun", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HYDRA_FULL_ERROR="1"), timeout=600)
+def sweep(cli, tmp: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m experiments.run -m +exp=kernel_tiles` at the tiny size (through the `cli` fixture)."""
+    args = ["-m", "+exp=kernel_tiles", *TINY, f"store={tmp}/store", f"out_dir={tmp}/out", f"hydra.sweep.dir={tmp}/multirun", *extra]
+    proc = cli(args, env={"HYDRA_FULL_ERROR": "1"})
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-def test_tiles_as_jobs_assemble_the_kernel_and_predict_as_in_memory(tmp_path, compose_cfg):
-    sweep(tmp_path)  # tile=range(0,6) from the config: 3 x 3 blocks, upper triangle
+def test_tiles_as_jobs_assemble_the_kernel_and_predict_as_in_memory(tmp_path, compose_cfg, cli):
+    sweep(cli, tmp_path)  # tile=range(0,6) from the config: 3 x 3 blocks, upper triangle
     assert sorted(p.name for p in (tmp_path / "store" / "tiles").glob("*.json")) == [
         "0_0.json",
         "0_1.json",
@@ -62,30 +60,30 @@ def test_tiles_as_jobs_assemble_the_kernel_and_predict_as_in_memory(tmp_path, co
     assert (pd.read_csv(tmp_path / "out" / "timing_tiles.csv").gemm_gflops_float64 > 0).all()  # each tile's machine speed
     record = tmp_path / "store" / "tiles" / "0_1.json"  # a tile stored before the GEMM rate was kept still aggregates
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "gemm_gflops_float64"}))
-    again = sweep(tmp_path)  # everything is in the store: no tile is computed again
+    again = sweep(cli, tmp_path)  # everything is in the store: no tile is computed again
     assert again.stderr.count("tile (") == 0 and again.stdout.count("skip: tile") == 6
     assert pd.read_csv(tmp_path / "out" / "timing_tiles.csv").gemm_gflops_float64.isna().sum() == 1
 
 
-def test_a_failed_tile_ends_the_command_with_its_line_and_a_rerun_completes_it(tmp_path):
+def test_a_failed_tile_ends_the_command_with_its_line_and_a_rerun_completes_it(tmp_path, cli):
     (tmp_path / "store" / "tiles" / "1_1.npy").mkdir(parents=True)  # tile 3 cannot be written
-    proc = sweep(tmp_path, check=False)
+    proc = sweep(cli, tmp_path, check=False)
     assert proc.returncode == 2
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error:") and "1_1.npy" in last, last
     done = sorted(p.name for p in (tmp_path / "store" / "tiles").glob("*.json"))
     assert done == ["0_0.json", "0_1.json", "0_2.json"]  # the tiles before it are kept
     (tmp_path / "store" / "tiles" / "1_1.npy").rmdir()
-    rerun = sweep(tmp_path)
+    rerun = sweep(cli, tmp_path)
     assert rerun.stdout.count("skip: tile") == 3 and (tmp_path / "out" / "table.csv").exists()
 
 
-def test_a_store_made_with_other_settings_and_a_tile_out_of_range_are_refused(tmp_path):
-    sweep(tmp_path, "tile=0")
-    other = sweep(tmp_path, "tile=1", "data.n_test=7", check=False)
+def test_a_store_made_with_other_settings_and_a_tile_out_of_range_are_refused(tmp_path, cli):
+    sweep(cli, tmp_path, "tile=0")
+    other = sweep(cli, tmp_path, "tile=1", "data.n_test=7", check=False)
     assert other.returncode == 2
     assert "was made with n1=18, not 19" in other.stderr or "settings.data.n_test=6, not 7" in other.stderr, other.stderr[-500:]
-    bad = sweep(tmp_path, "tile=6", check=False)
+    bad = sweep(cli, tmp_path, "tile=6", check=False)
     assert bad.returncode == 2 and "tile must be -1 (every tile) or 0 ... 5 (row_blocks=3 gives 6 tiles), got 6" in bad.stderr
     assert sorted(p.name for p in (tmp_path / "store" / "tiles").glob("*.json")) == ["0_0.json"]
 

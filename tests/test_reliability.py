@@ -1,14 +1,10 @@
 """Determinism of every experiment, and bad input through the real command line."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from experiments.runner import experiment_names, load_experiment
-from tests.cli_server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,18 +87,6 @@ BAD = [
     ),
     (["+exp=circle_width", "train.lr=40", "model.widths=[50]", "n_seeds=1", "train.steps=50"], "error: gradient descent diverged"),
 ]
-
-
-@pytest.fixture(scope="module")
-def cli():
-    """run(args): `python -m experiments.run <args>` in a process of its own; on POSIX forked from a
-    server that imported it once (`tests.cli_server`: the imports cost ~5 s a command here)."""
-    if not hasattr(os, "fork"):
-        yield lambda args: subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=ROOT, capture_output=True, text=True)
-        return
-    server = Server()
-    yield server.run
-    server.close()
 
 
 @pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) or "no-exp" for a, _ in BAD])
