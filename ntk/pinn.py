@@ -145,7 +145,14 @@ def adaptive_weights(kernels: OperatorKernels) -> tuple[float, float]:
 
 @dataclass
 class PINNResult:
-    """The losses at every step (t = lr x step) and the weights in force at each."""
+    """The losses at every step (t = lr x step) and the weights in force at each.
+
+    Example:
+        >>> import ntk
+        >>> result = ntk.PINNResult(t=[0.0, 0.1], loss_u=[1.0, 0.5], loss_r=[2.0, 1.0], lambda_u=[1.0, 1.0], lambda_r=[1.0, 1.0])
+        >>> result.loss_u[-1] / result.loss_u[0]  # the boundary term halved by t = 0.1
+        0.5
+    """
 
     t: list[float] = field(default_factory=list)
     loss_u: list[float] = field(default_factory=list)
