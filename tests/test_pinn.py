@@ -150,3 +150,25 @@ def test_bad_training_settings_are_refused(kwargs, message):
     net, x_u, g, x_r, h = problem()
     with pytest.raises(ValueError, match=message):
         ntk.train_pinn(ntk.PINN(net, poisson, x_u, g, x_r, h), **({"lr": 1e-3, "steps": 2} | kwargs))
+
+
+def test_a_deepxde_network_gives_its_blocks(monkeypatch):
+    """The networks PINN users already have: DeepXDE's FNN (PyTorch backend) in ntk.PINN, its K_uu,
+    K_ur, K_rr against the Jacobians of u and u_xx written here."""
+    monkeypatch.setenv("DDE_BACKEND", "pytorch")  # read when deepxde is first imported
+    device, dtype = torch.get_default_device(), torch.get_default_dtype()
+    try:
+        dde = pytest.importorskip("deepxde")
+    finally:  # on a CUDA machine its import makes CUDA the default device: not for the other tests
+        torch.set_default_device(device)
+        torch.set_default_dtype(dtype)
+    torch.manual_seed(0)
+    net = dde.nn.FNN([1, 20, 20, 1], "tanh", "Glorot normal").to(F64)
+    _, x_u, g, x_r, h = problem()
+    k = ntk.PINN(net, poisson, x_u, g, x_r, h, domain=([0.0], [1.0])).kernels()
+    params = {name: p.detach() for name, p in net.named_parameters()}
+    flat = lambda j, n: torch.cat([v.reshape(n, -1) for v in j.values()], 1)  # noqa: E731
+    ju = flat(jacrev(lambda p: by_hand(net, p, x_u, x_r)[0])(params), len(x_u))
+    jr = flat(jacrev(lambda p: by_hand(net, p, x_u, x_r)[1])(params), len(x_r))
+    for block, ref in ((k.uu, ju @ ju.T), (k.ur, ju @ jr.T), (k.rr, jr @ jr.T)):
+        assert float((block - ref).norm() / ref.norm()) < 1e-10
