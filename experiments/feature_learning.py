@@ -22,7 +22,9 @@ redoes them), so an interrupted sweep resumes by running the same command. `aggr
 jobs into table.csv, fits the exponents (fits.csv: kernel change against width at alpha = 1 and
 against alpha in the lazy regime, and the crossover alpha* against width, each with its 95%
 interval), writes the crossovers (crossover.csv) and the two regimes' scores (regimes.csv: the runs
-that reached T, by kernel change below 0.03 / above 0.3), and draws the figures; `AggregateOnEnd` runs it when a Hydra multirun ends.
+that reached T, by kernel change below 0.03 / above 0.3), the lazy regime's n = inf end point
+(limit.csv: kernel gradient descent with the limiting NTK on the same digits at t = T and t = inf),
+and draws the figures; `AggregateOnEnd` runs it when a Hydra multirun ends.
 """
 
 from __future__ import annotations
@@ -45,10 +47,12 @@ from experiments.launching import threads_per_job
 from experiments.persistence import atomic_write_json, atomic_write_text, config_key, provenance, run_start
 from experiments.runner import Experiment
 from experiments.validation import check_choice, check_int, check_model_and_training, check_positive
+from ntk.analytic import limiting_kernels
 from ntk.data import MNIST_SOURCES, mnist_split
 from ntk.empirical import empirical_ntk
 from ntk.model import NTKMLP
 from ntk.parameterization import PARAMETERIZATIONS, LazyScaled
+from ntk.predict import flow_matrix
 from ntk.train import DivergenceError, gradient_descent, largest_stable_lr
 from ntk.utils import resolve_device, resolve_dtype
 
@@ -232,8 +236,39 @@ def crossover_alpha(alphas: np.ndarray, changes: np.ndarray, level: float = CROS
     return float(np.exp(a[i] + (math.log(level) - c[i]) * (a[i + 1] - a[i]) / (c[i + 1] - c[i])))
 
 
+def lazy_limit(run_dir: Path, horizon: float) -> pd.DataFrame:
+    """The lazy regime's n = inf end point on the same digits: kernel gradient descent with the NTK
+    parameterisation's limiting Theta (Jacot et al. 2018, Theorems 1 and 2) from f = 0 (where every
+    f_alpha starts), at t = `horizon` by gradient descent at the jobs' rate, and at t = inf (kernel
+    regression). The data and network settings are those of the first job's config (every job of a
+    sweep shares them); empty when no job config is there."""
+    configs = sorted((run_dir / "jobs").glob("*.config.yaml"))
+    if not configs:
+        return pd.DataFrame()
+    cfg = OmegaConf.load(configs[0]).config
+    x_train, y_train, x_test, y_test = parity_task(cfg)
+    n = len(x_train)
+    _, theta = limiting_kernels(
+        torch.cat([x_train, x_test]).double(), x_train.double(), cfg.model.depth, cfg.model.beta, cfg.model.activation
+    )
+    rows = []
+    for t, lr in ((horizon, cfg.train.lr), (math.inf, None)):
+        gain = flow_matrix(theta[:n], t, lr=lr)  # A_t, (N, N)
+        f_train, f_test = theta[:n] @ gain @ y_train, theta[n:] @ gain @ y_train
+        rows.append(
+            dict(
+                predictor="ntk_limit_gd" if lr else "ntk_limit",
+                t=t,
+                train_loss=float(0.5 * (f_train - y_train).square().sum() / n),
+                test_accuracy=float((f_test.sign() == y_test).double().mean()),
+                test_mse=float((f_test - y_test).square().mean()),
+            )
+        )
+    return pd.DataFrame(rows)
+
+
 def aggregate(run_dir: Path) -> dict[str, pd.DataFrame]:
-    """table.csv, fits.csv, crossover.csv and regimes.csv from the finished jobs, then the figures."""
+    """table.csv, fits.csv, crossover.csv, regimes.csv and limit.csv from the finished jobs, then the figures."""
     run_dir = Path(run_dir)
     table = load_jobs(run_dir / "jobs")
     ok = table[~table.diverged.astype(bool)]
@@ -277,7 +312,8 @@ def aggregate(run_dir: Path) -> dict[str, pd.DataFrame]:
         )
         .reset_index()
     )
-    out = {"table": table.drop(columns="job"), "fits": fits, "crossover": crossover, "regimes": regimes}
+    limit = lazy_limit(run_dir, float(ok.t.max()))
+    out = {"table": table.drop(columns="job"), "fits": fits, "crossover": crossover, "regimes": regimes, "limit": limit}
     for name, frame in out.items():
         atomic_write_text(run_dir / f"{name}.csv", frame.to_csv(index=False, float_format="%.8g"))
     atomic_write_json(

@@ -91,6 +91,8 @@ def test_sweep_runs_resumes_aggregates_and_draws(tmp_path, cli):
     by_alpha = table.sort_values("alpha").groupby(["parameterization", "width"]).kernel_change
     assert by_alpha.apply(lambda c: c.is_monotonic_decreasing).all()  # lazier as alpha grows
     assert set(pd.read_csv(out / "fits.csv").quantity) == {"kernel_change_vs_width", "kernel_change_vs_alpha", "alpha_star_vs_width"}
+    limit = pd.read_csv(out / "limit.csv").set_index("predictor")  # the lazy end point: n = inf, at t = T and t = inf
+    assert limit.loc["ntk_limit_gd", "t"] == table.t.max() and limit.loc["ntk_limit", "train_loss"] < 1e-12
     for name in ("phase_diagram", "kernel_change_vs_alpha", "kernel_change_vs_width"):
         assert (out / f"{name}.png").exists(), name
     again = cli(args)
