@@ -278,6 +278,8 @@ def aggregate(run_dir: Path) -> dict[str, pd.DataFrame]:
             dict(quantity="kernel_change_vs_width", parameterization=par, width=np.nan, alpha=1.0) | fit_exponent(g.width, g.kernel_change)
         )
     for (par, width), g in ok.groupby(["parameterization", "width"]):  # (b) against alpha where the run is lazy
+        if g.alpha.nunique() < 2:
+            continue
         lazy = g[(g.kernel_change < CROSSOVER) & (g.alpha >= 1.0)]
         fits.append(
             dict(quantity="kernel_change_vs_alpha", parameterization=par, width=width, alpha=np.nan)

@@ -64,7 +64,7 @@ def render(run_dir: str | Path) -> list[Path]:
                     xs = np.array([widths.min(), widths.max()])
                     first = stars.dropna()
                     ax.plot(xs, first.iloc[0] * (xs / first.index[0]) ** -0.5, "--", color="cyan", lw=1, label=r"$\propto n^{-1/2}$")
-                    ax.legend(fontsize=7, loc="lower left")
+                    ax.legend(fontsize=7, loc="upper right")
                 ax.set(xscale="log", yscale="log", xlabel="width n", ylabel=r"scale $\alpha$")
                 ax.set_title(NAMES[par], fontsize=9)
         t = ok.t.max()
