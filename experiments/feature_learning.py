@@ -189,8 +189,8 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
             test_mse=float((f - y_test).square().mean()),
             alignment=alignment(theta, y_probe),
         )
-    row |= dict(alignment_0=alignment(theta0, y_probe), lr_max=lr_max, wall_s=round(time.time() - start["started"], 2))
-    table = pd.DataFrame([row])
+    row |= dict(alignment_0=alignment(theta0, y_probe), lr_max=lr_max)
+    table = pd.DataFrame([row])  # results only: the job's wall time goes to its provenance
     prov = provenance(
         git_revision=start["git_revision"],
         device=str(device),
@@ -198,7 +198,7 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
         kernel_dtype=cfg.kernel_dtype,
         config_key=config_key(cfg),
         threads=torch.get_num_threads(),
-        wall_time_s=row["wall_s"],
+        wall_time_s=round(time.time() - start["started"], 2),
         pid=os.getpid(),
     )
     atomic_write_text(
@@ -218,6 +218,16 @@ def load_jobs(jobs: Path) -> pd.DataFrame:
     if len(newest) < len(table):
         print(f"note: {len(table) - len(newest)} older job(s) with the same parameterization, width, alpha and seed are ignored")
     return newest.sort_values(KEY, ignore_index=True)
+
+
+def job_seconds(jobs: Path, keys: set[str]) -> float:
+    """The summed wall time of the jobs `keys`, from the provenance in their config files."""
+    total = 0.0
+    for key in keys:
+        path = jobs / f"{key}.config.yaml"
+        if path.exists():
+            total += float(OmegaConf.load(path).provenance.get("wall_time_s", 0.0))
+    return total
 
 
 def crossover_alpha(alphas: np.ndarray, changes: np.ndarray, level: float = CROSSOVER) -> float:
@@ -324,7 +334,7 @@ def aggregate(run_dir: Path) -> dict[str, pd.DataFrame]:
             command=["python", "-m", "scripts.aggregate_feature_learning", f"dir={run_dir}"],
             experiment="feature_learning",
             jobs=int(len(table)),
-            wall_time_s_jobs=float(table.wall_s.sum()),
+            wall_time_s_jobs=round(job_seconds(run_dir / "jobs", set(table.job)), 2),
         ),
     )
     render("feature_learning", run_dir)
