@@ -16,8 +16,6 @@ it when a Hydra multirun ends, `python -m scripts.aggregate_drift` by hand.
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.experimental.callback import Callback
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
 from experiments.figures import render
 from experiments.fits import fit_exponent
-from experiments.launching import threads_per_job
-from experiments.persistence import atomic_write_json, atomic_write_text, config_key, provenance, run_start
+from experiments.launching import finish_sweep_job, start_sweep_job, sweep_job_paths
+from experiments.persistence import atomic_write_json, atomic_write_text, provenance
 from experiments.runner import Experiment
 from experiments.training import build_model, train
 from experiments.validation import check_int, check_model_and_training, check_odd_grid
@@ -61,23 +59,14 @@ def check_config(cfg: DictConfig) -> None:
         check_int("threads", cfg.threads)
 
 
-def job_paths(cfg: DictConfig) -> dict[str, Path]:
-    stem = Path(cfg.out_dir) / "jobs" / config_key(cfg)
-    return {"table": stem.with_suffix(".csv"), "theta0": stem.with_suffix(".theta0.csv"), "config": stem.with_suffix(".config.yaml")}
-
-
 def run(cfg: DictConfig) -> pd.DataFrame | None:
     """Run one drift job; return its table, or None when it was already done."""
     check_config(cfg)
-    paths = job_paths(cfg)
-    if paths["table"].exists() and not cfg.overwrite:
-        print(f"skip: {paths['table']} exists (overwrite=true to redo)")
+    paths = sweep_job_paths(cfg, "theta0")
+    start = start_sweep_job(cfg, paths)
+    if start is None:
         return None
-    threads = cfg.threads if cfg.threads is not None else threads_per_job()
-    if threads is not None:
-        torch.set_num_threads(threads)
     device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
-    start = run_start()
     width, depth = cfg.model.widths[0], cfg.model.depth
 
     x = gaussian_inputs(cfg.data.n_train, 2, torch.Generator().manual_seed(cfg.data.seed))
@@ -94,20 +83,7 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
 
     # Written in this order: the table marks the job as done, so it goes last.
     atomic_write_text(paths["theta0"], pd.DataFrame(key | dict(gamma=gamma.numpy(), theta0=theta0.cpu().numpy())).to_csv(index=False))
-    prov = provenance(
-        git_revision=start["git_revision"],
-        device=str(device),
-        dtype=cfg.dtype,
-        kernel_dtype=cfg.kernel_dtype,
-        config_key=config_key(cfg),
-        started_unix=round(start["started"], 3),
-        wall_time_s=round(time.time() - start["started"], 2),
-        pid=os.getpid(),
-    )
-    atomic_write_text(
-        paths["config"], OmegaConf.to_yaml(OmegaConf.create({"config": OmegaConf.to_container(cfg, resolve=True), "provenance": prov}))
-    )
-    atomic_write_text(paths["table"], table.to_csv(index=False))
+    finish_sweep_job(cfg, paths, table, start, device)
     return table
 
 

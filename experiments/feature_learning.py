@@ -30,8 +30,6 @@ and draws the figures; `AggregateOnEnd` runs it when a Hydra multirun ends.
 from __future__ import annotations
 
 import math
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +41,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from experiments.figures import render
 from experiments.fits import fit_exponent
-from experiments.launching import threads_per_job
-from experiments.persistence import atomic_write_json, atomic_write_text, config_key, provenance, run_start
+from experiments.launching import finish_sweep_job, start_sweep_job, sweep_job_paths
+from experiments.persistence import atomic_write_json, atomic_write_text, provenance
 from experiments.runner import Experiment
 from experiments.validation import check_choice, check_int, check_model_and_training, check_positive
 from ntk.analytic import limiting_kernels
@@ -96,11 +94,6 @@ def check_config(cfg: DictConfig) -> None:
         check_int("threads", cfg.threads)
 
 
-def job_paths(cfg: DictConfig) -> dict[str, Path]:
-    stem = Path(cfg.out_dir) / "jobs" / config_key(cfg)
-    return {"table": stem.with_suffix(".csv"), "config": stem.with_suffix(".config.yaml")}
-
-
 def parity_task(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_test, y_test): centred images scaled to |x|^2 = 784, targets +1 (even) / -1 (odd)."""
     d = cfg.data
@@ -144,15 +137,11 @@ def train_scaled(cfg: DictConfig, model: NTKMLP, x: torch.Tensor, y: torch.Tenso
 def run(cfg: DictConfig) -> pd.DataFrame | None:
     """Run one job; return its one-row table, or None when it was already done."""
     check_config(cfg)
-    paths = job_paths(cfg)
-    if paths["table"].exists() and not cfg.overwrite:
-        print(f"skip: {paths['table']} exists (overwrite=true to redo)")
+    paths = sweep_job_paths(cfg)
+    start = start_sweep_job(cfg, paths)
+    if start is None:
         return None
-    threads = cfg.threads if cfg.threads is not None else threads_per_job()
-    if threads is not None:
-        torch.set_num_threads(threads)
     device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
-    start = run_start()
     width = cfg.model.widths[0]
     x_train, y_train, x_test, y_test = parity_task(cfg)
     probe, y_probe = x_test[: cfg.n_probe], y_test[: cfg.n_probe]
@@ -191,20 +180,7 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
         )
     row |= dict(alignment_0=alignment(theta0, y_probe), lr_max=lr_max)
     table = pd.DataFrame([row])  # results only: the job's wall time goes to its provenance
-    prov = provenance(
-        git_revision=start["git_revision"],
-        device=str(device),
-        dtype=cfg.dtype,
-        kernel_dtype=cfg.kernel_dtype,
-        config_key=config_key(cfg),
-        threads=torch.get_num_threads(),
-        wall_time_s=round(time.time() - start["started"], 2),
-        pid=os.getpid(),
-    )
-    atomic_write_text(
-        paths["config"], OmegaConf.to_yaml(OmegaConf.create({"config": OmegaConf.to_container(cfg, resolve=True), "provenance": prov}))
-    )
-    atomic_write_text(paths["table"], table.to_csv(index=False))  # last: it marks the job as done
+    finish_sweep_job(cfg, paths, table, start, device)
     return table
 
 

@@ -26,10 +26,16 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import cli
+from experiments.persistence import atomic_write_text, config_key, provenance, run_start
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 POLL_S = 2.0  # seconds between looks at the jobs
 GRACE_S = 10.0  # a job that left the queue without a result file: how long the file may lag (shared file systems)
@@ -315,3 +321,43 @@ def threads_per_job() -> int | None:
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores // (jobs if jobs > 0 else cores))
+
+
+def sweep_job_paths(cfg: DictConfig, *extra: str) -> dict[str, Path]:
+    """The files of one job of a sweep (drift_sweep, feature_learning): out_dir/jobs/<config key>.csv
+    (its table, written last: it marks the job as done), .config.yaml (resolved config and
+    provenance), and .<name>.csv for every extra table name."""
+    stem = Path(cfg.out_dir) / "jobs" / config_key(cfg)
+    paths = {"table": stem.with_suffix(".csv"), "config": stem.with_suffix(".config.yaml")}
+    return paths | {name: stem.with_suffix(f".{name}.csv") for name in extra}
+
+
+def start_sweep_job(cfg: DictConfig, paths: dict[str, Path]) -> dict | None:
+    """None (and a line saying so) when the job's table exists and cfg.overwrite is off; else set the
+    torch threads (cfg.threads, or cores / n_jobs under the joblib launcher) and return `run_start()`."""
+    if paths["table"].exists() and not cfg.overwrite:
+        print(f"skip: {paths['table']} exists (overwrite=true to redo)")
+        return None
+    threads = cfg.threads if cfg.threads is not None else threads_per_job()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return run_start()
+
+
+def finish_sweep_job(cfg: DictConfig, paths: dict[str, Path], table: pd.DataFrame, start: dict, device: torch.device) -> None:
+    """Write the job's config with its provenance, then its table (the completion mark), atomically."""
+    prov = provenance(
+        git_revision=start["git_revision"],
+        device=str(device),
+        dtype=cfg.dtype,
+        kernel_dtype=cfg.kernel_dtype,
+        config_key=config_key(cfg),
+        threads=torch.get_num_threads(),
+        started_unix=round(start["started"], 3),
+        wall_time_s=round(time.time() - start["started"], 2),
+        pid=os.getpid(),
+    )
+    atomic_write_text(
+        paths["config"], OmegaConf.to_yaml(OmegaConf.create({"config": OmegaConf.to_container(cfg, resolve=True), "provenance": prov}))
+    )
+    atomic_write_text(paths["table"], table.to_csv(index=False))

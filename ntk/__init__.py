@@ -28,9 +28,9 @@ from ntk.limits import limiting_kernels, model_limiting_kernels
 from ntk.memory import NTKMemoryError, available_memory, parse_bytes
 from ntk.methods import METHODS, KernelMethod, flop_counts
 from ntk.model import NTKMLP, NTKDense
-from ntk.operators import OperatorKernels, OperatorModel, operator_ntk
+from ntk.operators import OperatorKernels, OperatorModel, operator_ntk, operator_values
 from ntk.parameterization import PARAMETERIZATIONS, LazyScaled, kernel_rates, layer_scales
-from ntk.pinn import PINN, PINNResult, adaptive_weights, operator_values, train_pinn
+from ntk.pinn import PINN, PINNResult, adaptive_weights, train_pinn
 from ntk.planning import memory_estimate, plan_method
 from ntk.predict import (
     flow_matrix,

@@ -42,6 +42,35 @@ Tensor = torch.Tensor
 Operator = Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]
 
 
+def point_function(net: nn.Module) -> Callable[[Tensor], Tensor]:
+    """u as a function of one point: (d,) -> a scalar, for operators written with torch.func."""
+    return lambda point: net(point.unsqueeze(0)).reshape(())
+
+
+def residual_at(operator: Operator, u: Callable[[Tensor], Tensor], point: Tensor) -> Tensor:
+    """operator(u, point) as a scalar; refused in one line unless it is one number per point."""
+    residual = operator(u, point)
+    if residual.numel() != 1:
+        raise ValueError(
+            f"the operator must return one number per point (a residual (N, 1) in all), got shape {tuple(residual.shape)} per point"
+        )
+    return residual.reshape(())
+
+
+def operator_values(net: nn.Module, operator: Operator, x: Tensor) -> Tensor:
+    """The residual operator(u, x_j) at every point of x (N, d): (N, 1), differentiable in the parameters.
+
+    Example:
+        >>> import torch
+        >>> from torch.func import hessian
+        >>> net = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        >>> operator_values(net, lambda u, x: hessian(u)(x)[0, 0], torch.rand(5, 1)).shape  # u_xx at 5 points
+        torch.Size([5, 1])
+    """
+    u = point_function(net)
+    return vmap(lambda point: residual_at(operator, u, point))(x)[:, None]
+
+
 class OperatorModel(nn.Module):
     """u and a differential operator of it, as one module of tagged points.
 
@@ -70,15 +99,10 @@ class OperatorModel(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         tag, x = z[:, :1], z[:, 1:]  # (N, 1), (N, d)
-
-        def u(point: Tensor) -> Tensor:  # one point (d,) -> a scalar
-            return self.net(point.unsqueeze(0)).reshape(())
+        u = point_function(self.net)
 
         def both(point: Tensor) -> tuple[Tensor, Tensor]:
-            residual = self.operator(u, point)
-            if residual.numel() != 1:
-                raise ValueError(f"the operator must return one number per point, got shape {tuple(residual.shape)}")
-            return u(point), residual.reshape(())
+            return u(point), residual_at(self.operator, u, point)
 
         values, residuals = vmap(both)(x)  # (N,), (N,)
         return torch.where(tag > 0.5, residuals[:, None], values[:, None])

@@ -26,36 +26,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.func import vmap
 
-from ntk.operators import Operator, OperatorKernels, operator_ntk
+from ntk.operators import Operator, OperatorKernels, operator_ntk, operator_values
 
 Tensor = torch.Tensor
-
-
-def operator_values(net: nn.Module, operator: Operator, x: Tensor) -> Tensor:
-    """The residual operator(u, x_j) at every point of x (N, d): (N, 1), differentiable in the parameters.
-
-    Example:
-        >>> import torch
-        >>> from torch.func import hessian
-        >>> net = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-        >>> operator_values(net, lambda u, x: hessian(u)(x)[0, 0], torch.rand(5, 1)).shape  # u_xx at 5 points
-        torch.Size([5, 1])
-    """
-
-    def u(point: Tensor) -> Tensor:  # one point (d,) -> a scalar
-        return net(point.unsqueeze(0)).reshape(())
-
-    def one(point: Tensor) -> Tensor:
-        residual = operator(u, point)
-        if residual.numel() != 1:
-            raise ValueError(
-                f"the operator must return one number per point (a residual (N, 1) in all), got shape {tuple(residual.shape)} per point"
-            )
-        return residual.reshape(())
-
-    return vmap(one)(x)[:, None]
 
 
 class PINN:

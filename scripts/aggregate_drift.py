@@ -11,20 +11,9 @@ spread.csv and the figures atomically.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from experiments.drift_sweep import aggregate
-from scripts.common import parse_kv
-
-
-def main(argv: list[str]) -> None:
-    args = parse_kv(argv, dict(dir="results/drift_sweep"))
-    try:
-        out = aggregate(Path(args["dir"]))
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
-    print(out["fits"].to_string(index=False))
-
+from scripts.common import aggregate_sweep
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    aggregate_sweep(aggregate, "results/drift_sweep", sys.argv[1:])

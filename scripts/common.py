@@ -115,3 +115,15 @@ def calls_per_round(min_time: float, seconds: float) -> int:
 def spread(times: list[float]) -> dict[str, float]:
     """Median, min and max of a list of times (the columns every comparing benchmark reports)."""
     return dict(median_s=float(np.median(times)), min_s=float(min(times)), max_s=float(max(times)), rounds=len(times))
+
+
+def aggregate_sweep(aggregate, default_dir: str, argv: list[str]) -> None:
+    """`python -m scripts.aggregate_<sweep> [dir=...]`: run a sweep's `aggregate(run_dir)` on its
+    finished jobs (also a half-finished sweep) and print its fits; a directory without jobs is a
+    one-line error."""
+    args = parse_kv(argv, dict(dir=default_dir))
+    try:
+        out = aggregate(Path(args["dir"]))
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
+    print(out["fits"].to_string(index=False))
