@@ -56,7 +56,7 @@ from ntk.analytic import gaussian_expectations
 from ntk.analytic import limiting_kernels as mlp_limiting_kernels
 from ntk.blocks import AvgPool, Conv, Dense, Elementwise, Flatten, GlobalAvgPool, Residual
 from ntk.fused import AUTO_NUMBERS, MODES, activation_step, affine_step, default_mode, fusible, patch_products_step, pool_step
-from ntk.memory import NTKMemoryError, available_memory, fmt_bytes
+from ntk.memory import NTKMemoryError, available_memory, fmt_bytes, reuse_freed_memory
 from ntk.model import NTKMLP
 
 Tensor = torch.Tensor
@@ -233,26 +233,35 @@ def _window_mean(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], pa
     return total * (1.0 / math.prod(kernel))
 
 
-def _window_mean_phased(t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
-    """A[K] of a stride-s convolution from K on its sublattice (P, *s, *sub, *sub) (`_State.phased`):
-    output t reads input s t + o - p at both positions, phase a = (o - p) mod s, index t + q on that
-    phase's grid, q = (o - p) // s; every phase's grid zero-padded so that each offset is one contiguous
-    slice of the output's size; (P, *sp_out, *sp_out)."""
+def _window_mean_phased(
+    t: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...], out_phase: tuple[int, ...] = ()
+) -> Tensor:
+    """A[K] of a stride-s convolution from K on its sublattice (P, *S, *sub, *sub) (`_State.phased`), S = s m:
+    the output on its own sublattice of m (P, *m, *sub_out, *sub_out), or on all its pairs (P, *sp_out,
+    *sp_out) for m = 1 (`out_phase` = ()). Output t = m u + b reads input s t + o - p = S u + v at both
+    positions, v = s b + o - p: phase v mod S, index u + v // S on that phase's grid; every phase's grid
+    zero-padded so that each (b, o) is one contiguous slice of the output's size."""
     d = len(kernel)
+    m = out_phase or (1,) * d
     sub = t.shape[1 + d : 1 + 2 * d]
-    out_sizes = [(n * s + 2 * p - k) // s + 1 for n, k, s, p in zip(sub, kernel, stride, padding)]
-    shifts = [[(o - p) // s for o in range(k)] for k, s, p in zip(kernel, stride, padding)]
+    big = [s * q for s, q in zip(stride, m)]
+    out_sub = [((n * S + 2 * p - k) // s + 1) // q for n, S, k, s, p, q in zip(sub, big, kernel, stride, padding, m)]
+    shifts = [[(s * b + o - p) // S for b in range(q) for o in range(k)] for k, s, p, q, S in zip(kernel, stride, padding, m, big)]
     low = [max(0, -min(q)) for q in shifts]
-    high = [max(0, m - 1 + max(q) - (n - 1)) for q, m, n in zip(shifts, out_sizes, sub)]
+    high = [max(0, u - 1 + max(q) - (n - 1)) for q, u, n in zip(shifts, out_sub, sub)]
     pad = [x for lo, hi in zip(reversed(low), reversed(high)) for x in (lo, hi)] * 2
     padded = F.pad(t, pad) if any(pad) else t
-    total = None
-    for offset in itertools.product(*[range(k) for k in kernel]):
-        phases = [(o - p) % s for o, s, p in zip(offset, stride, padding)]
-        at = [slice(lo + (o - p) // s, lo + (o - p) // s + m) for o, s, p, lo, m in zip(offset, stride, padding, low, out_sizes)]
-        part = padded[(slice(None), *phases, *at, *at)]
-        total = part if total is None else total + part
-    return total * (1.0 / math.prod(kernel))
+    phases = []
+    for b in itertools.product(*map(range, m)):
+        total = None
+        for offset in itertools.product(*[range(k) for k in kernel]):
+            v = [s * bb + o - p for s, bb, o, p in zip(stride, b, offset, padding)]
+            at = [slice(lo + w // S, lo + w // S + u) for w, S, lo, u in zip(v, big, low, out_sub)]
+            part = padded[(slice(None), *[w % S for w, S in zip(v, big)], *at, *at)]
+            total = part if total is None else total + part
+        phases.append(total)
+    out = phases[0] if not out_phase else torch.stack(phases, 1).reshape(t.shape[0], *m, *out_sub, *out_sub)
+    return out * (1.0 / math.prod(kernel))
 
 
 def _first_conv(module: Conv, state: _State, phase: tuple[int, ...] = (), fuse: bool = False) -> _State:
@@ -329,7 +338,7 @@ class _Run:
                 needs.append(need)
                 need = _need_in(child, need)
             needs.reverse()
-            phases = _sublattices(children, needs)
+            phases = _sublattices(children, needs, state.spatial)
             for child, need, phase in zip(children, needs, phases):
                 state = self.run(child, state, need, phase)
                 if state.layout == FULL and need <= DIAG:
@@ -368,19 +377,22 @@ class _Run:
             if state.raw is not None:
                 return _first_conv(module, state, phase, self.fuse)
             geometry = (module.kernel_size, module.stride, module.padding)
+            out_phase: tuple[int, ...] = ()
             if state.phase:
-                if state.phase != module.stride:
+                if any(S % s for S, s in zip(state.phase, module.stride)):
                     raise AssertionError(f"a kernel on the sublattice {state.phase} met a convolution of stride {module.stride}")
-                mean = lambda t: _window_mean_phased(t, *geometry)  # noqa: E731
+                out_phase = tuple(S // s for S, s in zip(state.phase, module.stride))
+                out_phase = () if all(q == 1 for q in out_phase) else out_phase
+                mean = lambda t: _window_mean_phased(t, *geometry, out_phase)  # noqa: E731
             else:
                 copies = 2 if state.layout == FULL else 1
                 mean = lambda t: _window_mean(t, *geometry, copies)  # noqa: E731
-            key = ("conv", state.layout, bool(state.phase), *geometry)
+            key = ("conv", state.layout, state.phase, out_phase, *geometry)
             nngp, ntk = affine_step(key, mean, module.sigma_w, module.beta)(self.fuse, state.nngp, state.ntk)
             spatial = tuple(
                 (n + 2 * p - k) // s + 1 for n, k, s, p in zip(state.spatial, module.kernel_size, module.stride, module.padding)
             )
-            return _State(nngp, ntk, state.layout, spatial, gaussian=True)
+            return _State(nngp, ntk, state.layout, spatial, gaussian=True, phase=out_phase)
         if isinstance(module, Elementwise):
             return self.activation(module, state)
         if isinstance(module, AvgPool):
@@ -516,6 +528,8 @@ def model_limiting_kernels(
     if x2 is not None and x2.shape[1:] != x1.shape[1:]:
         raise ValueError(f"x1 and x2 have different input shapes: {tuple(x1.shape[1:])} and {tuple(x2.shape[1:])} per input")
     _probe(model, x1[:1])
+    if x1.device.type == "cpu":
+        reuse_freed_memory()  # the chunks' arrays reused, not faulted in again (`ntk.memory`)
     x1 = x1.to(dtype)
     xs2 = x1 if x2 is None else x2.to(dtype)
     maps: dict[int, Callable] = {}
@@ -583,19 +597,45 @@ def model_limiting_kernels(
     return nngp, ntk
 
 
-def _sublattices(children: list[nn.Module], needs: list[int]) -> list[tuple[int, ...]]:
-    """Per block of a composition, the sublattice its output is kept on: the stride of the convolution
-    it feeds through activations only (a stride-s convolution reads only the position pairs equal
-    modulo s, Arora et al. 2019's recursion at stride s), where that convolution's output is needed
-    at all position pairs (FULL) and its stride exceeds 1 in every dimension; () elsewhere."""
+def _spatial_after(module: nn.Module, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """A block's output positions for input positions `spatial` (() once they are gone)."""
+    if _composite(module):
+        for child in _children(module):
+            spatial = _spatial_after(child, spatial)
+        return spatial
+    if isinstance(module, Conv) and len(spatial) == module.dims:
+        return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(spatial, module.kernel_size, module.stride, module.padding))
+    if isinstance(module, AvgPool) and len(spatial) == len(module.kernel_size):
+        return tuple((n - k) // s + 1 for n, k, s in zip(spatial, module.kernel_size, module.stride))
+    if isinstance(module, (Elementwise, Residual)):
+        return spatial
+    return ()
+
+
+def _sublattices(children: list[nn.Module], needs: list[int], spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Per block of a composition, the sublattice its output is kept on. A stride-s convolution reads only
+    the position pairs equal modulo s (Arora et al. 2019's recursion at stride s); if its own output is
+    kept on the pairs equal modulo m, it reads only input pairs equal modulo s m. The blocks feeding it
+    through activations only are kept on that sublattice where the sizes are multiples of it (else of
+    s; else all pairs), for every convolution whose output is needed at all position pairs (FULL) with
+    stride above 1 in every dimension; () elsewhere."""
+    sizes = [spatial]
+    for child in children:
+        sizes.append(_spatial_after(child, sizes[-1]))
     out: list[tuple[int, ...]] = [()] * len(children)
-    for c, child in enumerate(children):
-        if isinstance(child, Conv) and needs[c] == FULL and all(s > 1 for s in child.stride):
-            below = c - 1
-            while below > 0 and isinstance(children[below], Elementwise):
-                below -= 1
-            for k in range(max(below, 0), c):
-                out[k] = tuple(child.stride)
+    for c in reversed(range(len(children))):
+        child, n_in, n_out = children[c], sizes[c], sizes[c + 1]
+        if not (isinstance(child, Conv) and needs[c] == FULL and all(s > 1 for s in child.stride) and len(n_in) == child.dims):
+            continue
+        m = out[c] or (1,) * child.dims
+        joint = tuple(s * q for s, q in zip(child.stride, m))
+        if any(n % S for n, S in zip(n_in, joint)) or any(n % q for n, q in zip(n_out, m)):
+            joint = tuple(child.stride)  # its output formed on all pairs, then cut to its own sublattice
+        below = c - 1
+        while below > 0 and isinstance(children[below], Elementwise):
+            below -= 1
+        for k in range(max(below, 0), c):
+            out[k] = joint
     return out
 
 

@@ -3,6 +3,9 @@ neural-tangents' stax (golden values), the MLP recursion of ntk.analytic, and Mo
 finite networks of the same modules."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,6 +159,8 @@ def _sublattice_models():
     return {
         "ntkcnn": (ntk.NTKCNN(1, 1, 3, generator=g), (1, 12, 12)),
         "odd size": (ntk.NTKCNN(2, 1, 3, generator=g), (2, 11, 11)),  # 11 is no multiple of 2: all pairs there
+        "three strides, modulo 8": (ntk.NTKCNN(1, 1, 4, generator=g), (1, 16, 16)),  # first layer: pairs equal modulo 8
+        "mixed, modulo 4 then 2": (ntk.NTKCNN(1, 1, 4, generator=g), (1, 20, 20)),  # 5 x 5 before the last: no sublattice there
         "1-D, erf": (
             nn.Sequential(
                 Conv(2, 1, 3, padding=1, dims=1, generator=g),
@@ -199,7 +204,8 @@ def _sublattice_models():
 @pytest.mark.parametrize("name", list(_sublattice_models()))
 def test_a_strided_convolution_reads_its_sublattice_only_and_the_kernels_do_not_change(name, monkeypatch):
     """Below a stride-s convolution the recursion keeps only the position pairs equal modulo s (a quarter
-    of them at stride 2 in 2-D): the kernels equal those of the recursion over all pairs."""
+    of them at stride 2 in 2-D), modulo s m below a convolution kept modulo m itself: the kernels equal
+    those of the recursion over all pairs."""
     import ntk.limits as limits
 
     model, shape = _sublattice_models()[name]
@@ -211,7 +217,10 @@ def test_a_strided_convolution_reads_its_sublattice_only_and_the_kernels_do_not_
     sub = [limits.model_limiting_kernels(model, x1, compile="off"), limits.model_limiting_kernels(model, x1, x2, compile="off")]
     assert read  # the sublattice was used where the sizes allow: for 11 x 11, only below the last convolution (6 x 6)
     assert name != "odd size" or {t[-1] for t in read} == {3}
-    monkeypatch.setattr(limits, "_sublattices", lambda children, needs: [()] * len(children))
+    # a convolution whose output is itself kept modulo m reads its input modulo s m (the first layer's pairs)
+    first = {"ntkcnn": (4, 4), "three strides, modulo 8": (8, 8), "mixed, modulo 4 then 2": (4, 4)}
+    assert name not in first or read[0][1:3] == first[name]
+    monkeypatch.setattr(limits, "_sublattices", lambda children, needs, spatial: [()] * len(children))
     every = [limits.model_limiting_kernels(model, x1, compile="off"), limits.model_limiting_kernels(model, x1, x2, compile="off")]
     for a, b in zip(sub, every):
         assert rel_fro(a[0], b[0]) < 1e-13 and rel_fro(a[1], b[1]) < 1e-13
@@ -271,3 +280,27 @@ def test_a_block_model_trains_and_gives_its_empirical_kernel():
     lr = 0.5 * ntk.largest_stable_lr(model, x)
     result = ntk.gradient_descent(model, x, y, lr=lr, steps=100)
     assert result.loss[-1] < 0.5 * result.loss[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_chunks_are_reused_instead_of_faulted_in_again():
+    """`ntk.memory.reuse_freed_memory`: freed 8 MB arrays (a chunk's, four at a time) are reused by the next
+    ones, counted by the process's minor page faults (2048 per fresh 8 MB array of 4 kB pages; glibc's own
+    thresholds return the four to the system); NTK_REUSE_MEMORY=0 opts out."""
+    code = (
+        "import resource, torch, ntk.memory as m\n"
+        "on = m.reuse_freed_memory()\n"
+        "torch.ones(2**20, dtype=torch.float64)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(20):\n"
+        "    held = [torch.ones(2**20, dtype=torch.float64) for _ in range(4)]\n"
+        "    del held\n"
+        "print(on, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 80)\n"
+    )
+    faults = {}
+    for setting in ("1", "0"):
+        env = {**os.environ, "NTK_REUSE_MEMORY": setting}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+        assert out[0] == str(setting == "1")
+        faults[setting] = float(out[1])
+    assert faults["1"] < 500 and faults["0"] > 1500, faults
