@@ -20,7 +20,7 @@ every round the worker computes its kernels on request and this process computes
 other, the order reversed every other round. Reported: medians with min and max, the speed-up as the
 median of per-round ratios (compiled and eager), milliseconds per pair of inputs (N (N + 1) / 2
 pairs), the FLOPs of one call by formula (`cntk_flops`: the all-pairs count, the same for both; ours
-does a quarter of the first layer's, `ntk.limits`' sublattice) and each side's rate, a float64 GEMM
+does a sixteenth of the first layer's, `ntk.limits`' sublattices) and each side's rate, a float64 GEMM
 rate of this process for scale, and each process's peak resident memory.
 Writes results/bench/cnn_limits.csv and .md.
 """
