@@ -3,9 +3,9 @@ against trained CNNs of growing width (Arora et al. 2019, "On exact computation 
 wide neural net"; Novak et al. 2019).
 
 The digits (`data.n_train` for training, `data.n_test` disjoint ones for testing) are standardised
-per image and average-pooled to `image_size` x `image_size` (28 -> 14 by default: the kernel with
-global average pooling costs S^2 numbers per pair of digits, so halving the side makes it 16x
-cheaper; `scale_check` measures what that changes, on kernels cheap enough at both sizes). Targets
+per image, at full resolution (`image_size` 28) or average-pooled to 14 x 14 or 7 x 7 (the kernel
+with global average pooling costs S^2 numbers per pair of digits, so halving the side makes it 16x
+cheaper; `scale_check` measures what 14 x 14 changes, on kernels cheap enough at both sizes). Targets
 are e_k - 0.1 over the 10 classes. Kernels, all exact and in float64 (`ntk.limiting_kernels`):
 
   - cntk_gap:      NTKCNN's architecture (model.depth 3 x 3 convolutions at strides 1, 2, 2, ReLU,
@@ -162,8 +162,8 @@ def prepare(cfg: DictConfig) -> Shared:
 
 
 def scale_check(cfg: DictConfig) -> pd.DataFrame:
-    """What average pooling the digits to image_size changes, on the first scale_check_n digits of each
-    split: the flatten CNTK and the MLP kernel (cheap at 28 x 28 too) at image_size and at 28."""
+    """What average pooling the digits changes, on the first scale_check_n digits of each split: the
+    flatten CNTK and the MLP kernel (cheap at 28 x 28 too) at 14 x 14, at 28 x 28 and at image_size."""
     n = cfg.scale_check_n
     if n == 0:
         return pd.DataFrame(columns=["kernel", "image_size", "predictor", "test_mse", "test_accuracy"])
@@ -172,7 +172,7 @@ def scale_check(cfg: DictConfig) -> pd.DataFrame:
     y_train = F.one_hot(l_train, CLASSES).double() - 1.0 / CLASSES
     y_test = F.one_hot(l_test, CLASSES).double() - 1.0 / CLASSES
     rows = []
-    for size in sorted({cfg.image_size, 28}):
+    for size in sorted({cfg.image_size, 14, 28}):
         a, b = images(x_train, size), images(x_test, size)
         sub = cfg.copy()
         sub.image_size = size
