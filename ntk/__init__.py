@@ -30,7 +30,7 @@ from ntk.methods import METHODS, KernelMethod, flop_counts
 from ntk.model import NTKMLP, NTKDense
 from ntk.operators import OperatorKernels, OperatorModel, operator_ntk, operator_values
 from ntk.parameterization import PARAMETERIZATIONS, LazyScaled, kernel_rates, layer_scales
-from ntk.pinn import PINN, PINNResult, adaptive_weights, train_pinn
+from ntk.pinn import PINN, PINNResult, adaptive_weights, kernel_matrix, shallow_mean_features, shallow_mean_kernels, train_pinn
 from ntk.planning import memory_estimate, plan_method
 from ntk.predict import (
     flow_matrix,
@@ -77,6 +77,9 @@ __all__ = [
     "PINN",
     "PINNResult",
     "train_pinn",
+    "shallow_mean_kernels",
+    "shallow_mean_features",
+    "kernel_matrix",
     "adaptive_weights",
     "operator_values",
     "layerwise_factors",

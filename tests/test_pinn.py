@@ -9,6 +9,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 import ntk
+from tests.conftest import rel_fro
 
 F64 = torch.float64
 
@@ -172,3 +173,85 @@ def test_a_deepxde_network_gives_its_blocks(monkeypatch):
     jr = flat(jacrev(lambda p: by_hand(net, p, x_u, x_r)[1])(params), len(x_r))
     for block, ref in ((k.uu, ju @ ju.T), (k.ur, ju @ jr.T), (k.rr, jr @ jr.T)):
         assert float((block - ref).norm() / ref.norm()) < 1e-10
+
+
+def shallow(width, seed):
+    """One tanh layer in Wang et al.'s initialisation: weights N(0, 1/fan_in), biases N(0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(1, width), nn.Tanh(), nn.Linear(width, 1)).to(F64)
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen, dtype=F64) / math.sqrt(layer.in_features))
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen, dtype=F64))
+    return net
+
+
+def test_the_mean_operator_kernel_is_the_mean_of_the_empirical_blocks():
+    """`shallow_mean_kernels` against Monte Carlo: the blocks of 160 networks of width 32 (torch.func
+    Jacobians through `operator_ntk`) average to it within 4.5 standard errors at every entry, and the
+    distance of one network's blocks to it falls with the width (n^-1/2: 8x the width, under half)."""
+    x_u = torch.tensor([[-1.5], [1.7]], dtype=F64)
+    x_r = torch.linspace(-1.6, 1.6, 5, dtype=F64)[:, None]
+    mean = ntk.shallow_mean_kernels(poisson, x_u, x_r, width=32)
+    draws = [ntk.operator_ntk(shallow(32, seed), poisson, x_u, x_r, method="jacobian") for seed in range(160)]
+    for block in range(3):
+        stack = torch.stack([k[block] for k in draws])
+        z = (stack.mean(0) - mean[block]).abs() / (stack.std(0) / math.sqrt(len(draws)))
+        assert z.max() < 4.5, (block, z.max())
+    far = []
+    for width in (64, 512):
+        mean_n = ntk.shallow_mean_kernels(poisson, x_u, x_r, width=width).full()
+        far.append(
+            sum(rel_fro(ntk.operator_ntk(shallow(width, s), poisson, x_u, x_r, method="jacobian").full(), mean_n) for s in range(4)) / 4
+        )
+    assert far[1] < 0.5 * far[0], far
+
+
+def test_the_mean_kernel_quadrature_against_scipy():
+    """One entry of each block against scipy's adaptive quadrature over (w, b) ~ N(0, I) of the integrands
+    written by hand (tanh's derivatives in closed form: the fourth x-x' derivative of K_rr by the
+    product rule), so neither torch.func nor the trapezoidal rule is involved."""
+    from scipy import integrate
+
+    n, x, y = 50, 0.4, -1.3
+    t = math.tanh
+    d1 = lambda z: 1 - t(z) ** 2  # noqa: E731
+    d2 = lambda z: -2 * t(z) * d1(z)  # noqa: E731
+    d3 = lambda z: -2 * d1(z) ** 2 + 4 * t(z) ** 2 * d1(z)  # noqa: E731
+
+    def expect(f):
+        density = lambda w, b: math.exp(-(w * w + b * b) / 2) / (2 * math.pi)  # noqa: E731
+        return integrate.dblquad(lambda b, w: f(w, b) * density(w, b), -12, 12, -12, 12, epsabs=1e-11, epsrel=1e-11)[0]
+
+    uu = n * expect(lambda w, b: t(w * x + b) * t(w * y + b)) + 1 + expect(lambda w, b: d1(w * x + b) * d1(w * y + b)) * (x * y + 1)
+    ur = n * expect(lambda w, b: t(w * x + b) * w**2 * d2(w * y + b)) + expect(
+        lambda w, b: d1(w * x + b) * (x * (2 * w * d2(w * y + b) + y * w**2 * d3(w * y + b)) + w**2 * d3(w * y + b))
+    )
+    rr = n * expect(lambda w, b: w**4 * d2(w * x + b) * d2(w * y + b)) + expect(
+        lambda w, b: (2 * w * d2(w * x + b) + x * w**2 * d3(w * x + b)) * (2 * w * d2(w * y + b) + y * w**2 * d3(w * y + b))
+        + w**4 * d3(w * x + b) * d3(w * y + b)
+    )
+    both = torch.tensor([[x], [y]], dtype=F64)
+    k = ntk.shallow_mean_kernels(poisson, both, both, width=n)  # entries [0, 1]: (x, y)
+    for got, want in ((k.uu, uu), (k.ur, ur), (k.rr, rr)):
+        assert abs(got[0, 1].item() - want) < 1e-8 * abs(want), (got[0, 1].item(), want)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: ntk.shallow_mean_features(16, activation="relu"),
+            r"activation must be one of tanh, erf \(a smooth Gaussian map\), got 'relu'",
+        ),
+        (lambda: ntk.shallow_mean_features(0), r"width must be an integer >= 1, got 0"),
+        (
+            lambda: ntk.kernel_matrix(ntk.shallow_mean_features(4), torch.zeros(2, 1), torch.zeros(2, 1), apply=(True, False)),
+            r"pass operator=",
+        ),
+        (lambda: ntk.shallow_mean_kernels(poisson, torch.zeros(2), torch.zeros(2, 1), 4), r"x_u and x_r must be points \(N, d\)"),
+    ],
+)
+def test_bad_mean_kernel_requests_are_refused_in_one_line(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
