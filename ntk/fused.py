@@ -41,7 +41,7 @@ import torch
 MODES = ("auto", "on", "off")
 RECOMPILE_LIMIT = 64  # shapes one step may be compiled for (one per layer shape and rank; the chunk size is dynamic)
 AUTO_NUMBERS = 3e9  # entries x blocks above which "auto" compiles: ~30 s of eager work on a 2-core CPU, a cold compilation's cost
-_STATS: dict[str, object] = {"compile_s": 0.0, "compiled_calls": 0, "calls": 0, "fallbacks": {}}
+_STATS: dict[str, object] = {"compile_s": 0.0, "compiled_calls": 0, "calls": 0, "fallbacks": {}, "steps": {}}
 
 
 def default_mode() -> str:
@@ -54,12 +54,36 @@ def default_mode() -> str:
 
 def compile_stats() -> dict[str, object]:
     """Seconds spent in calls that compiled (compilation and that one run), their count, all fused
-    calls, and the steps that fell back to eager with the reason."""
-    return {**_STATS, "fallbacks": dict(_STATS["fallbacks"])}
+    calls, the steps that fell back to eager with the reason, and per step (`steps`, by name) the calls
+    that did not compile: calls, seconds, bytes read (distinct arrays), bytes written, entries written."""
+    steps = {name: dict(row) for name, row in _STATS["steps"].items()}
+    return {**_STATS, "fallbacks": dict(_STATS["fallbacks"]), "steps": steps}
 
 
 def reset_stats() -> None:
-    _STATS.update(compile_s=0.0, compiled_calls=0, calls=0, fallbacks={})
+    _STATS.update(compile_s=0.0, compiled_calls=0, calls=0, fallbacks={}, steps={})
+
+
+def _tensors(items) -> list[torch.Tensor]:
+    out = []
+    for item in items if isinstance(items, (tuple, list)) else (items,):
+        if isinstance(item, torch.Tensor):
+            out.append(item)
+    return out
+
+
+def _account(name: str, args: tuple, out, seconds: float) -> None:
+    """Add one call of step `name` to its row of `compile_stats()["steps"]`, keyed by the name and the
+    shape of one pair's output (so that layers sharing a step are told apart)."""
+    written = _tensors(out)
+    shape = tuple(written[0].shape[1:]) if written else ()
+    row = _STATS["steps"].setdefault(f"{name} -> {shape}", dict(calls=0, seconds=0.0, bytes_read=0, bytes_written=0, entries=0))
+    read = {t.data_ptr(): t.numel() * t.element_size() for t in _tensors(args)}  # arrays shared by two arguments once
+    row["calls"] += 1
+    row["seconds"] += seconds
+    row["bytes_read"] += sum(read.values())
+    row["bytes_written"] += sum(t.numel() * t.element_size() for t in written)
+    row["entries"] += max((t.numel() for t in written), default=0)
 
 
 def _graphs() -> int:
@@ -78,7 +102,10 @@ class Fused:
 
     def __call__(self, enabled: bool, *args):
         if not enabled or self.failed:
-            return self.fn(*args)
+            start = time.perf_counter()
+            out = self.fn(*args)
+            _account(self.name + " (eager)", args, out, time.perf_counter() - start)
+            return out
         _STATS["calls"] += 1
         if self.compiled is None:
             self.compiled = torch.compile(self.fn, dynamic=False, fullgraph=True)
@@ -98,6 +125,8 @@ class Fused:
         if _graphs() > before:
             _STATS["compile_s"] += time.perf_counter() - start
             _STATS["compiled_calls"] += 1
+        else:
+            _account(self.name, args, out, time.perf_counter() - start)
         return out
 
 

@@ -432,11 +432,7 @@ class _Run:
             var1 = var1.reshape(var1.shape + (1,) * d)
             var2 = var2.reshape(var2.shape[:1] + (1,) * d + var2.shape[1:])
         expect = self.expect_of(module)
-        if self.fuse and fusible(expect):
-            e_ss, ntk = activation_step(expect)(True, var1, var2, state.nngp, state.ntk)
-        else:
-            e_ss, e_dd = expect(var1, var2, state.nngp)
-            ntk = None if state.ntk is None else state.ntk * e_dd
+        e_ss, ntk = activation_step(expect)(self.fuse and fusible(expect), var1, var2, state.nngp, state.ntk)
         return _State(e_ss, ntk, state.layout, state.spatial, state.flat, phase=state.phase)
 
 

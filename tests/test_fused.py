@@ -105,3 +105,15 @@ def test_compiled_closed_forms_equal_eager(fresh, activation, head):
     compiled = ntk.limiting_kernels(model, x, compile="on")
     assert rel_fro(compiled[0], eager[0]) < 1e-12 and rel_fro(compiled[1], eager[1]) < 1e-12
     assert fused.compile_stats()["fallbacks"] == {}
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_every_step_reports_its_time_and_bytes(fresh, mode):
+    """`compile_stats()["steps"]`: one row per step and layer output shape, with the bytes it wrote
+    (float64: 8 per entry, two kernels) and read, for the eager path as for the compiled one."""
+    ntk.limiting_kernels(pooled_cnn(), images(3), compile=mode)
+    steps = fused.compile_stats()["steps"]
+    assert {name.split(" ")[0] for name in steps} == {"activation", "affine"}
+    for name, row in steps.items():
+        assert row["calls"] > 0 and row["seconds"] > 0 and row["bytes_read"] > 0, name
+        assert row["bytes_written"] == 2 * 8 * row["entries"], name  # Sigma and Theta
