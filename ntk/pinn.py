@@ -220,7 +220,7 @@ _ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Ten
 
 
 def shallow_mean_features(
-    width: int, dim: int = 1, activation: str = "tanh", bias_std: float = 1.0, order: int = 81
+    width: int, dim: int = 1, activation: str = "tanh", bias_std: float = 1.0, order: int = 101
 ) -> Callable[[Tensor], Tensor]:
     """Features phi of the mean NTK over the initialisation of u(x) = sum_i v_i sigma(w_i . x + b_i) + c
     in Wang et al.'s "NTK initialisation" (w_i ~ N(0, I / d), b_i ~ N(0, bias_std^2), v_i ~ N(0, 1 / width),
@@ -309,7 +309,7 @@ def shallow_mean_kernels(
     width: int,
     activation: str = "tanh",
     bias_std: float = 1.0,
-    order: int = 81,
+    order: int = 101,
 ) -> OperatorKernels:
     """K_uu, K_ur and K_rr of `shallow_mean_features` (the mean over the initialisation of a one-hidden-layer
     network's blocks, `PINN.kernels`) at boundary points x_u (N_u, d) and collocation points x_r (N_r, d),
