@@ -374,9 +374,13 @@ def _hermite(act: Activation, fallback=None, tol: float = HERMITE_TOL, max_terms
     recursion passes (N1, 1), (1, N2), (N1, N2)), or all have the same shape. Coefficients are
     computed once per distinct variance. Without a `fallback`, a series that does not converge
     raises `HermiteSeriesError`; with one, that layer is computed by the fallback instead.
+
+    The map is two steps, so that the per-entry one compiles (`ntk.fused`): `expect.coefficients(a, b)`
+    (per variance, with the convergence check; None where a series does not converge) and
+    `expect.combine(a, b, c, *coefficients)` (the correlation and Horner's scheme in it, per entry).
     """
 
-    def series(f: Callable[[Tensor], Tensor], a: Tensor, b: Tensor, rho: Tensor) -> Tensor | None:
+    def coefficients_of(f: Callable[[Tensor], Tensor], a: Tensor, b: Tensor) -> tuple[Tensor, Tensor] | None:
         variances, inverse = torch.unique(torch.cat([a.flatten(), b.flatten()]), return_inverse=True)
         coef, second = hermite_coefficients(f, variances, max_terms)  # (V, K), (V,)
         tail = second[:, None] - torch.cumsum(coef.square(), 1)  # (V, K): what the first k + 1 terms leave out
@@ -384,23 +388,41 @@ def _hermite(act: Activation, fallback=None, tol: float = HERMITE_TOL, max_terms
         if not enough.any():
             return None
         terms = int(torch.nonzero(enough)[0]) + 1
-        coef_a = coef[inverse[: a.numel()], :terms].reshape(a.shape + (terms,))
-        coef_b = coef[inverse[a.numel() :], :terms].reshape(b.shape + (terms,))
-        total = coef_a[..., -1] * coef_b[..., -1] + torch.zeros_like(rho)
-        for k in range(terms - 2, -1, -1):  # Horner in rho
-            total.mul_(rho).add_(coef_a[..., k] * coef_b[..., k])
-        return total
+        return (
+            coef[inverse[: a.numel()], :terms].reshape(a.shape + (terms,)),
+            coef[inverse[a.numel() :], :terms].reshape(b.shape + (terms,)),
+        )
+
+    def coefficients(a: Tensor, b: Tensor) -> tuple[Tensor, ...] | None:
+        """The coefficients of sigma's and sigma''s series at a and at b, or None if one does not converge."""
+        out: list[Tensor] = []
+        for f in (act.fn, act.deriv):
+            pair = coefficients_of(f, a, b)
+            if pair is None:
+                return None
+            out.extend(pair)
+        return tuple(out)
+
+    def horner(coef_a: Tensor, coef_b: Tensor, rho: Tensor) -> Tensor:
+        total = coef_a[..., -1] * coef_b[..., -1]
+        for k in range(coef_a.shape[-1] - 2, -1, -1):
+            total = total * rho + coef_a[..., k] * coef_b[..., k]
+        return total + torch.zeros_like(rho)
+
+    def combine(a: Tensor, b: Tensor, c: Tensor, ss_a: Tensor, ss_b: Tensor, dd_a: Tensor, dd_b: Tensor) -> tuple[Tensor, Tensor]:
+        _, rho = correlation(a, b, c)
+        return horner(ss_a, ss_b, rho), horner(dd_a, dd_b, rho)
 
     def expect(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        _, rho = correlation(a, b, c)
-        e_ss, e_dd = series(act.fn, a, b, rho), series(act.deriv, a, b, rho)
-        if e_ss is None or e_dd is None:
+        coefs = coefficients(a, b)
+        if coefs is None:
             if fallback is None:
                 raise HermiteSeriesError(
                     f"the Hermite series of activation {act.name!r} does not reach a relative tail of {tol:g} within "
                     f"{max_terms} terms at these variances; use method='quadrature'"
                 )
             return fallback(a, b, c)
-        return e_ss, e_dd
+        return combine(a, b, c, *coefs)
 
+    expect.coefficients, expect.combine = coefficients, combine
     return expect

@@ -161,6 +161,21 @@ def activation_step(gaussian: Callable) -> Fused:
     return step(("activation", getattr(gaussian, "__name__", repr(gaussian)), id(gaussian)), make)
 
 
+def hermite_step(combine: Callable) -> Fused:
+    """(var1, var2, Sigma, Theta or None, *coefficients) -> the Hermite maps of `ntk.analytic` per entry
+    (correlation and Horner's scheme, `combine`) and the product with Theta, in one pass; the
+    coefficients (per variance, with the convergence check) are computed before, eagerly."""
+
+    def make() -> Callable:
+        def hermite(var1, var2, nngp, ntk, *coefficients):
+            e_ss, e_dd = combine(var1, var2, nngp, *coefficients)
+            return e_ss, None if ntk is None else ntk * e_dd
+
+        return hermite
+
+    return step(("hermite", id(combine)), make)
+
+
 def affine_step(key: tuple, mean: Callable[[torch.Tensor], torch.Tensor], sigma_w: float, beta: float) -> Fused:
     """(Sigma, Theta or None) -> (sigma_w^2 A[Sigma] + beta^2, sigma_w^2 A[Theta] + Sigma'), A = `mean` (a pure
     function of one tensor, the same for every call with this `key`), Theta = None read as zero."""
@@ -203,6 +218,7 @@ def patch_products_step() -> Fused:
 
 def fusible(gaussian: Callable) -> bool:
     """Whether a Gaussian map compiles as one graph: the closed forms of `ntk.gaussian` without a range
-    check (ELU's bivariate normal CDF selects its bands by boolean masks, the Hermite and quadrature
-    maps of `ntk.analytic` check convergence in Python: they stay eager)."""
+    check (ELU's bivariate normal CDF selects its bands by boolean masks, the quadrature map of
+    `ntk.analytic` is a fallback: they stay eager; the Hermite maps compile their per-entry half,
+    `hermite_step`)."""
     return getattr(gaussian, "__module__", None) == "ntk.gaussian" and not hasattr(gaussian, "max_variance")

@@ -55,7 +55,7 @@ from torch import nn
 from ntk.analytic import gaussian_expectations
 from ntk.analytic import limiting_kernels as mlp_limiting_kernels
 from ntk.blocks import AvgPool, Conv, Dense, Elementwise, Flatten, GlobalAvgPool, Residual
-from ntk.fused import AUTO_NUMBERS, MODES, activation_step, affine_step, default_mode, fusible, patch_products_step, pool_step
+from ntk.fused import AUTO_NUMBERS, MODES, activation_step, affine_step, default_mode, fusible, hermite_step, patch_products_step, pool_step
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes, reuse_freed_memory
 from ntk.model import NTKMLP
 
@@ -65,6 +65,7 @@ VECTOR, DIAG, FULL = 0, 1, 2  # what a layer's kernel keeps per pair: no positio
 SUPPORTED = "ntk.blocks.Dense (NTKDense), Conv, Elementwise, AvgPool, GlobalAvgPool, Flatten, Residual, nn.Sequential, NTKMLP, NTKCNN"
 TEMPORARIES = 12  # arrays of a state's size alive at once (kernels, window sums, the Gaussian maps' intermediates)
 PATCH_SHARE = 8  # the patches of every input are kept (not unfolded per chunk) while they fit 1/8 of the memory budget
+FUSED_TERMS = 48  # Hermite series up to this many terms run compiled (padded with zeros to it); longer ones eagerly
 CHUNK_NUMBERS = 2**20  # numbers per state array of a chunk of pairs (8 MB in float64): large arrays cost page faults, not speed
 
 
@@ -432,7 +433,14 @@ class _Run:
             var1 = var1.reshape(var1.shape + (1,) * d)
             var2 = var2.reshape(var2.shape[:1] + (1,) * d + var2.shape[1:])
         expect = self.expect_of(module)
-        e_ss, ntk = activation_step(expect)(self.fuse and fusible(expect), var1, var2, state.nngp, state.ntk)
+        coefficients = getattr(expect, "coefficients", None)  # a Hermite map: its per-entry half compiles
+        prepared = coefficients(var1, var2) if self.fuse and coefficients is not None else None
+        if prepared is not None and prepared[0].shape[-1] <= FUSED_TERMS and prepared[2].shape[-1] <= FUSED_TERMS:
+            # series padded with zero terms to FUSED_TERMS (exact): one compilation per layer shape
+            prepared = tuple(F.pad(c, (0, FUSED_TERMS - c.shape[-1])) for c in prepared)
+            e_ss, ntk = hermite_step(expect.combine)(True, var1, var2, state.nngp, state.ntk, *prepared)
+        else:
+            e_ss, ntk = activation_step(expect)(self.fuse and fusible(expect), var1, var2, state.nngp, state.ntk)
         return _State(e_ss, ntk, state.layout, state.spatial, state.flat, phase=state.phase)
 
 
