@@ -105,6 +105,19 @@ def test_training_steps_equal_hand_written_gradient_descent_with_adaptive_weight
     assert result.t == pytest.approx([lr * k for k in range(steps + 1)])
 
 
+@pytest.mark.slow
+def test_compiled_steps_equal_eager_steps():
+    """train_pinn(compile=True): the same descent (weights recomputed every 2 steps) to 1e-12."""
+    runs = []
+    for compiled in (False, True):
+        net, x_u, g, x_r, h = problem(width=16)
+        result = ntk.train_pinn(ntk.PINN(net, poisson, x_u, g, x_r, h), lr=1e-4, steps=6, adaptive_every=2, compile=compiled)
+        runs.append((torch.cat([p.detach().reshape(-1) for p in net.parameters()]), result))
+    (p0, r0), (p1, r1) = runs
+    assert rel_fro(p1, p0) < 1e-12
+    assert r1.loss_r == pytest.approx(r0.loss_r, rel=1e-12) and r1.lambda_u == pytest.approx(r0.lambda_u, rel=1e-12)
+
+
 def test_adaptive_weights_train_the_boundary_where_plain_descent_stalls():
     """sin(2 pi x) on [0, 1] (Wang et al.'s setting, smaller): tr(K_rr) >> tr(K_uu), so with equal
     weights the boundary loss falls slowly; Algorithm 1's weights make it fall faster at the same rate
