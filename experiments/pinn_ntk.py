@@ -134,7 +134,7 @@ def problem(cfg: DictConfig, a: int, dtype: torch.dtype = F64) -> Problem:
         h,
         norm(grid),
         exact(grid),
-        ((float(norm(torch.zeros(1))),), (float(norm(torch.ones(1))),)),
+        ((float((0.0 - mu) / sd),), (float((1.0 - mu) / sd),)),  # in float64, as the points are computed
     )
 
 

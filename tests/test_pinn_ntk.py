@@ -9,6 +9,7 @@ import torch
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 
 from experiments import pinn_ntk
+from ntk.pinn import PINN
 
 TINY = ["+exp=pinn_ntk", *pinn_ntk.EXPERIMENT.tiny, "progress=false"]
 
@@ -115,3 +116,6 @@ def test_the_problem_is_their_notebooks():
     assert torch.allclose(prob.x_r[:, 0], (x - mu) / sd) and prob.x_u.shape == (100, 1)
     assert torch.allclose(prob.x_u[:50], -mu / sd * torch.ones(50, 1, dtype=torch.float64))
     assert torch.allclose(prob.h[:, 0], -((4 * math.pi) ** 2) * torch.sin(4 * math.pi * x))
+    for dtype in (torch.float64, torch.float32):  # the end points lie in the domain at either precision
+        p = pinn_ntk.problem(cfg, 4, dtype)
+        PINN(pinn_ntk.network(8, 0, dtype), p.operator, p.x_u, p.g, p.x_r, p.h, domain=p.domain)
