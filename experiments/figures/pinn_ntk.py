@@ -71,11 +71,25 @@ def render(run_dir: str | Path) -> list[Path]:
     ax.set(xscale="log", yscale="log", xlabel="index", ylabel="eigenvalue", title=f"(ii) spectra, width {width}")
     ax.legend(fontsize=7, frameon=False, ncol=2)
 
-    ax = axes[0, 2]
-    ax.plot(table.a, table.trace_ratio_0, "o", color="tab:gray", label="at t = 0")
-    ax.plot(table.a + 0.1, table.trace_ratio_T, "x", color="tab:red", label="at the end")
-    ax.set(yscale="log", xlabel="a (u = sin(a pi x))", ylabel="tr(K_rr) / tr(K_uu)", title=f"(ii) trace ratio, width {width}")
-    ax.set_xticks(sorted(table.a.unique()))
+    ax = axes[0, 2]  # traces from the spectra (sums of eigenvalues): every job, all widths
+    traces = spectra[spectra.block != "K"].groupby(["a", "width", "weighting", "seed", "when", "block"]).eigenvalue.sum().unstack("block")
+    traces = (traces["K_rr"] / traces["K_uu"]).rename("ratio").reset_index()
+    plain = traces[traces.weighting == "none"]
+    init = plain[plain["when"] == "init"].groupby("width").ratio.agg(["mean", "min", "max"])
+    ax.errorbar(
+        init.index,
+        init["mean"],
+        yerr=[init["mean"] - init["min"], init["max"] - init["mean"]],
+        fmt="o-",
+        color="k",
+        ms=4,
+        capsize=2,
+        label="t = 0 (any a)",
+    )
+    for a, color in zip(sorted(plain.a.unique()), ("tab:blue", "tab:green", "tab:red", "tab:purple")):
+        end = plain[(plain["when"] == "end") & (plain.a == a)].groupby("width").ratio.mean()
+        ax.plot(end.index, end.values, "x", color=color, ms=7, label=f"end, a = {a}")
+    ax.set(xscale="log", yscale="log", xlabel="width n", ylabel="tr(K_rr) / tr(K_uu)", title="(ii) the imbalance: trace ratio")
     ax.legend(fontsize=7, frameon=False)
 
     ax = axes[1, 0]
@@ -113,7 +127,7 @@ def render(run_dir: str | Path) -> list[Path]:
         yscale="log",
         xlabel="t = lr x steps",
         ylabel="relative L2 error of u",
-        title="(iv) training, no weights: network and n = inf kernel",
+        title="(iv) training, no weights: network and mean kernel",
     )
     ax.legend(fontsize=6, frameon=False)
     fig.suptitle("The NTK of a physics-informed network: 1-D Poisson, tanh [1, n, 1] (Wang, Yu & Perdikaris 2022)", fontsize=10)
