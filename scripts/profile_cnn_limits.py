@@ -12,8 +12,9 @@ arrays) and wrote, and the entries it wrote. What is not a fused step (the first
 patch products, a batched GEMM; gathering the pairs; Python) is the remainder of the wall time.
 
 The bound of a step, from two rates of this machine measured in the same run: its streaming rate
-(a compiled y = 2 x over 8 MB arrays, memory reused: read + write bytes per second) and the step's
-own rate. A step moving at least half the streaming rate is "memory"; one below it is "compute"
+(a compiled y = 2 x over 8 MB arrays, the size of the recursion's chunks, memory reused: read + write
+bytes per second; arrays of that size stay in a large last-level cache, so this is the rate the
+chunks can reach, above main memory's) and the step's own rate. A step moving at least half the streaming rate is "memory"; one below it is "compute"
 (its arithmetic per byte keeps the cores busy: transcendental functions, divisions), checked by
 its nanoseconds per entry written. Compilation is reported apart (`compile_s`, the warm-up).
 Writes results/bench/cnn_limits_layers.csv and .md with provenance.
