@@ -209,7 +209,11 @@ class Shared:
 def prepare(cfg: DictConfig) -> Shared:
     prob = problem(cfg, 1)  # the kernels do not depend on a
     phi = shallow_mean_features(cfg.width, 1, "tanh", 1.0, cfg.quadrature_order)
-    blocks = shallow_mean_kernels(prob.operator, prob.x_u, prob.x_r, cfg.width, order=cfg.quadrature_order)
+    blocks = OperatorKernels(
+        kernel_matrix(phi, prob.x_u, prob.x_u),
+        kernel_matrix(phi, prob.x_u, prob.x_r, prob.operator, (False, True)),
+        kernel_matrix(phi, prob.x_r, prob.x_r, prob.operator, (True, True)),
+    )
     mean = MeanKernel(
         blocks, kernel_matrix(phi, prob.grid, prob.x_u), kernel_matrix(phi, prob.grid, prob.x_r, prob.operator, (False, True))
     )

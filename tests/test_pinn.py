@@ -189,14 +189,10 @@ def test_a_deepxde_network_gives_its_blocks(monkeypatch):
 
 
 def shallow(width, seed):
-    """One tanh layer in Wang et al.'s initialisation: weights N(0, 1/fan_in), biases N(0, 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(nn.Linear(1, width), nn.Tanh(), nn.Linear(width, 1)).to(F64)
-    with torch.no_grad():
-        for layer in (net[0], net[2]):
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen, dtype=F64) / math.sqrt(layer.in_features))
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen, dtype=F64))
-    return net
+    """One tanh layer in Wang et al.'s initialisation (weights N(0, 1/fan_in), biases N(0, 1)), as the experiment builds it."""
+    from experiments.pinn_ntk import network
+
+    return network(width, seed)
 
 
 def test_the_mean_operator_kernel_is_the_mean_of_the_empirical_blocks():
