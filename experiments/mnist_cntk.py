@@ -19,25 +19,30 @@ NNGP posterior mean Sigma(x, X) Sigma^-1 y. Next to them, `NTKCNN`s with model.w
 (n_seeds each, float32) trained by full-batch gradient descent to T; each network's test outputs
 are compared with its n = inf prediction from the same initial function,
 f0(x) + Theta_gap(x, X) A_T (y - f0(X)) (RMS over test digits of the distance over the 10 outputs).
+Then each network goes on with Adam to a small training loss (`converge`), for the comparison of the
+trained CNN with the CNTK at t = inf that Arora et al. make.
 
 Outputs (cfg.out_dir): limits.csv (kernel, predictor, t, test_mse, test_accuracy), table.csv
-(width, seed, t, test_mse, test_accuracy, dist_to_limit, train_mse), loss.csv, scale_check.csv
+(width, seed, t, test_mse, test_accuracy, dist_to_limit, train_mse), loss.csv, converge.csv (the
+networks after T trained on by Adam: width, seed, epoch, train and test scores), scale_check.csv
 (kernel, image_size, test_mse, test_accuracy on the first scale_check_n digits of each split),
 fits.csv (the distance's exponent against width), config.yaml, provenance.json and the figure
 (`experiments.figures.mnist_cntk`). The kernels are computed in row chunks saved under
-out_dir/.parts, so an interrupted run resumes them.
+out_dir/.parts/kernels-<key> (`kernel_folder`), so an interrupted run resumes them and a rerun with
+other networks reuses them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -46,18 +51,25 @@ from experiments.fits import fit_exponent
 from experiments.persistence import Checkpoint, config_key, show_progress
 from experiments.runner import Experiment, per_network
 from experiments.training import loss_table, train
-from experiments.validation import check_choice, check_int, check_model_and_training, check_nonnegative
+from experiments.validation import check_choice, check_int, check_model_and_training, check_nonnegative, check_positive
 from ntk.analytic import limiting_kernels as mlp_kernels
 from ntk.cnn import NTKCNN
 from ntk.data import MNIST_SOURCES, mnist_split
 from ntk.limits import model_limiting_kernels
 from ntk.predict import flow_matrix
 from ntk.spectrum import top_eigenvalue
-from ntk.train import TrainState
+from ntk.train import TrainState, mse_cost
 from ntk.utils import resolve_device, resolve_dtype
 
-TABLES = ("table", "loss")
+TABLES = ("table", "loss", "converge")
 KERNELS = ("cntk_gap", "cntk_flatten", "mlp")
+
+
+@dataclass
+class ConvergeSchema:
+    epochs: int = MISSING
+    lr: float = MISSING
+    batch_size: int = MISSING
 
 
 @dataclass
@@ -67,6 +79,7 @@ class MnistCntkSchema:
     mlp_beta: float = MISSING
     rows_per_part: int = MISSING
     scale_check_n: int = MISSING
+    converge: ConvergeSchema = field(default_factory=ConvergeSchema)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -81,15 +94,35 @@ def check_config(cfg: DictConfig) -> None:
     check_nonnegative("mlp_beta", cfg.mlp_beta)
     check_int("rows_per_part", cfg.rows_per_part)
     check_int("scale_check_n", cfg.scale_check_n, low=0)
+    check_int("converge.epochs", cfg.converge.epochs, low=0)
+    check_positive("converge.lr", cfg.converge.lr)
+    check_int("converge.batch_size", cfg.converge.batch_size)
+
+
+def kernel_folder(cfg: DictConfig) -> Path:
+    """Where the kernel parts are kept: out_dir/.parts/kernels-<key>, the key hashing only what the
+    kernels depend on (the digits, image_size, model.depth, rows_per_part, the device's type), so that
+    they outlive the run and a rerun with other networks or training reuses them."""
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in ("root", "download")}
+    what = dict(data=data, image_size=cfg.image_size, depth=cfg.model.depth, rows_per_part=cfg.rows_per_part, device=cfg.device)
+    return Path(cfg.out_dir) / ".parts" / f"kernels-{config_key(OmegaConf.create(what))}"
 
 
 def chunked_kernels(
-    cfg: DictConfig, name: str, model: nn.Module, x_rows: torch.Tensor, x_cols: torch.Tensor, symmetric: bool
+    cfg: DictConfig,
+    name: str,
+    model: nn.Module,
+    x_rows: torch.Tensor,
+    x_cols: torch.Tensor,
+    symmetric: bool,
+    tally: dict[str, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The (rows, cols) NNGP kernel and NTK of `model`, `rows_per_part` rows at a time, each part saved
-    under out_dir/.parts/<config key>/ (an interrupted run recomputes only the missing parts). With
-    `symmetric` (x_rows is x_cols) a part computes its rows against the columns from its first row on."""
-    folder = Path(cfg.out_dir) / ".parts" / config_key(cfg)
+    under `kernel_folder(cfg)` (an interrupted run recomputes only the missing parts; resume=false
+    recomputes them all). With `symmetric` (x_rows is x_cols) a part computes its rows against the
+    columns from its first row on. `tally`, when given, counts the parts "loaded" and "computed"."""
+    folder = kernel_folder(cfg)
+    tally = tally if tally is not None else {}
     n1, n2 = x_rows.shape[0], x_cols.shape[0]
     nngp, ntk = x_rows.new_zeros(n1, n2), x_rows.new_zeros(n1, n2)
     starts = list(range(0, n1, cfg.rows_per_part))
@@ -101,6 +134,9 @@ def chunked_kernels(
         if part is None:
             part = model_limiting_kernels(model, x_rows[start:stop], x_cols[first:])
             store.save(part)
+            tally["computed"] = tally.get("computed", 0) + 1
+        else:
+            tally["loaded"] = tally.get("loaded", 0) + 1
         nngp[start:stop, first:], ntk[start:stop, first:] = part
     if symmetric:  # the lower triangle from the upper
         lower = torch.tril(torch.ones(n1, n1, dtype=torch.bool), -1)
@@ -128,11 +164,13 @@ class Shared:
     x_test: torch.Tensor  # (M, 1, s, s)
     y_train: torch.Tensor  # (N, 10)
     y_test: torch.Tensor  # (M, 10)
+    labels_train: torch.Tensor  # (N,)
     labels_test: torch.Tensor  # (M,)
     gain: torch.Tensor  # Theta_gap(x, X) A_T at the training lr, (M, N): the n = inf network's response at T
     limits: pd.DataFrame
     scale_check: pd.DataFrame
     lr_max: float  # 2 / lambda_max(Theta_gap / N): gradient descent on the infinite network's kernel diverges above it
+    kernel_parts: dict[str, int]  # how many kernel parts this run "loaded" (saved by an earlier one) and "computed"
 
 
 def prepare(cfg: DictConfig) -> Shared:
@@ -141,10 +179,12 @@ def prepare(cfg: DictConfig) -> Shared:
     y_train = F.one_hot(l_train, CLASSES).double() - 1.0 / CLASSES
     y_test = F.one_hot(l_test, CLASSES).double() - 1.0 / CLASSES
     xi_train, xi_test = images(x_train, cfg.image_size), images(x_test, cfg.image_size)
-    kernels = {}
+    if not cfg.resume:
+        shutil.rmtree(kernel_folder(cfg), ignore_errors=True)
+    kernels, tally = {}, {"loaded": 0, "computed": 0}
     for name, model in architectures(cfg).items():
-        s_train, k_train = chunked_kernels(cfg, name, model, xi_train, xi_train, True)
-        s_test, k_test = chunked_kernels(cfg, f"{name}_test", model, xi_test, xi_train, False)
+        s_train, k_train = chunked_kernels(cfg, name, model, xi_train, xi_train, True, tally)
+        s_test, k_test = chunked_kernels(cfg, f"{name}_test", model, xi_test, xi_train, False, tally)
         kernels[name] = (s_train, s_test, k_train, k_test)
     flat_train, flat_test = xi_train.flatten(1), xi_test.flatten(1)
     s_train, k_train = mlp_kernels(flat_train, None, cfg.mlp_depth, cfg.mlp_beta, "relu")
@@ -158,7 +198,7 @@ def prepare(cfg: DictConfig) -> Shared:
             f"train.lr={cfg.train.lr:g} is above the stability bound 2 / lambda_max(Theta / N) = {lr_max:.3g} of the CNTK on these digits"
         )
     gain = kernels["cntk_gap"][3] @ flow_matrix(kernels["cntk_gap"][2], t_end, lr=cfg.train.lr)  # once, for every network
-    return Shared(xi_train, xi_test, y_train, y_test, l_test, gain, limits, scale_check(cfg), lr_max)
+    return Shared(xi_train, xi_test, y_train, y_test, l_train, l_test, gain, limits, scale_check(cfg), lr_max, tally)
 
 
 def scale_check(cfg: DictConfig) -> pd.DataFrame:
@@ -219,7 +259,57 @@ def job(cfg: DictConfig, shared: Shared, width: int, seed: int, checkpoint: Chec
     result, _ = train(
         cfg, model, x_train, y_train, [0.0, t_end], record, checkpoint=checkpoint, job_state={"rows": rows}, lr_max=shared.lr_max
     )
-    return {"table": pd.DataFrame(rows), "loss": loss_table(result, [], width=width, seed=seed)}
+    converged = converge(cfg, model, shared, width, seed)
+    return {"table": pd.DataFrame(rows), "loss": loss_table(result, [], width=width, seed=seed), "converge": converged}
+
+
+def converge(cfg: DictConfig, model: nn.Module, shared: Shared, width: int, seed: int) -> pd.DataFrame:
+    """Arora et al.'s question, how far the trained network is from its kernel at t = inf, needs the
+    network trained to convergence, which gradient descent at the CNTK's stable rate does not reach
+    (the pooled kernel's spectrum is steep). So after T, the network goes on with Adam (Kingma & Ba
+    2015) on shuffled minibatches of converge.batch_size digits for converge.epochs epochs, its rate
+    falling from converge.lr to 0 on a cosine (Loshchilov & Hutter 2017), on the same cost; rows (width, seed, epoch, train_mse, train_accuracy, test_mse, test_accuracy) after epochs 0, 1, 2,
+    4, 8, ... and the last (0: the network at T)."""
+    epochs = cfg.converge.epochs
+    if epochs == 0:
+        return pd.DataFrame(columns=["width", "seed", "epoch", "train_mse", "train_accuracy", "test_mse", "test_accuracy"])
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    x_train, y_train = shared.x_train.to(device, dtype), shared.y_train.to(device, dtype)
+    x_test = shared.x_test.to(device, dtype)
+    n, batch = x_train.shape[0], cfg.converge.batch_size
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.converge.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs * math.ceil(x_train.shape[0] / cfg.converge.batch_size))
+    order = torch.Generator().manual_seed(seed)
+    rows = []
+
+    def record(epoch: int) -> None:
+        with torch.no_grad():
+            f_train, f_test = model(x_train).double().cpu(), model(x_test).double().cpu()
+        train_mse, train_acc = scores(f_train, shared.y_train, shared.labels_train)
+        test_mse, test_acc = scores(f_test, shared.y_test, shared.labels_test)
+        rows.append(
+            dict(
+                width=width,
+                seed=seed,
+                epoch=epoch,
+                train_mse=train_mse,
+                train_accuracy=train_acc,
+                test_mse=test_mse,
+                test_accuracy=test_acc,
+            )
+        )
+
+    record(0)
+    marks = {2**k for k in range(epochs.bit_length())} | {epochs}
+    for epoch in tqdm(range(1, epochs + 1), desc="Adam epochs", leave=False, disable=not show_progress(cfg)):
+        for idx in torch.randperm(n, generator=order).split(batch):
+            optimiser.zero_grad(set_to_none=True)
+            mse_cost(model(x_train[idx]), y_train[idx]).backward()
+            optimiser.step()
+            schedule.step()
+        if epoch in marks:
+            record(epoch)
+    return pd.DataFrame(rows)
 
 
 def assemble(cfg: DictConfig, shared: Shared, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -227,7 +317,14 @@ def assemble(cfg: DictConfig, shared: Shared, tables: dict[str, pd.DataFrame]) -
     end = table[table.t == table.t.max()]
     fit = fit_exponent(end.width.to_numpy(), end.dist_to_limit.to_numpy())
     fits = pd.DataFrame([dict(quantity="dist_to_limit", t=float(end.t.max()), **fit)])
-    return {"table": table, "limits": shared.limits, "scale_check": shared.scale_check, "fits": fits, "loss": tables["loss"]}
+    return {
+        "table": table,
+        "limits": shared.limits,
+        "scale_check": shared.scale_check,
+        "fits": fits,
+        "loss": tables["loss"],
+        "converge": tables["converge"],
+    }
 
 
 EXPERIMENT = Experiment(
@@ -237,7 +334,9 @@ EXPERIMENT = Experiment(
     jobs=per_network(job),
     tables=TABLES,
     assemble=assemble,
-    provenance=lambda cfg, shared: dict(n_train=len(shared.x_train), n_test=len(shared.x_test), lr_max=shared.lr_max),
+    provenance=lambda cfg, shared: dict(
+        n_train=len(shared.x_train), n_test=len(shared.x_test), lr_max=shared.lr_max, kernel_parts=shared.kernel_parts
+    ),
     schema=MnistCntkSchema,
     tiny=(
         "model.widths=[8]",
@@ -249,6 +348,8 @@ EXPERIMENT = Experiment(
         "train.steps=3",
         "rows_per_part=5",
         "scale_check_n=4",
+        "converge.epochs=2",
+        "converge.batch_size=4",
     ),
     desc="networks (channels, seed)",
 )

@@ -64,3 +64,35 @@ def test_bad_image_size_is_refused(compose_cfg, tmp_path):
     with pytest.raises(ValueError, match="image_size must be 7, 14 or 28"):
         mnist_cntk.run(compose_cfg([*TINY, "image_size=10", f"out_dir={tmp_path / 'x'}"]))
     assert not (tmp_path / "x").exists()
+
+
+def test_kernel_parts_are_kept_for_other_networks_and_keyed_by_what_the_kernels_depend_on(tiny_run, compose_cfg):
+    """A rerun that changes only the networks or their training reads the saved kernel parts (none is
+    rewritten); one that changes the digits' size does not share them; resume=false recomputes them."""
+    cfg, out = tiny_run
+    folder = mnist_cntk.kernel_folder(cfg)
+    parts = sorted(folder.glob("kernel_cntk_*.pt"))  # (not those of the test above)
+    assert parts, "the kernel parts outlive the run"
+    stamps = {p: p.stat().st_mtime_ns for p in parts}
+    other = compose_cfg([*TINY, f"out_dir={out}", "model.widths=[4]", "train.lr=2.0", "converge.epochs=1"])
+    assert mnist_cntk.kernel_folder(other) == folder
+    mnist_cntk.prepare(other)
+    assert {p: p.stat().st_mtime_ns for p in parts} == stamps
+    assert mnist_cntk.kernel_folder(compose_cfg([*TINY, f"out_dir={out}", "image_size=14"])) != folder
+    mnist_cntk.prepare(compose_cfg([*TINY, f"out_dir={out}", "resume=false"]))
+    assert all(p.stat().st_mtime_ns != stamps[p] for p in parts)
+
+
+def test_adam_takes_the_networks_towards_zero_training_loss(tiny_run, compose_cfg):
+    """The convergence phase's table: the recorded epochs, scores in range, and on the tiny digits a
+    network fitted far below its loss at T (a regression check that the phase trains the network)."""
+    cfg, out = tiny_run
+    table = pd.read_csv(out / "converge.csv")
+    assert set(table.epoch) == {0, 1, 2} and set(table.width) == {8}
+    assert table[["train_accuracy", "test_accuracy"]].stack().between(0, 1).all()
+    longer = compose_cfg([*TINY, f"out_dir={out}", "converge.epochs=64", "converge.lr=3e-2"])
+    shared = mnist_cntk.prepare(longer)
+    model = mnist_cntk.NTKCNN(1, 8, longer.model.depth, out_dim=10, generator=torch.Generator().manual_seed(0))
+    rows = mnist_cntk.converge(longer, model, shared, 8, 0)
+    assert list(rows.epoch) == [0, 1, 2, 4, 8, 16, 32, 64]
+    assert rows.train_mse.iloc[-1] < 0.1 * rows.train_mse.iloc[0] and rows.train_accuracy.iloc[-1] == 1.0
