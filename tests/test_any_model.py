@@ -1,6 +1,8 @@
 """The empirical NTK of models no rule was written for, any output, and the one-line refusals, against
 torch.func: every reference below is a per-input `jacrev` of the model's output, contracted here."""
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -52,12 +54,18 @@ def family(name: str, out: int, n: int = 3):
     return model.double(), (x.double() if x.is_floating_point() else x)
 
 
+@functools.cache
+def family_and_reference(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A zoo family's test model, inputs and torch.func kernel, built once for the three methods."""
+    out = 1 if name in ("unet", "img2img", "pinn") else 3  # images to images (2 x 8 x 8, 1 x 8 x 8 outputs), one residual
+    model, x = family(name, out)
+    return model, x, reference(model, x)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("method", ["auto", "structured", "jacobian"])
 def test_new_families_equal_torch_func(name, method):
-    out = 1 if name in ("unet", "img2img", "pinn") else 3  # images to images (2 x 8 x 8, 1 x 8 x 8 outputs), one residual
-    model, x = family(name, out)
-    ref = reference(model, x)
+    model, x, ref = family_and_reference(name)
     if name == "pinn" and method == "structured":  # the residual differentiates inside forward: refused in one line
         with pytest.raises(ValueError, match="inside a torch.func transform"):
             ntk.empirical_ntk(model, x, method=method)
