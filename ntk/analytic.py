@@ -382,12 +382,13 @@ def _hermite(act: Activation, fallback=None, tol: float = HERMITE_TOL, max_terms
 
     def coefficients_of(f: Callable[[Tensor], Tensor], a: Tensor, b: Tensor) -> tuple[Tensor, Tensor] | None:
         variances, inverse = torch.unique(torch.cat([a.flatten(), b.flatten()]), return_inverse=True)
-        coef, second = hermite_coefficients(f, variances, max_terms)  # (V, K), (V,)
+        coef, second = hermite_coefficients(f, variances.double(), max_terms)  # (V, K), (V,), in float64 whatever a's dtype
         tail = second[:, None] - torch.cumsum(coef.square(), 1)  # (V, K): what the first k + 1 terms leave out
         enough = (tail <= tol * second.clamp_min(1e-300)[:, None]).all(0)
         if not enough.any():
             return None
         terms = int(torch.nonzero(enough)[0]) + 1
+        coef = coef.to(a.dtype)  # the entries' precision (float32 kernels stay float32)
         return (
             coef[inverse[: a.numel()], :terms].reshape(a.shape + (terms,)),
             coef[inverse[a.numel() :], :terms].reshape(b.shape + (terms,)),

@@ -50,13 +50,20 @@ def render(run_dir: str | Path) -> list[Path]:
             fmt="ko",
             ms=4,
             capsize=2,
+            label=f"CNN at t = {t_end:g}" if i == 0 else None,
         )
+    if converge is not None and len(converge):
+        last = converge[converge.epoch == converge.epoch.max()].groupby("width").test_accuracy.mean()
+        for i, width in enumerate(end.width):
+            if width in last.index:
+                x = len(kernels) + 0.2 * (i - (len(end) - 1) / 2)
+                ax.plot(x, last[width], "r*", ms=7, label="CNN after Adam" if i == 0 else None)
     ax.set_xticks(list(range(len(kernels))) + [len(kernels)])
     ax.set_xticklabels([LABELS[k] for k in kernels] + [f"trained CNNs\nC = {', '.join(map(str, end.width))}"], fontsize=7)
     low = np.nanmin([limits.test_accuracy.min(), end["min"].min()])
     ax.set_ylim(max(0.0, low - 0.05), 1.0)
     ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7, frameon=False, loc="lower left")
+    ax.legend(fontsize=6, ncol=2, framealpha=0.9, loc="lower left")
     ax = axes[1]
     ends = table[table.t == t_end]
     ax.plot(ends.width, ends.dist_to_limit, "o", color="tab:blue", label="each network")
