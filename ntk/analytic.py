@@ -160,6 +160,14 @@ def gaussian_expectations(
     if method == "closed" and act.gaussian is None:
         raise ValueError(f"activation {act.name!r} has no closed form; use method='auto', 'hermite' or 'quadrature'")
     _check_finite(act)
+    return _expectations(act, method, quadrature_order)
+
+
+@functools.lru_cache(maxsize=128)
+def _expectations(act: Activation, method: str, quadrature_order: int) -> Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """`gaussian_expectations`' maps, made once per (activation, method, order): the same function
+    object on every call, so that `ntk.fused` keys its compiled steps by it and compiles them once
+    per process, not once per call (they hold no state between calls)."""
     if method == "closed":
         return act.gaussian
     if method == "auto" and act.gaussian is not None:

@@ -123,6 +123,18 @@ def test_compiled_hermite_maps_equal_eager(fresh, activation):
     assert not any(name.startswith("activation") and "(eager)" not in name for name in stats["steps"])
 
 
+@pytest.mark.parametrize("activation", ["softplus", "gelu", "relu"])
+def test_a_second_call_reuses_the_first_ones_steps(fresh, activation):
+    """The steps are keyed by the activation's maps, made once per process: a second call of the same
+    model makes no new step (the Hermite steps were made anew by every call, and so compiled again,
+    16-18 s a call for softplus at 28 x 28)."""
+    model, x = pooled_cnn(activation), images(3)
+    ntk.limiting_kernels(model, x, compile="off")
+    keys = set(fused._STEPS)
+    ntk.limiting_kernels(model, x, compile="off")
+    assert set(fused._STEPS) == keys
+
+
 @pytest.mark.parametrize("mode", ["off", "on"])
 def test_every_step_reports_its_time_and_bytes(fresh, mode):
     """`compile_stats()["steps"]`: one row per step and layer output shape, with the bytes it wrote

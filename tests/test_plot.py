@@ -68,6 +68,10 @@ def test_make_figures_rerenders_every_saved_table(table, tmp_path):
         [sys.executable, "-m", "scripts.make_figures", f"root={tmp_path / 'none'}"], cwd=ROOT, capture_output=True, text=True
     )
     assert empty.returncode != 0 and "no tables found" in empty.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "scripts.make_figures", f"root={root}", "jobs=-1"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and bad.stderr.strip() == "error: jobs must be an integer >= 0 (0: one process per core), got -1"
 
 
 def test_regression_figure_renders_from_a_small_table(tmp_path):
