@@ -48,7 +48,7 @@ from experiments.cli import USER_ERRORS, fail, say
 from experiments.digits import CLASSES, architectures, images, scores
 from experiments.figures import render
 from experiments.launching import threads_per_job
-from experiments.persistence import atomic_write_text, gemm_gflops, git_revision, provenance, run_start
+from experiments.persistence import atomic_write_text, gemm_gflops, gemm_size, git_revision, provenance, run_start
 from experiments.runner import Experiment
 from experiments.validation import check_choice, check_int, check_nonnegative
 from ntk.analytic import limiting_kernels as mlp_kernels
@@ -214,7 +214,7 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
             pid=os.getpid(),
             threads=torch.get_num_threads(),
             git_revision=git_revision(),
-            gemm_gflops_float64=gemm_gflops(1024, torch.float64, rounds=3),  # the machine's speed right after this tile
+            gemm_gflops_float64=gemm_gflops(gemm_size(1024), torch.float64, rounds=3),  # the machine's speed right after this tile
         )
         print(
             f"tile ({i}, {j}) of {g.count}: {tile.shape[1]} x {tile.shape[2]} in {record['seconds']:.1f} s, peak {record['peak_memory_bytes'] / 2**30:.2f} GiB"

@@ -89,12 +89,25 @@ def provenance(command: list[str] | None = None, **extra: object) -> dict:
     }
 
 
-def gemm_gflops(size: int = 2048, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", rounds: int = 5) -> float:
-    """This machine's matrix-product rate now: the median GFLOP/s of `rounds` (size x size) products.
+def gemm_size(default: int = 2048) -> int:
+    """The side of the matrices `gemm_gflops` multiplies: `default`, or less where the environment's
+    NTK_GEMM_SIZE says so (the tests set 256: the 2048 products cost about 2 s a run on 2 cores)."""
+    value = os.environ.get("NTK_GEMM_SIZE", "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 16:
+        raise ValueError(f"NTK_GEMM_SIZE must be an integer >= 16 (the side of the timed matrix product), got {value!r}")
+    return min(default, int(value))
+
+
+def gemm_gflops(size: int | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", rounds: int = 5) -> float:
+    """This machine's matrix-product rate now: the median GFLOP/s of `rounds` (size x size) products
+    (size: `gemm_size()`, 2048 unless NTK_GEMM_SIZE says less).
 
     Long runs record it at their start and end, so that their wall times can be compared across
     machines and across runs of one machine (whose speed varies).
     """
+    size = gemm_size() if size is None else size
     device = torch.device(device)
     a = torch.randn(size, size, dtype=dtype, device=device)
     b = torch.randn(size, size, dtype=dtype, device=device)

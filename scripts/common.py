@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import random
@@ -18,6 +17,7 @@ import torch
 
 from experiments.persistence import atomic_write_json, atomic_write_text, provenance
 from ntk.utils import synchronize
+from scripts.arguments import parse_kv  # noqa: F401  (re-exported: the scripts import it from here)
 
 BENCH_DIR = Path("results/bench")
 
@@ -42,20 +42,6 @@ class Worker:
     def close(self, timeout: float = 120) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=timeout)
-
-
-def parse_kv(argv: list[str], defaults: dict) -> dict:
-    """Parse `key=value` arguments (Python literals) over `defaults`; unknown keys are an error."""
-    out = dict(defaults)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in defaults:
-            sys.exit(f"error: bad argument {arg!r}; allowed: {', '.join(f'{k}=...' for k in defaults)}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 def write_bench(table: pd.DataFrame, name: str, argv: list[str], out_dir: Path = BENCH_DIR) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from experiments.figures import has_renderer, render
-from scripts.common import parse_kv
+from scripts.arguments import parse_kv
 
 
 def experiment_of(run_dir: Path) -> str | None:

@@ -13,6 +13,11 @@ from omegaconf import DictConfig
 from experiments.schema import register_all
 from ntk.model import NTKMLP
 
+# Every run records the machine's GEMM rate at its start and end (`experiments.persistence.gemm_gflops`):
+# with 2048 x 2048 products that is about 2 s a run here, a fifth of the suite; 256 x 256 takes
+# milliseconds. Set before any command runs, so that the commands' own processes inherit it.
+os.environ.setdefault("NTK_GEMM_SIZE", "256")
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ROOT = CONFIG_DIR.parent
 

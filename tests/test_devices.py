@@ -313,3 +313,15 @@ def test_resume_key_holds_the_resolved_device_type(compose_cfg, monkeypatch):
     on_gpu = common.config_key(compose_cfg([*args, "device=auto"]))
     assert on_gpu != on_cpu and on_gpu == common.config_key(compose_cfg([*args, "device=cuda"]))
     assert common.config_key(compose_cfg([*args, "device=cpu", "dtype=float64"])) != on_cpu
+
+
+def test_the_gemm_probe_size_comes_from_the_environment(monkeypatch):
+    """NTK_GEMM_SIZE shrinks the timed product (never grows it); a bad value is refused in one line."""
+    monkeypatch.delenv("NTK_GEMM_SIZE", raising=False)
+    assert common.gemm_size() == 2048 and common.gemm_size(1024) == 1024
+    monkeypatch.setenv("NTK_GEMM_SIZE", "256")
+    assert common.gemm_size() == 256 and common.gemm_size(128) == 128
+    assert common.gemm_gflops(rounds=1) > 0
+    monkeypatch.setenv("NTK_GEMM_SIZE", "big")
+    with pytest.raises(ValueError, match=r"NTK_GEMM_SIZE must be an integer >= 16 \(the side of the timed matrix product\), got 'big'"):
+        common.gemm_gflops()

@@ -110,6 +110,7 @@ def test_multirun_sweep_aggregates_and_resumes_without_duplicates(tmp_path, cli)
     pd.testing.assert_frame_equal(resumed.drop(columns="job"), table.drop(columns="job"), check_exact=False, rtol=1e-12)
 
 
+@pytest.mark.slow  # its quick equivalent: test_a_failing_submitit_job_ends_the_sweep_with_its_error_line (two submitit jobs, one aggregated)
 def test_submitit_local_launcher_runs_the_sweep(tmp_path, cli):
     out = tmp_path / "sweep"
     sweep(cli, out, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "threads=1")
