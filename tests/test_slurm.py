@@ -28,9 +28,10 @@ TINY = ["+exp=drift_sweep", "model.depth=3", "train.steps=4", "drift_points=3", 
 SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=5"]
 
 
-def sweep(tmp: Path, *args: str, launcher=SLURM) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "experiments.run", "-m", *TINY, *args, f"out_dir={tmp}/out", f"hydra.sweep.dir={tmp}/multirun", *launcher]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+def sweep(cli, tmp: Path, *args: str, launcher=SLURM) -> subprocess.CompletedProcess:
+    """`python -m experiments.run -m` of the tiny drift sweep, through the session's forked command
+    server (conftest's `cli`: the command's imports paid once; the SLURM jobs are processes of their own)."""
+    return cli(["-m", *TINY, *args, f"out_dir={tmp}/out", f"hydra.sweep.dir={tmp}/multirun", *launcher])
 
 
 def queue() -> list[str]:
@@ -57,8 +58,8 @@ def submitted_ids(stderr: str) -> list[str]:
     return line.split(": ", 1)[1].split(" (logs")[0].split(", ")
 
 
-def test_sweep_runs_as_slurm_jobs_and_aggregates_as_the_basic_launcher(tmp_path):
-    proc = sweep(tmp_path / "slurm", "width=16,24")
+def test_sweep_runs_as_slurm_jobs_and_aggregates_as_the_basic_launcher(tmp_path, cli):
+    proc = sweep(cli, tmp_path / "slurm", "width=16,24")
     assert proc.returncode == 0, proc.stderr[-2000:]
     ids = submitted_ids(proc.stderr)
     assert len(ids) == 2 and len({i.split("_")[0] for i in ids}) == 1  # one SLURM array
@@ -67,7 +68,7 @@ def test_sweep_runs_as_slurm_jobs_and_aggregates_as_the_basic_launcher(tmp_path)
     assert all(c["provenance"]["cpu_threads"] == 1 for c in configs)  # SLURM_CPUS_PER_TASK, not every core
     logs = list((tmp_path / "slurm/multirun/.submitit").rglob("*_log.err"))
     assert logs and not any("it/s" in p.read_text() for p in logs)  # no progress bars in the job logs
-    basic = sweep(tmp_path / "basic", "width=16,24", launcher=[])
+    basic = sweep(cli, tmp_path / "basic", "width=16,24", launcher=[])
     assert basic.returncode == 0, basic.stderr[-2000:]
     columns = lambda t: t.drop(columns=["job"]).sort_values(["width", "t"], ignore_index=True)  # noqa: E731
     pd.testing.assert_frame_equal(
@@ -78,9 +79,9 @@ def test_sweep_runs_as_slurm_jobs_and_aggregates_as_the_basic_launcher(tmp_path)
     )
 
 
-def test_a_failing_job_ends_the_sweep_with_its_own_error_line_and_the_rest_aggregated(tmp_path):
+def test_a_failing_job_ends_the_sweep_with_its_own_error_line_and_the_rest_aggregated(tmp_path, cli):
     start = time.time()
-    proc = sweep(tmp_path, "width=16", "train.lr=1,1000000")  # the second job diverges on purpose
+    proc = sweep(cli, tmp_path, "width=16", "train.lr=1,1000000")  # the second job diverges on purpose
     elapsed = time.time() - start
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = last_line(proc.stderr)
@@ -91,9 +92,9 @@ def test_a_failing_job_ends_the_sweep_with_its_own_error_line_and_the_rest_aggre
     assert set(table.width) == {16} and table.job.nunique() == 1
 
 
-def test_a_bad_value_anywhere_in_the_grid_queues_nothing(tmp_path):
+def test_a_bad_value_anywhere_in_the_grid_queues_nothing(tmp_path, cli):
     before = queue()
-    proc = sweep(tmp_path, "width=16,0")
+    proc = sweep(cli, tmp_path, "width=16,0")
     assert proc.returncode == 2
     assert (
         last_line(proc.stderr) == "error: job #1 (width=0): model.widths entries must be an integer >= 1, got 0; nothing was run or queued"
@@ -111,9 +112,9 @@ def test_a_bad_value_anywhere_in_the_grid_queues_nothing(tmp_path):
         ),
     ],
 )
-def test_bad_launcher_settings_are_refused_before_anything_is_queued(tmp_path, args, message):
+def test_bad_launcher_settings_are_refused_before_anything_is_queued(tmp_path, args, message, cli):
     before = queue()
-    proc = sweep(tmp_path, "width=16,24", *args)
+    proc = sweep(cli, tmp_path, "width=16,24", *args)
     assert proc.returncode == 2 and last_line(proc.stderr).startswith(message), proc.stderr[-1000:]
     assert set(queue()) <= set(before)  # nothing new queued
 
@@ -166,27 +167,24 @@ def test_an_array_cancelled_with_scancel_ends_the_command_saying_so(tmp_path):
     assert "still running" not in line and line.endswith("fix it and run the same command again (finished jobs are skipped)"), line
 
 
-def test_a_time_limit_below_the_checkpoint_interval_is_refused(tmp_path):
+def test_a_time_limit_below_the_checkpoint_interval_is_refused(tmp_path, cli):
     before = queue()
-    cmd = [sys.executable, "-m", "experiments.run", "-m", "+exp=mnist_convergence", "seed=0,1", "checkpoint_minutes=5", *SLURM]
-    cmd += ["hydra.launcher.timeout_min=2", f"out_dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multirun"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    args = ["-m", "+exp=mnist_convergence", "seed=0,1", "checkpoint_minutes=5", *SLURM]
+    proc = cli([*args, "hydra.launcher.timeout_min=2", f"out_dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multirun"])
     assert proc.returncode == 2
     assert last_line(proc.stderr).startswith("error: hydra.launcher.timeout_min=2 is below checkpoint_minutes=5"), proc.stderr[-1000:]
     assert set(queue()) <= set(before)  # nothing new queued
 
 
-def test_kernel_tiles_run_as_one_slurm_array_into_one_store(tmp_path):
+def test_kernel_tiles_run_as_one_slurm_array_into_one_store(tmp_path, cli):
     """Each tile of the tiled kernel a SLURM array task writing into the same store; assembled and
     predicted from when the last one has finished, equal to the kernel computed in one process."""
     tiny = ["+exp=kernel_tiles", "data.n_train=12", "data.n_test=6", "image_size=7", "row_blocks=3", "model.depth=2", "progress=false"]
-    cmd = [sys.executable, "-m", "experiments.run", "-m", *tiny, f"store={tmp_path}/store", f"out_dir={tmp_path}/out"]
-    proc = subprocess.run([*cmd, f"hydra.sweep.dir={tmp_path}/multirun", *SLURM], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = cli(["-m", *tiny, f"store={tmp_path}/store", f"out_dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multirun", *SLURM])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(submitted_ids(proc.stderr)) == 6
     hosts = pd.read_csv(tmp_path / "out/timing_tiles.csv")
     assert len(hosts) == 6 and (tmp_path / "out/table.csv").exists()
-    one = [sys.executable, "-m", "experiments.run", *tiny, "tile=-1", f"store={tmp_path}/one", f"out_dir={tmp_path}/one_out"]
-    assert subprocess.run(one, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    assert cli([*tiny, "tile=-1", f"store={tmp_path}/one", f"out_dir={tmp_path}/one_out"]).returncode == 0
     for name in ("nngp", "ntk"):
         assert np.allclose(np.load(tmp_path / f"store/kernel_{name}.npy"), np.load(tmp_path / f"one/kernel_{name}.npy"), rtol=1e-12, atol=0)
