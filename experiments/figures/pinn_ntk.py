@@ -77,9 +77,9 @@ def render(run_dir: str | Path) -> list[Path]:
     plain = traces[traces.weighting == "none"]
     init = plain[plain["when"] == "init"].groupby("width").ratio.agg(["mean", "min", "max"])
     ax.errorbar(
-        init.index,
-        init["mean"],
-        yerr=[init["mean"] - init["min"], init["max"] - init["mean"]],
+        init.index.to_numpy(),
+        init["mean"].to_numpy(),
+        yerr=np.vstack([init["mean"] - init["min"], init["max"] - init["mean"]]),  # arrays: one width is a 1-element Series
         fmt="o-",
         color="k",
         ms=4,
