@@ -385,7 +385,8 @@ def _hermite(act: Activation, fallback=None, tol: float = HERMITE_TOL, max_terms
 
     The map is two steps, so that the per-entry one compiles (`ntk.fused`): `expect.coefficients(a, b)`
     (per variance, with the convergence check; None where a series does not converge) and
-    `expect.combine(a, b, c, *coefficients)` (the correlation and Horner's scheme in it, per entry).
+    `expect.combine(a, b, c, *coefficients)` (the correlation and Horner's scheme in it, per entry);
+    `expect.fallback` is the fallback (or None), for a caller that found the series does not converge.
     """
 
     def coefficients_of(f: Callable[[Tensor], Tensor], a: Tensor, b: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -433,5 +434,5 @@ def _hermite(act: Activation, fallback=None, tol: float = HERMITE_TOL, max_terms
             return fallback(a, b, c)
         return combine(a, b, c, *coefs)
 
-    expect.coefficients, expect.combine = coefficients, combine
+    expect.coefficients, expect.combine, expect.fallback = coefficients, combine, fallback
     return expect

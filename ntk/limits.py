@@ -439,6 +439,10 @@ class _Run:
             # series padded with zero terms to FUSED_TERMS (exact): one compilation per layer shape
             prepared = tuple(F.pad(c, (0, FUSED_TERMS - c.shape[-1])) for c in prepared)
             e_ss, ntk = hermite_step(expect.combine)(True, var1, var2, state.nngp, state.ntk, *prepared)
+        elif prepared is not None:  # a longer series: eagerly, from the coefficients already computed
+            e_ss, ntk = hermite_step(expect.combine)(False, var1, var2, state.nngp, state.ntk, *prepared)
+        elif coefficients is not None and self.fuse and expect.fallback is not None:  # no convergence: the fallback at once
+            e_ss, ntk = activation_step(expect.fallback)(fusible(expect.fallback), var1, var2, state.nngp, state.ntk)
         else:
             e_ss, ntk = activation_step(expect)(self.fuse and fusible(expect), var1, var2, state.nngp, state.ntk)
         return _State(e_ss, ntk, state.layout, state.spatial, state.flat, phase=state.phase)

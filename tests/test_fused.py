@@ -65,6 +65,27 @@ def test_a_compiler_that_fails_falls_back_to_eager_with_one_warning(fresh, monke
     assert all(torch.equal(a, b) for a, b in zip(again, eager))
 
 
+@pytest.mark.parametrize("activation", ["tanh", "softplus"])
+def test_a_long_series_is_not_expanded_twice(fresh, monkeypatch, activation):
+    """On the fused path a Hermite series longer than FUSED_TERMS (tanh: 80-107 terms) runs eagerly from
+    the coefficients already computed, not from a second expansion (which made compiled softplus slower
+    than eager). The compiler is replaced by the identity, so the fused path's logic runs without inductor."""
+    import ntk.analytic
+
+    monkeypatch.setattr(fused.torch, "compile", lambda fn, **kwargs: fn)
+    calls = []
+    expand = ntk.analytic.hermite_coefficients
+    monkeypatch.setattr(ntk.analytic, "hermite_coefficients", lambda *a, **k: calls.append(1) or expand(*a, **k))
+    model, x = pooled_cnn(activation), images(3)
+    counts, kernels = [], []
+    for mode in ("off", "on"):
+        calls.clear()
+        kernels.append(ntk.limiting_kernels(model, x, compile=mode))
+        counts.append(len(calls))
+    assert counts[1] == counts[0] > 0
+    assert all(rel_fro(a, b) < 1e-12 for a, b in zip(*kernels))
+
+
 def test_auto_leaves_small_kernels_eager(fresh, monkeypatch):
     monkeypatch.setattr(fused.torch, "compile", lambda *a, **k: pytest.fail("compiled a kernel too small to pay for it"))
     ntk.limiting_kernels(pooled_cnn(), images(3), compile="auto")
