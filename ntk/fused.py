@@ -40,6 +40,11 @@ import torch
 
 MODES = ("auto", "on", "off")
 RECOMPILE_LIMIT = 64  # shapes one step may be compiled for (one per layer shape and rank; the chunk size is dynamic)
+# Window sums (a convolution's or a pooling's) read strided slices whose rows are a layer's positions
+# (7 on NTKCNN's last layers at 28 x 28): inductor's SIMD code runs such short rows as masked vectors
+# of 8 doubles (with the zero padding's masks), 4x slower than its scalar code on a 2-core AVX2 CPU
+# (24 against 5.7 ns per entry on the (2, 2, 7, 7, 7, 7) window sum); rows of 16 and more stay SIMD.
+SCALAR_BELOW = 16
 AUTO_NUMBERS = 3e9  # entries x blocks above which "auto" compiles: ~30 s of eager work on a 2-core CPU, a cold compilation's cost
 _STATS: dict[str, object] = {"compile_s": 0.0, "compiled_calls": 0, "calls": 0, "fallbacks": {}, "steps": {}}
 
@@ -93,11 +98,13 @@ def _graphs() -> int:
 
 
 class Fused:
-    """`fn` run compiled (dimension 0 of every tensor argument dynamic) or eager, as `enabled` says."""
+    """`fn` run compiled (dimension 0 of every tensor argument dynamic) or eager, as `enabled` says.
+    `scalar`: on the CPU, inductor's C++ without SIMD (`cpp.simdlen` 1), for window sums whose rows
+    are short (SCALAR_BELOW)."""
 
-    def __init__(self, fn: Callable, name: str):
-        self.fn, self.name = _own_code(fn), name
-        self.compiled: Callable | None = None
+    def __init__(self, fn: Callable, name: str, scalar: bool = False):
+        self.fn, self.name, self.scalar = _own_code(fn), name, scalar
+        self.compiled: dict[str, Callable] = {}  # by device type
         self.failed = False
 
     def __call__(self, enabled: bool, *args):
@@ -107,15 +114,17 @@ class Fused:
             _account(self.name + " (eager)", args, out, time.perf_counter() - start)
             return out
         _STATS["calls"] += 1
-        if self.compiled is None:
-            self.compiled = torch.compile(self.fn, dynamic=False, fullgraph=True)
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        if device not in self.compiled:
+            options = {"cpp.simdlen": 1} if self.scalar and device == "cpu" else None
+            self.compiled[device] = torch.compile(self.fn, dynamic=False, fullgraph=True, options=options)
         for a in args:
             if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] > 1:
                 torch._dynamo.maybe_mark_dynamic(a, 0)
         before, start = _graphs(), time.perf_counter()
         try:
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                out = self.compiled(*args)
+                out = self.compiled[device](*args)
         except Exception as err:  # no compiler, an unsupported backend or operation: eager from now on
             self.failed = True
             reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
@@ -141,10 +150,10 @@ def _own_code(fn: Callable) -> Callable:
 _STEPS: dict[tuple, Fused] = {}
 
 
-def step(key: tuple, make: Callable[[], Callable]) -> Fused:
+def step(key: tuple, make: Callable[[], Callable], scalar: bool = False) -> Fused:
     """The fused step for `key` (made once by `make`, then shared by every call with that key)."""
     if key not in _STEPS:
-        _STEPS[key] = Fused(make(), " ".join(str(k) for k in key))
+        _STEPS[key] = Fused(make(), " ".join(str(k) for k in key), scalar)
     return _STEPS[key]
 
 
@@ -176,9 +185,11 @@ def hermite_step(combine: Callable) -> Fused:
     return step(("hermite", id(combine)), make)
 
 
-def affine_step(key: tuple, mean: Callable[[torch.Tensor], torch.Tensor], sigma_w: float, beta: float) -> Fused:
+def affine_step(key: tuple, mean: Callable[[torch.Tensor], torch.Tensor], sigma_w: float, beta: float, row: int = 0) -> Fused:
     """(Sigma, Theta or None) -> (sigma_w^2 A[Sigma] + beta^2, sigma_w^2 A[Theta] + Sigma'), A = `mean` (a pure
-    function of one tensor, the same for every call with this `key`), Theta = None read as zero."""
+    function of one tensor, the same for every call with this `key`), Theta = None read as zero. `row`:
+    the length of the output's last dimension when A is a window sum (0: not one); below SCALAR_BELOW
+    the CPU code is scalar (`Fused`)."""
     s2, b2 = sigma_w**2, beta**2
 
     def make() -> Callable:
@@ -188,11 +199,12 @@ def affine_step(key: tuple, mean: Callable[[torch.Tensor], torch.Tensor], sigma_
 
         return affine
 
-    return step(("affine", *key, s2, b2), make)
+    return step(("affine", *key, s2, b2), make, scalar=0 < row < SCALAR_BELOW)
 
 
-def pool_step(key: tuple, pool: Callable[[torch.Tensor], torch.Tensor]) -> Fused:
-    """(Sigma, Theta or None) -> (pool(Sigma), pool(Theta) or None), `pool` the same for every call with this `key`."""
+def pool_step(key: tuple, pool: Callable[[torch.Tensor], torch.Tensor], row: int = 0) -> Fused:
+    """(Sigma, Theta or None) -> (pool(Sigma), pool(Theta) or None), `pool` the same for every call with this
+    `key`; `row` as in `affine_step`."""
 
     def make() -> Callable:
         def pooled(nngp, ntk):
@@ -200,7 +212,7 @@ def pool_step(key: tuple, pool: Callable[[torch.Tensor], torch.Tensor]) -> Fused
 
         return pooled
 
-    return step(("pool", *key), make)
+    return step(("pool", *key), make, scalar=0 < row < SCALAR_BELOW)
 
 
 def patch_products_step() -> Fused:

@@ -55,7 +55,18 @@ from torch import nn
 from ntk.analytic import gaussian_expectations
 from ntk.analytic import limiting_kernels as mlp_limiting_kernels
 from ntk.blocks import AvgPool, Conv, Dense, Elementwise, Flatten, GlobalAvgPool, Residual
-from ntk.fused import AUTO_NUMBERS, MODES, activation_step, affine_step, default_mode, fusible, hermite_step, patch_products_step, pool_step
+from ntk.fused import (
+    AUTO_NUMBERS,
+    MODES,
+    SCALAR_BELOW,
+    activation_step,
+    affine_step,
+    default_mode,
+    fusible,
+    hermite_step,
+    patch_products_step,
+    pool_step,
+)
 from ntk.memory import NTKMemoryError, available_memory, fmt_bytes, reuse_freed_memory
 from ntk.model import NTKMLP
 
@@ -66,7 +77,10 @@ SUPPORTED = "ntk.blocks.Dense (NTKDense), Conv, Elementwise, AvgPool, GlobalAvgP
 TEMPORARIES = 12  # arrays of a state's size alive at once (kernels, window sums, the Gaussian maps' intermediates)
 PATCH_SHARE = 8  # the patches of every input are kept (not unfolded per chunk) while they fit 1/8 of the memory budget
 FUSED_TERMS = 48  # Hermite series up to this many terms run compiled (padded with zeros to it); longer ones eagerly
-CHUNK_NUMBERS = 2**20  # numbers per state array of a chunk of pairs (8 MB in float64): large arrays cost page faults, not speed
+# numbers per state array of a chunk of pairs: 32 MiB in float64, the largest arrays glibc keeps in its heap
+# (`ntk.memory.MMAP_THRESHOLD`: reused, not faulted in again); fewer, larger chunks than 8 MiB ones save
+# the per-call cost of the compiled steps (1.2x on NTKCNN at 28 x 28), larger ones are mapped afresh (1.5x slower)
+CHUNK_NUMBERS = 2**22
 
 
 @dataclass
@@ -275,6 +289,29 @@ def _first_conv(module: Conv, state: _State, phase: tuple[int, ...] = (), fuse: 
     spatial = tuple((n + 2 * q - kk) // ss + 1 for n, kk, ss, q in zip(state.spatial, module.kernel_size, module.stride, module.padding))
     width = raw.x1.shape[1] * math.prod(k)
     size = (raw.x1.shape[0] + raw.x2.shape[0]) * width * math.prod(spatial) * raw.x1.element_size()
+    scale = module.sigma_w**2 / width
+    if state.layout == FULL and phase and not any(n % s for n, s in zip(spatial, phase)):  # the sublattice's pairs only
+        sub = [n // s for n, s in zip(spatial, phase)]
+
+        def by_phase(t: Tensor, rows: bool) -> Tensor:
+            """Patches (N, C k, S) -> (N, phases, S_sub, C k) times the scale (rows) or (N, phases, C k, S_sub)."""
+            n = t.shape[0]
+            split = _vec_to_phases(t.reshape(n * width, *spatial), phase).reshape(n, width, math.prod(phase), math.prod(sub))
+            return (split.permute(0, 2, 3, 1) * scale).contiguous() if rows else split.transpose(1, 2).contiguous()
+
+        key = ("sublattice", k, s, p, phase)
+        if 2 * size <= raw.patch_bytes:  # every input's patches once, by phase, in both layouts (x2 may be x1)
+            if key not in raw.patches:
+                raw.patches[key] = (by_phase(unfold(raw.x1), True), by_phase(unfold(raw.x2), False))
+            (all_a, all_b), i, j = raw.patches[key], raw.i, raw.j
+        else:  # the chunk's inputs only
+            all_a, all_b = (by_phase(unfold(t), rows) for t, rows in zip(raw.pairs(), (True, False)))
+            i = j = torch.arange(all_a.shape[0], device=all_a.device)
+        nngp = torch.bmm(all_a[i].flatten(0, 1), all_b[j].flatten(0, 1)).reshape(i.shape[0], *phase, *sub, *sub)
+        if module.beta:
+            nngp.add_(module.beta**2)
+        # Theta = Sigma: one array until the first activation (no step writes into a state's arrays)
+        return _State(nngp, nngp, FULL, spatial, gaussian=True, phase=phase)
     if size <= raw.patch_bytes:  # every input's patches once, the chunk's pairs gathered from them
         if (k, s, p) not in raw.patches:
             first = unfold(raw.x1)
@@ -283,20 +320,10 @@ def _first_conv(module: Conv, state: _State, phase: tuple[int, ...] = (), fuse: 
     else:  # the chunk's inputs only
         all_a, all_b = (unfold(t) for t in raw.pairs())
         i = j = torch.arange(all_a.shape[0], device=all_a.device)
-    scale = module.sigma_w**2 / width
     if state.layout != FULL:  # the patches' products summed: Sigma(x, s; x', s) only
         nngp = patch_products_step()(fuse, all_a, all_b, i, j, scale, module.beta**2).reshape(-1, *spatial)
         return _State(nngp, nngp, state.layout, spatial, gaussian=True)
     pa, pb = all_a[i], all_b[j]
-    if phase and not any(n % s for n, s in zip(spatial, phase)):  # the sublattice's pairs only
-        count, width = pa.shape[:2]
-        sub = [n // s for n, s in zip(spatial, phase)]
-        by_phase = [_vec_to_phases(t.reshape(count * width, *spatial), phase).reshape(count, width, -1, math.prod(sub)) for t in (pa, pb)]
-        qa, qb = (t.transpose(1, 2).flatten(0, 1) for t in by_phase)  # (P phases, C k, S_sub)
-        nngp = torch.bmm(qa.transpose(1, 2), qb).reshape(count, *phase, *sub, *sub)
-        nngp.mul_(scale).add_(module.beta**2)
-        # Theta = Sigma: one array until the first activation (no step writes into a state's arrays)
-        return _State(nngp, nngp, FULL, spatial, gaussian=True, phase=phase)
     nngp = torch.bmm(pa.transpose(1, 2), pb).reshape(pa.shape[0], *spatial, *spatial)
     nngp.mul_(scale).add_(module.beta**2)
     return _State(nngp, nngp, state.layout, spatial, gaussian=True)
@@ -388,18 +415,20 @@ class _Run:
             else:
                 copies = 2 if state.layout == FULL else 1
                 mean = lambda t: _window_mean(t, *geometry, copies)  # noqa: E731
-            key = ("conv", state.layout, state.phase, out_phase, *geometry)
-            nngp, ntk = affine_step(key, mean, module.sigma_w, module.beta)(self.fuse, state.nngp, state.ntk)
             spatial = tuple(
                 (n + 2 * p - k) // s + 1 for n, k, s, p in zip(state.spatial, module.kernel_size, module.stride, module.padding)
             )
+            row = spatial[-1] // (out_phase[-1] if out_phase else 1)  # the output's last dimension
+            key = ("conv", state.layout, state.phase, out_phase, *geometry, row < SCALAR_BELOW)
+            nngp, ntk = affine_step(key, mean, module.sigma_w, module.beta, row)(self.fuse, state.nngp, state.ntk)
             return _State(nngp, ntk, state.layout, spatial, gaussian=True, phase=out_phase)
         if isinstance(module, Elementwise):
             return self.activation(module, state)
         if isinstance(module, AvgPool):
             spatial = tuple((n - k) // s + 1 for n, k, s in zip(state.spatial, module.kernel_size, module.stride))
             pool = lambda t: _pool_full(t, module.kernel_size, module.stride)  # noqa: E731
-            nngp, ntk = pool_step(("avgpool", module.kernel_size, module.stride), pool)(self.fuse, state.nngp, state.ntk)
+            key = ("avgpool", module.kernel_size, module.stride, spatial[-1] < SCALAR_BELOW)
+            nngp, ntk = pool_step(key, pool, spatial[-1])(self.fuse, state.nngp, state.ntk)
             return _State(nngp, ntk, FULL, spatial, gaussian=state.gaussian)
         if isinstance(module, GlobalAvgPool):
             dims = tuple(range(1, state.nngp.dim()))
@@ -426,7 +455,8 @@ class _Run:
         else:
             var1, var2 = next(self.marginals)
         if state.phase:  # (P, *phase, *sub, 1...) and (P, *phase, 1..., *sub) against (P, *phase, *sub, *sub)
-            var1, var2 = _vec_to_phases(var1, state.phase), _vec_to_phases(var2, state.phase)
+            # contiguous (a copy of P x positions numbers): the compiled maps read strided views at half speed
+            var1, var2 = _vec_to_phases(var1, state.phase).contiguous(), _vec_to_phases(var2, state.phase).contiguous()
             var1 = var1.reshape(var1.shape + (1,) * d)
             var2 = var2.reshape(var2.shape[: 1 + d] + (1,) * d + var2.shape[1 + d :])
         elif state.layout == FULL:  # (P, *sp, 1...) and (P, 1..., *sp) against (P, *sp, *sp)

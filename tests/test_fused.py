@@ -111,6 +111,26 @@ def test_compiled_kernels_equal_eager_to_rounding(fresh):
     stats = fused.compile_stats()
     assert stats["fallbacks"] == {} and stats["compiled_calls"] >= 1 and stats["compile_s"] > 0
     assert stats["calls"] > stats["compiled_calls"]  # later chunks reuse what compiled: no recompilation per chunk size
+    # rows of 8 and 4 positions: the window sums compile to scalar C++ on the CPU (`fused.SCALAR_BELOW`: inductor's
+    # SIMD code runs such rows as masked vectors, 4x slower), the Gaussian maps to SIMD code
+    windows = [step for key, step in fused._STEPS.items() if key[:2] == ("affine", "conv")]
+    assert windows and all(step.scalar for step in windows)
+    assert not any(step.scalar for key, step in fused._STEPS.items() if key[0] == "activation")
+
+
+@needs_compiler
+def test_window_sums_of_long_rows_keep_simd(fresh, monkeypatch):
+    """Rows of SCALAR_BELOW positions and more (here 16: NTKCNN of depth 2 at 32 x 32) compile to SIMD code
+    (short ones to scalar code: `test_compiled_kernels_equal_eager_to_rounding`); equal to the eager kernels to 1e-12."""
+    options = []
+    real = torch.compile
+    monkeypatch.setattr(fused.torch, "compile", lambda fn, **kw: options.append(kw.get("options")) or real(fn, **kw))
+    model, x = ntk.NTKCNN(1, 1, 2, generator=torch.Generator().manual_seed(0)), images(3, 32)
+    eager = ntk.limiting_kernels(model, x, compile="off")
+    compiled = ntk.limiting_kernels(model, x, compile="on")
+    assert rel_fro(compiled[0], eager[0]) < 1e-12 and rel_fro(compiled[1], eager[1]) < 1e-12
+    convs = [step for key, step in fused._STEPS.items() if key[:2] == ("affine", "conv")]
+    assert convs and not any(step.scalar for step in convs) and options and set(options) == {None}
 
 
 @pytest.mark.slow

@@ -246,6 +246,10 @@ def test_a_strided_convolution_reads_its_sublattice_only_and_the_kernels_do_not_
     # a convolution whose output is itself kept modulo m reads its input modulo s m (the first layer's pairs)
     first = {"ntkcnn": (4, 4), "three strides, modulo 8": (8, 8), "mixed, modulo 4 then 2": (4, 4)}
     assert name not in first or read[0][1:3] == first[name]
+    monkeypatch.setattr(limits, "PATCH_SHARE", 1e15)  # no input's patches kept: the first layer unfolds each chunk's inputs
+    unkept = [limits.model_limiting_kernels(model, x1, compile="off"), limits.model_limiting_kernels(model, x1, x2, compile="off")]
+    for a, b in zip(sub, unkept):
+        assert rel_fro(a[0], b[0]) < 1e-14 and rel_fro(a[1], b[1]) < 1e-14
     monkeypatch.setattr(limits, "_sublattices", lambda children, needs, spatial: [()] * len(children))
     every = [limits.model_limiting_kernels(model, x1, compile="off"), limits.model_limiting_kernels(model, x1, x2, compile="off")]
     for a, b in zip(sub, every):
