@@ -79,6 +79,7 @@ class MnistCntkSchema:
     mlp_beta: float = MISSING
     rows_per_part: int = MISSING
     scale_check_n: int = MISSING
+    grad_rows: int = MISSING
     converge: ConvergeSchema = field(default_factory=ConvergeSchema)
 
 
@@ -94,6 +95,7 @@ def check_config(cfg: DictConfig) -> None:
     check_nonnegative("mlp_beta", cfg.mlp_beta)
     check_int("rows_per_part", cfg.rows_per_part)
     check_int("scale_check_n", cfg.scale_check_n, low=0)
+    check_int("grad_rows", cfg.grad_rows)
     check_int("converge.epochs", cfg.converge.epochs, low=0)
     check_positive("converge.lr", cfg.converge.lr)
     check_int("converge.batch_size", cfg.converge.batch_size)
@@ -227,20 +229,25 @@ def scale_check(cfg: DictConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def outputs(model: nn.Module, x: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """The network's outputs on x, `rows` inputs at a time (a whole split's activations fall out of a
+    CPU's cache), on the CPU in `dtype`."""
+    with torch.no_grad():
+        return torch.cat([model(part).to(dtype).cpu() for part in x.split(rows)])
+
+
 def job(cfg: DictConfig, shared: Shared, width: int, seed: int, checkpoint: Checkpoint | None = None) -> dict[str, pd.DataFrame]:
     """Train one NTKCNN of `width` channels; its test scores and distance to its n = inf prediction at T."""
     device, dtype, kernel_dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype), resolve_dtype(cfg.kernel_dtype)
     model = NTKCNN(1, width, cfg.model.depth, out_dim=CLASSES, generator=torch.Generator().manual_seed(seed), device=device, dtype=dtype)
     x_train, x_test = shared.x_train.to(device, dtype), shared.x_test.to(device, dtype)
-    with torch.no_grad():
-        f0_train, f0_test = model(x_train).to(kernel_dtype).cpu(), model(x_test).to(kernel_dtype).cpu()
+    f0_train, f0_test = outputs(model, x_train, cfg.grad_rows, kernel_dtype), outputs(model, x_test, cfg.grad_rows, kernel_dtype)
     t_end = cfg.train.lr * cfg.train.steps
     limit = f0_test + shared.gain @ (shared.y_train - f0_train)  # the n = inf network from the same f0
     rows = []
 
     def record(state: TrainState) -> None:
-        with torch.no_grad():
-            f = model(x_test).to(kernel_dtype).cpu()
+        f = outputs(model, x_test, cfg.grad_rows, kernel_dtype)
         mse, acc = scores(f, shared.y_test, shared.labels_test)
         rows.append(
             dict(
@@ -257,7 +264,16 @@ def job(cfg: DictConfig, shared: Shared, width: int, seed: int, checkpoint: Chec
     # the stability bound reported is the n = inf network's: the network's own needs its (N O)^2 empirical NTK
     y_train = shared.y_train.to(device, dtype)
     result, _ = train(
-        cfg, model, x_train, y_train, [0.0, t_end], record, checkpoint=checkpoint, job_state={"rows": rows}, lr_max=shared.lr_max
+        cfg,
+        model,
+        x_train,
+        y_train,
+        [0.0, t_end],
+        record,
+        checkpoint=checkpoint,
+        job_state={"rows": rows},
+        lr_max=shared.lr_max,
+        batch_rows=cfg.grad_rows,
     )
     converged = converge(cfg, model, shared, width, seed)
     return {"table": pd.DataFrame(rows), "loss": loss_table(result, [], width=width, seed=seed), "converge": converged}
@@ -283,8 +299,7 @@ def converge(cfg: DictConfig, model: nn.Module, shared: Shared, width: int, seed
     rows = []
 
     def record(epoch: int) -> None:
-        with torch.no_grad():
-            f_train, f_test = model(x_train).double().cpu(), model(x_test).double().cpu()
+        f_train, f_test = outputs(model, x_train, cfg.grad_rows, torch.float64), outputs(model, x_test, cfg.grad_rows, torch.float64)
         train_mse, train_acc = scores(f_train, shared.y_train, shared.labels_train)
         test_mse, test_acc = scores(f_test, shared.y_test, shared.labels_test)
         rows.append(

@@ -65,6 +65,7 @@ def train(
     checkpoint: Checkpoint | None = None,
     job_state: dict[str, list] | None = None,
     lr_max: float | None = None,
+    batch_rows: int | None = None,
 ) -> tuple[TrainResult, list[dict]]:
     """Full-batch gradient descent as configured in cfg.train, with optional drift logging.
 
@@ -78,7 +79,8 @@ def train(
     if the checkpoint exists when training starts, `model` (freshly initialised: anything computed
     from the initial network before this call stays valid) and those lists are restored from it
     and training continues from its step, giving what an uninterrupted run gives. `lr_max`, when
-    given, is the stability bound reported instead of computing it (`ntk.train.gradient_descent`).
+    given, is the stability bound reported instead of computing it, and `batch_rows` forms each
+    full-batch gradient from chunks of that many inputs (both `ntk.train.gradient_descent`).
     """
     lr = cfg.train.lr
     steps = cfg.train.steps
@@ -129,6 +131,7 @@ def train(
         progress=show_progress(cfg),
         resume=history,
         lr_max=lr_max,
+        batch_rows=batch_rows,
     )
     return result, drift
 

@@ -16,6 +16,7 @@ read back; the step it names is the first one that diverged.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -150,6 +151,7 @@ def gradient_descent(
     progress: bool = False,
     resume: TrainResult | None = None,
     lr_max: float | None = None,
+    batch_rows: int | None = None,
 ) -> TrainResult:
     """Train `model` in place by full-batch gradient descent on `mse_cost` up to t = lr * steps.
 
@@ -171,6 +173,12 @@ def gradient_descent(
         lr_max: the stability bound when the caller knows it (then it is not computed: that takes
             the empirical NTK of all N inputs, (N O)^2 numbers, too much for thousands of images
             with 10 outputs); the divergence message and `TrainResult.lr_max` report it.
+        batch_rows: with autograd, form each step's full-batch gradient from chunks of this many
+            inputs (their gradients summed, weighted by their share of N): the same step to
+            rounding, with one chunk's activations in memory instead of N's (on a CPU they stay in
+            cache: 2.2x faster for a 64-channel NTKCNN on 1500 digits at 28 x 28). Only for models
+            whose output on an input does not depend on the other inputs (no batch statistics).
+            None: all N at once.
 
     Returns:
         A `TrainResult` with the loss at every step (t = 0, lr, ..., lr * steps) and
@@ -205,6 +213,10 @@ def gradient_descent(
     fused = method == "fused" or (method == "auto" and isinstance(model, NTKMLP))
     if fused and not isinstance(model, NTKMLP):
         raise ValueError(f"method='fused' needs an NTKMLP, got {type(model).__name__}; use method='autograd'")
+    if batch_rows is not None and (isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1):
+        raise ValueError(f"batch_rows must be an integer >= 1 or None, got {batch_rows!r}")
+    if batch_rows is not None and fused:
+        raise ValueError("batch_rows chunks the autograd step; the fused NTKMLP step takes all inputs at once (method='autograd')")
     start_step = len(resume.loss) if resume is not None else 0
     if resume is not None and (len(resume.t) != start_step or not 0 < start_step <= steps):
         raise ValueError(f"resume must hold the losses of steps 0 ... k - 1 for some k in [1, steps={steps}], got {start_step} losses")
@@ -212,7 +224,7 @@ def gradient_descent(
         working = 3 * x.shape[0] * sum(model.widths[1:]) * x.element_size()
         check_fits(f"a gradient-descent step on {x.shape[0]} inputs at widths {model.widths}", working, x.device)
     to_record = record_steps(record_t, lr, steps)
-    step_fn = fused_step if fused else _autograd_step
+    step_fn = fused_step if fused else functools.partial(_autograd_step, rows=batch_rows)
 
     if resume is not None:
         result = TrainResult(t=list(resume.t), loss=list(resume.loss), lr_max=resume.lr_max)
@@ -283,12 +295,25 @@ def fused_step(model: NTKMLP, x: Tensor, y: Tensor) -> tuple[float, Tensor, Call
     return loss, f, update
 
 
-def _autograd_step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, Tensor, Callable[[float], None]]:
+def _autograd_step(model: nn.Module, x: Tensor, y: Tensor, rows: int | None = None) -> tuple[float, Tensor, Callable[[float], None]]:
     params = [p for p in model.parameters() if p.requires_grad]
-    with torch.enable_grad():
-        f = model(x)
-        loss = mse_cost(f, y)
-        grads = torch.autograd.grad(loss, params)
+    n = x.shape[0]
+    if rows is None or rows >= n:
+        with torch.enable_grad():
+            f = model(x)
+            loss = mse_cost(f, y)
+            grads = torch.autograd.grad(loss, params)
+    else:  # C = sum over chunks of (n_c / N) C_c: the chunks' gradients summed with those weights
+        grads, loss, outputs = None, 0.0, []
+        for start in range(0, n, rows):
+            with torch.enable_grad():
+                f_c = model(x[start : start + rows])
+                part = mse_cost(f_c, y[start : start + rows]) * (f_c.shape[0] / n)
+                g_c = torch.autograd.grad(part, params)
+            grads = list(g_c) if grads is None else [g.add_(h) for g, h in zip(grads, g_c)]
+            loss = loss + part.detach()
+            outputs.append(f_c.detach())
+        f = torch.cat(outputs)
 
     @torch.no_grad()
     def update(lr: float) -> None:

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 
+import ntk
 from ntk.empirical import empirical_ntk
 from ntk.model import NTKMLP
 from ntk.train import DivergenceError, gradient_descent, mse_cost
@@ -33,6 +34,30 @@ def test_fused_step_equals_autograd_gradient_descent():
     assert fused.loss == pytest.approx(plain.loss, rel=1e-10, abs=1e-14)
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [5, 12, 100])
+def test_a_gradient_from_chunks_of_inputs_is_the_full_batch_one(rows):
+    """batch_rows: each step's gradient summed over chunks of inputs (5 does not divide 12: a last chunk of 2)
+    gives full-batch gradient descent to rounding, for a CNN (autograd) as for an MLP; outputs seen by callbacks too."""
+    g = torch.Generator().manual_seed(5)
+    cnn = ntk.NTKCNN(1, 6, 2, out_dim=3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mlp_model, x_mlp, y_mlp = problem()
+    x_cnn, y_cnn = torch.randn(12, 1, 6, 6, dtype=torch.float64, generator=g), torch.randn(12, 3, dtype=torch.float64, generator=g)
+    for model, x, y in ((cnn, x_cnn, y_cnn), (mlp_model, x_mlp, y_mlp)):
+        ref = copy.deepcopy(model)
+        seen = {}
+        look = lambda s, key: seen.setdefault(key, []).append(s.f.clone())  # noqa: E731
+        chunked = gradient_descent(
+            model, x, y, lr=0.5, steps=20, method="autograd", batch_rows=rows, record_t=[0.0, 10.0], callback=lambda s: look(s, "chunks")
+        )
+        whole = gradient_descent(ref, x, y, lr=0.5, steps=20, method="autograd", record_t=[0.0, 10.0], callback=lambda s: look(s, "whole"))
+        assert whole.loss[-1] < 0.9 * whole.loss[0]
+        assert chunked.loss == pytest.approx(whole.loss, rel=1e-12, abs=0)
+        for p, q in zip(model.parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+        for a, b in zip(seen["chunks"], seen["whole"]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_callbacks_see_the_network_at_the_requested_times():
@@ -68,6 +93,9 @@ def test_divergence_is_caught_with_the_stable_learning_rate():
         (dict(record_t=[0.3]), "record time t=0.3 is not on the grid"),
         (dict(record_t=[100.0]), "record time t=100.0 is not on the grid"),
         (dict(method="adam"), "unknown training method 'adam'"),
+        (dict(batch_rows=0), "batch_rows must be an integer >= 1 or None"),
+        (dict(batch_rows=2.5), "batch_rows must be an integer >= 1 or None"),
+        (dict(batch_rows=4, method="fused"), "batch_rows chunks the autograd step"),
     ],
 )
 def test_bad_training_arguments(kwargs, message):
