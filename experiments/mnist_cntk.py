@@ -29,7 +29,10 @@ networks after T trained on by Adam: width, seed, epoch, train and test scores),
 fits.csv (the distance's exponent against width), config.yaml, provenance.json and the figure
 (`experiments.figures.mnist_cntk`). The kernels are computed in row chunks saved under
 out_dir/.parts/kernels-<key> (`kernel_folder`), so an interrupted run resumes them and a rerun with
-other networks reuses them.
+other networks reuses them; each part is one call of `ntk.limiting_kernels` with its fused steps
+compiled as `compile` says ("on" by default: "auto" decides per call, and one part of the flatten
+CNTK is too small for it to compile, though the run makes 25 such calls). The networks' full-batch
+gradients are summed over chunks of `grad_rows` digits (`ntk.gradient_descent(batch_rows=)`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from experiments.validation import check_choice, check_int, check_model_and_trai
 from ntk.analytic import limiting_kernels as mlp_kernels
 from ntk.cnn import NTKCNN
 from ntk.data import MNIST_SOURCES, mnist_split
+from ntk.fused import MODES as COMPILE_MODES
 from ntk.limits import model_limiting_kernels
 from ntk.predict import flow_matrix
 from ntk.spectrum import top_eigenvalue
@@ -80,6 +84,7 @@ class MnistCntkSchema:
     rows_per_part: int = MISSING
     scale_check_n: int = MISSING
     grad_rows: int = MISSING
+    compile: str = MISSING
     converge: ConvergeSchema = field(default_factory=ConvergeSchema)
 
 
@@ -96,6 +101,7 @@ def check_config(cfg: DictConfig) -> None:
     check_int("rows_per_part", cfg.rows_per_part)
     check_int("scale_check_n", cfg.scale_check_n, low=0)
     check_int("grad_rows", cfg.grad_rows)
+    check_choice("compile", cfg.compile, COMPILE_MODES)
     check_int("converge.epochs", cfg.converge.epochs, low=0)
     check_positive("converge.lr", cfg.converge.lr)
     check_int("converge.batch_size", cfg.converge.batch_size)
@@ -134,7 +140,7 @@ def chunked_kernels(
         first = start if symmetric else 0
         part = store.load()
         if part is None:
-            part = model_limiting_kernels(model, x_rows[start:stop], x_cols[first:])
+            part = model_limiting_kernels(model, x_rows[start:stop], x_cols[first:], compile=cfg.compile)
             store.save(part)
             tally["computed"] = tally.get("computed", 0) + 1
         else:
@@ -219,8 +225,8 @@ def scale_check(cfg: DictConfig) -> pd.DataFrame:
         sub = cfg.copy()
         sub.image_size = size
         flatten = architectures(sub)["cntk_flatten"]
-        s_tr, k_tr = model_limiting_kernels(flatten, a)
-        s_te, k_te = model_limiting_kernels(flatten, b, a)
+        s_tr, k_tr = model_limiting_kernels(flatten, a, compile=cfg.compile)
+        s_te, k_te = model_limiting_kernels(flatten, b, a, compile=cfg.compile)
         m_tr = mlp_kernels(a.flatten(1), None, cfg.mlp_depth, cfg.mlp_beta, "relu")
         m_te = mlp_kernels(b.flatten(1), a.flatten(1), cfg.mlp_depth, cfg.mlp_beta, "relu")
         kernels = {"cntk_flatten": (s_tr, s_te, k_tr, k_te), "mlp": (m_tr[0], m_te[0], m_tr[1], m_te[1])}
@@ -365,6 +371,7 @@ EXPERIMENT = Experiment(
         "scale_check_n=4",
         "converge.epochs=2",
         "converge.batch_size=4",
+        "compile=auto",
     ),
     desc="networks (channels, seed)",
 )

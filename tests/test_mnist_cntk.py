@@ -60,9 +60,17 @@ def test_chunked_kernels_and_predictions_against_a_direct_solve(tiny_run):
     assert row.test_accuracy == pytest.approx((f.argmax(1) == l_test).double().mean().item())
 
 
-def test_bad_image_size_is_refused(compose_cfg, tmp_path):
-    with pytest.raises(ValueError, match="image_size must be 7, 14 or 28"):
-        mnist_cntk.run(compose_cfg([*TINY, "image_size=10", f"out_dir={tmp_path / 'x'}"]))
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("image_size=10", "image_size must be 7, 14 or 28"),
+        ("compile=yes", "unknown compile .yes.; allowed: auto, on, off"),
+        ("grad_rows=0", "grad_rows must be"),
+    ],
+)
+def test_bad_settings_are_refused(compose_cfg, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        mnist_cntk.run(compose_cfg([*TINY, override, f"out_dir={tmp_path / 'x'}"]))
     assert not (tmp_path / "x").exists()
 
 
