@@ -17,6 +17,7 @@ from ntk.model import NTKMLP
 # with 2048 x 2048 products that is about 2 s a run here, a fifth of the suite; 256 x 256 takes
 # milliseconds. Set before any command runs, so that the commands' own processes inherit it.
 os.environ.setdefault("NTK_GEMM_SIZE", "256")
+os.environ.setdefault("NTK_RESULT_GRACE_S", "1")  # the test cluster's jobs write their results on a local disk: no lag to wait for
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ROOT = CONFIG_DIR.parent

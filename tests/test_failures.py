@@ -135,3 +135,16 @@ def test_interrupted_run_keeps_finished_jobs_and_resumes(tmp_path, uninterrupted
     rerun = cli(*RESUMABLE, f"out_dir={out}")
     assert rerun.returncode == 0, rerun.stderr
     pd.testing.assert_frame_equal(pd.read_csv(out / "table.csv"), uninterrupted)
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf", "nan"])
+def test_a_result_grace_that_is_no_number_of_seconds_is_refused(monkeypatch, value):
+    from experiments.launching import GRACE_S, grace_s
+
+    monkeypatch.setenv("NTK_RESULT_GRACE_S", value)
+    with pytest.raises(ValueError, match=f"NTK_RESULT_GRACE_S='{value}' must be a number of seconds >= 0"):
+        grace_s()
+    monkeypatch.setenv("NTK_RESULT_GRACE_S", "2.5")
+    assert grace_s() == 2.5
+    monkeypatch.delenv("NTK_RESULT_GRACE_S")
+    assert grace_s() == GRACE_S
