@@ -316,8 +316,8 @@ def test_a_block_model_trains_and_gives_its_empirical_kernel():
 def test_freed_chunks_are_reused_instead_of_faulted_in_again():
     """`ntk.memory.reuse_freed_memory`: freed 8 MB arrays (a chunk's, four at a time) stay in the heap
     (glibc's mallinfo2: at least the four arrays' 32 MiB free there) and the next ones reuse them without
-    page faults (2048 per fresh 8 MB array of 4 kB pages); NTK_REUSE_MEMORY=0 leaves glibc's own thresholds,
-    which return the four to the system (how many faults that costs depends on the kernel's transparent
+    page faults (2048 per fresh 8 MB array of 4 kB pages); NTK_REUSE_MEMORY=0 leaves glibc's own thresholds
+    (fixed here at 1 MiB), which return the four to the system (how many faults that costs depends on the kernel's transparent
     huge pages, so the opt-out is checked by the heap's free memory, not by faults)."""
     code = (
         "import ctypes, ctypes.util, resource, torch, ntk.memory as m\n"
@@ -336,7 +336,9 @@ def test_freed_chunks_are_reused_instead_of_faulted_in_again():
     )
     runs = {}
     for setting in ("1", "0"):
-        env = {**os.environ, "NTK_REUSE_MEMORY": setting}
+        # glibc's own threshold fixed at 1 MiB (its dynamic threshold depends on the process's history: under
+        # pytest and on CI it had risen and kept the arrays without the setting), so the opt-out is visible
+        env = {**os.environ, "NTK_REUSE_MEMORY": setting, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
         assert out[0] == str(setting == "1")
         runs[setting] = {"faults per array": float(out[1]), "free MiB in the heap": float(out[2])}
