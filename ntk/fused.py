@@ -189,7 +189,7 @@ def affine_step(key: tuple, mean: Callable[[torch.Tensor], torch.Tensor], sigma_
     """(Sigma, Theta or None) -> (sigma_w^2 A[Sigma] + beta^2, sigma_w^2 A[Theta] + Sigma'), A = `mean` (a pure
     function of one tensor, the same for every call with this `key`), Theta = None read as zero. `row`:
     the length of the output's last dimension when A is a window sum (0: not one); below SCALAR_BELOW
-    the CPU code is scalar (`Fused`)."""
+    the CPU code is scalar (`Fused`), a step of its own (part of the step's key)."""
     s2, b2 = sigma_w**2, beta**2
 
     def make() -> Callable:
@@ -199,7 +199,8 @@ def affine_step(key: tuple, mean: Callable[[torch.Tensor], torch.Tensor], sigma_
 
         return affine
 
-    return step(("affine", *key, s2, b2), make, scalar=0 < row < SCALAR_BELOW)
+    scalar = 0 < row < SCALAR_BELOW
+    return step(("affine", *key, s2, b2, scalar), make, scalar)
 
 
 def pool_step(key: tuple, pool: Callable[[torch.Tensor], torch.Tensor], row: int = 0) -> Fused:
@@ -212,7 +213,8 @@ def pool_step(key: tuple, pool: Callable[[torch.Tensor], torch.Tensor], row: int
 
         return pooled
 
-    return step(("pool", *key), make, scalar=0 < row < SCALAR_BELOW)
+    scalar = 0 < row < SCALAR_BELOW
+    return step(("pool", *key, scalar), make, scalar)
 
 
 def patch_products_step() -> Fused:

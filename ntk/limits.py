@@ -58,7 +58,6 @@ from ntk.blocks import AvgPool, Conv, Dense, Elementwise, Flatten, GlobalAvgPool
 from ntk.fused import (
     AUTO_NUMBERS,
     MODES,
-    SCALAR_BELOW,
     activation_step,
     affine_step,
     default_mode,
@@ -419,7 +418,7 @@ class _Run:
                 (n + 2 * p - k) // s + 1 for n, k, s, p in zip(state.spatial, module.kernel_size, module.stride, module.padding)
             )
             row = spatial[-1] // (out_phase[-1] if out_phase else 1)  # the output's last dimension
-            key = ("conv", state.layout, state.phase, out_phase, *geometry, row < SCALAR_BELOW)
+            key = ("conv", state.layout, state.phase, out_phase, *geometry)
             nngp, ntk = affine_step(key, mean, module.sigma_w, module.beta, row)(self.fuse, state.nngp, state.ntk)
             return _State(nngp, ntk, state.layout, spatial, gaussian=True, phase=out_phase)
         if isinstance(module, Elementwise):
@@ -427,8 +426,7 @@ class _Run:
         if isinstance(module, AvgPool):
             spatial = tuple((n - k) // s + 1 for n, k, s in zip(state.spatial, module.kernel_size, module.stride))
             pool = lambda t: _pool_full(t, module.kernel_size, module.stride)  # noqa: E731
-            key = ("avgpool", module.kernel_size, module.stride, spatial[-1] < SCALAR_BELOW)
-            nngp, ntk = pool_step(key, pool, spatial[-1])(self.fuse, state.nngp, state.ntk)
+            nngp, ntk = pool_step(("avgpool", module.kernel_size, module.stride), pool, spatial[-1])(self.fuse, state.nngp, state.ntk)
             return _State(nngp, ntk, FULL, spatial, gaussian=state.gaussian)
         if isinstance(module, GlobalAvgPool):
             dims = tuple(range(1, state.nngp.dim()))
